@@ -1,0 +1,413 @@
+"""The built-in AI/ML events (data, features, training, models, inference) and their parts.
+
+Every event here is registered in `default_registry`; field docstrings are the documentation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, JsonValue, model_validator
+
+from event_sourcing.catalog.registry import DomainEvent, default_registry
+
+
+class EventTypes:
+    """The name of every built-in event type."""
+
+    DATA_INGESTED = "data_ingested"
+    DATA_PREPROCESSED = "data_preprocessed"
+    DATA_VALIDATED = "data_validated"
+
+    FEATURE_COMPUTED = "feature_computed"
+    FEATURE_VALIDATED = "feature_validated"
+    FEATURE_VERSIONED = "feature_versioned"
+
+    TRAINING_STARTED = "training_started"
+    TRAINING_PROGRESS = "training_progress"
+    TRAINING_COMPLETED = "training_completed"
+    TRAINING_FAILED = "training_failed"
+    TRAINING_VERIFIED = "training_verified"
+
+    MODEL_CREATED = "model_created"
+    MODEL_VERSIONED = "model_versioned"
+    MODEL_DEPLOYED = "model_deployed"
+    MODEL_RETIRED = "model_retired"
+
+    INFERENCE_REQUESTED = "inference_requested"
+    INFERENCE_COMPLETED = "inference_completed"
+    INFERENCE_FEEDBACK = "inference_feedback"
+
+
+# -- field types ---------------------------------------------------------------------------------
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1)]
+Count = Annotated[int, Field(ge=0)]
+Version = Annotated[int, Field(ge=1)]
+# Naive datetimes are rejected ("Input should have timezone info"); aware ones are stored as UTC.
+Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+Metrics = dict[str, float]
+JsonObject = dict[str, JsonValue]
+
+
+class _Part(BaseModel):
+    """Base of the value objects events embed: same rules as DomainEvent."""
+
+    model_config = DomainEvent.model_config
+
+
+class ArtifactRef(_Part):
+    """A content-addressed file in the artifact store (dataset, model, large inputs)."""
+
+    uri: Name
+    """Where the bytes live, e.g. file:///... or s3://..."""
+    sha256: Sha256
+    """sha256 of the bytes; the identity of the artifact."""
+    size_bytes: Count | None = None
+    media_type: str | None = None
+    """MIME type, e.g. application/x-parquet."""
+
+
+class DatasetRef(_Part):
+    """A dataset at one version, as training and provenance refer to it."""
+
+    dataset_id: Name
+    version: Sha256
+    """Content hash of the dataset: same data, same version."""
+    uri: str | None = None
+    sha256: Sha256 | None = None
+    """sha256 of the file at `uri`, if it is a single file."""
+    rows: Count | None = None
+    columns: list[str] | None = None
+
+
+class CodeVersion(_Part):
+    """The code that produced something."""
+
+    package_version: Name
+    git_commit: str | None = None
+    source_sha256: Sha256 | None = None
+    """sha256 over the source of the training/feature code actually run."""
+
+
+class Environment(_Part):
+    """The runtime a training run used; enough to rebuild it."""
+
+    python: Name
+    """Python version, e.g. 3.11.9."""
+    platform: Name
+    """e.g. Linux-6.8-x86_64."""
+    packages: dict[str, str] = {}
+    """Distribution name -> version of the libraries that influence the result."""
+
+
+class QualityCheck(_Part):
+    """One data or feature quality check."""
+
+    name: Name
+    passed: bool
+    detail: str | None = None
+
+
+class Resources(_Part):
+    """Resource use at a training step."""
+
+    gpu_memory: Annotated[float, Field(ge=0)] | None = None
+    """GPU memory in use, MiB."""
+    cpu_usage: Annotated[float, Field(ge=0)] | None = None
+    """CPU use, percent of one core (can exceed 100)."""
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@default_registry.register
+class DataIngested(DomainEvent):
+    """Raw data landed: one version of a dataset was read from a source and stored."""
+
+    event_type = EventTypes.DATA_INGESTED
+    dataset_id: Name
+    dataset_version: Sha256
+    """Content hash of the dataset as stored."""
+    source_uri: Name
+    """Where the data came from."""
+    rows: Count
+    columns: list[str]
+    content_sha256: Sha256
+    """sha256 of the raw bytes read from the source."""
+    artifact: ArtifactRef | None = None
+    batch_id: str | None = None
+    ingested_at: Timestamp | None = None
+
+
+@default_registry.register
+class DataPreprocessed(DomainEvent):
+    """A dataset version was transformed into a new version."""
+
+    event_type = EventTypes.DATA_PREPROCESSED
+    dataset_id: Name
+    input_version: Sha256
+    output_version: Sha256
+    steps: list[str]
+    """The transformations applied, in order."""
+    rows_in: Count
+    rows_out: Count
+    artifact: ArtifactRef | None = None
+
+
+@default_registry.register
+class DataValidated(DomainEvent):
+    """Quality checks ran against a dataset version."""
+
+    event_type = EventTypes.DATA_VALIDATED
+    dataset_id: Name
+    dataset_version: Sha256
+    passed: bool
+    checks: list[QualityCheck]
+    rows: Count
+
+
+# -- features ------------------------------------------------------------------------------------
+
+
+@default_registry.register
+class FeatureComputed(DomainEvent):
+    """A feature set was computed from a dataset version."""
+
+    event_type = EventTypes.FEATURE_COMPUTED
+    feature_set: Name
+    feature_version: Name
+    dataset_version: Sha256
+    features: list[str]
+    rows: Count
+    artifact: ArtifactRef | None = None
+
+
+@default_registry.register
+class FeatureValidated(DomainEvent):
+    """Quality checks ran against a feature set version."""
+
+    event_type = EventTypes.FEATURE_VALIDATED
+    feature_set: Name
+    feature_version: Name
+    passed: bool
+    checks: list[QualityCheck]
+
+
+@default_registry.register
+class FeatureVersioned(DomainEvent):
+    """A feature set version was frozen: its data version and code are now fixed."""
+
+    event_type = EventTypes.FEATURE_VERSIONED
+    feature_set: Name
+    feature_version: Name
+    dataset_version: Sha256
+    code_sha256: Sha256
+    """sha256 of the feature code."""
+    features: list[str]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+@default_registry.register
+class TrainingStarted(DomainEvent):
+    """A training run began; records everything needed to re-run it."""
+
+    event_type = EventTypes.TRAINING_STARTED
+    config: JsonObject
+    """The training configuration as given."""
+    dataset_id: Name
+    dataset_version: Sha256
+    dataset_uri: str | None = None
+    feature_version: str | None = None
+    code_version: CodeVersion | None = None
+    hyperparameters: JsonObject = {}
+    seed: int | None = None
+    """Random seed; required in practice for a reproducible run."""
+    environment: Environment | None = None
+    started_at: Timestamp | None = None
+    user_id: str | None = None
+    model_name: str | None = None
+
+
+@default_registry.register
+class TrainingProgress(DomainEvent):
+    """A training run reached a step (or epoch)."""
+
+    event_type = EventTypes.TRAINING_PROGRESS
+    step: Count
+    metrics: Metrics = {}
+    loss: float | None = None
+    learning_rate: float | None = None
+    timestamp: Timestamp | None = None
+    resources: Resources | None = None
+
+
+@default_registry.register
+class TrainingCompleted(DomainEvent):
+    """A training run produced a model."""
+
+    event_type = EventTypes.TRAINING_COMPLETED
+    model_id: Name
+    model_artifact: ArtifactRef
+    final_metrics: Metrics
+    completed_at: Timestamp | None = None
+    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    model_fingerprint: str | None = None
+    """Digest of the trained model's learned state; equal fingerprints mean equal models."""
+
+
+@default_registry.register
+class TrainingFailed(DomainEvent):
+    """A training run stopped with an error."""
+
+    event_type = EventTypes.TRAINING_FAILED
+    error: Name
+    """The error message."""
+    error_type: str | None = None
+    """Exception class name."""
+    traceback: str | None = None
+    failed_at: Timestamp | None = None
+    step: Count | None = None
+    """The last step reached, if any."""
+
+
+@default_registry.register
+class TrainingVerified(DomainEvent):
+    """Verdict of a reproducibility check: a recorded run was re-run and the models compared."""
+
+    event_type = EventTypes.TRAINING_VERIFIED
+    training_id: Name
+    """The run that was checked."""
+    reproducible: bool
+    expected_fingerprint: Name
+    """Fingerprint recorded by the original run."""
+    actual_fingerprint: str | None = None
+    """Fingerprint of the re-run's model; None if the re-run produced none."""
+    differences: list[str] = []
+    """What differed (fingerprint, metrics, environment...), human-readable."""
+    rerun_id: str | None = None
+    """The training id of the re-run, if it was recorded."""
+    verified_at: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingVerified:
+        if self.reproducible and self.actual_fingerprint != self.expected_fingerprint:
+            raise ValueError("reproducible is true but the fingerprints differ")
+        return self
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+@default_registry.register
+class ModelCreated(DomainEvent):
+    """A trained model entered the model catalog."""
+
+    event_type = EventTypes.MODEL_CREATED
+    model_id: Name
+    training_id: Name
+    model_name: Name
+    artifact: ArtifactRef
+    metrics: Metrics = {}
+    fingerprint: str | None = None
+
+
+@default_registry.register
+class ModelVersioned(DomainEvent):
+    """A model was given a version number under its name."""
+
+    event_type = EventTypes.MODEL_VERSIONED
+    model_id: Name
+    model_name: Name
+    version: Version
+    training_id: Name
+    artifact: ArtifactRef
+    metrics: Metrics = {}
+
+
+@default_registry.register
+class ModelDeployed(DomainEvent):
+    """A model version started serving in an environment."""
+
+    event_type = EventTypes.MODEL_DEPLOYED
+    model_id: Name
+    model_name: Name
+    version: Version
+    environment: Name = "production"
+    deployed_at: Timestamp | None = None
+    replaces_model_id: str | None = None
+    """The model that served here before, if any."""
+    reason: str | None = None
+
+
+@default_registry.register
+class ModelRetired(DomainEvent):
+    """A model version stopped serving in an environment."""
+
+    event_type = EventTypes.MODEL_RETIRED
+    model_id: Name
+    model_name: Name
+    version: Version
+    environment: Name = "production"
+    retired_at: Timestamp | None = None
+    reason: str | None = None
+    replaced_by_model_id: str | None = None
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+@default_registry.register
+class InferenceRequested(DomainEvent):
+    """A prediction was asked of a model; small inputs inline, large ones by reference."""
+
+    event_type = EventTypes.INFERENCE_REQUESTED
+    model_id: Name
+    model_version: Version
+    inputs: JsonObject | None = None
+    """Feature values, inline (keep them small)."""
+    inputs_ref: ArtifactRef | None = None
+    """Inputs stored in the artifact store, for large requests."""
+    requested_at: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> InferenceRequested:
+        if self.inputs is None and self.inputs_ref is None:
+            raise ValueError("give inputs or inputs_ref (or both)")
+        return self
+
+
+@default_registry.register
+class InferenceCompleted(DomainEvent):
+    """A model answered a prediction request."""
+
+    event_type = EventTypes.INFERENCE_COMPLETED
+    model_id: Name
+    model_version: Version
+    prediction: JsonValue
+    probabilities: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = None
+    """Class label -> probability."""
+    latency_ms: Annotated[float, Field(ge=0)] | None = None
+
+
+@default_registry.register
+class InferenceFeedback(DomainEvent):
+    """The true outcome of an earlier prediction became known."""
+
+    event_type = EventTypes.INFERENCE_FEEDBACK
+    inference_id: Name
+    """The stream id of the inference being judged."""
+    model_id: str | None = None
+    model_version: Version | None = None
+    actual: JsonValue
+    """The true value or label."""
+    correct: bool | None = None

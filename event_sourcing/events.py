@@ -1,0 +1,67 @@
+"""Event envelopes: NewEvent (what a writer appends) and RecordedEvent (what a reader gets).
+
+Plain frozen dataclasses: they cross every layer, so they stay cheap to build and to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. `id` defaults to a fresh UUID; reuse an id to make a retry idempotent."""
+
+    type: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the store recorded it.
+
+    `version` is 1-based within its stream; `position` is global and strictly increasing in
+    the order events became visible. `schema_version` is the version of `payload` as
+    returned (after upcasting); `recorded_schema_version` is the one it was written with.
+    """
+
+    id: str
+    stream_id: str
+    stream_type: str
+    version: int
+    position: int
+    event_type: str
+    schema_version: int
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: datetime
+    correlation_id: str | None
+    causation_id: str | None
+    recorded_schema_version: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.recorded_schema_version:
+            object.__setattr__(self, "recorded_schema_version", self.schema_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601 UTC), as `mlevents read` prints it."""
+        return {
+            "id": self.id,
+            "stream_id": self.stream_id,
+            "stream_type": self.stream_type,
+            "version": self.version,
+            "position": self.position,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "recorded_schema_version": self.recorded_schema_version,
+            "payload": self.payload,
+            "metadata": self.metadata,
+            "created_at": self.created_at.isoformat(),
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }

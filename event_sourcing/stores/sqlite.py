@@ -1,0 +1,353 @@
+"""SQLite recorder: the embedded default backend (one file, WAL mode, no set-up).
+
+Writers serialize on SQLite's own write lock (BEGIN IMMEDIATE), so positions are handed
+out in commit order and a reader can never see a lower position appear later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
+from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.recorder import AppendOutcome, EventRow
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mlevents_schema (
+    version     INTEGER PRIMARY KEY,
+    applied_at  TEXT NOT NULL,
+    description TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id   TEXT PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
+    stream_type TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_store (
+    position       INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    stream_id      TEXT NOT NULL,
+    stream_type    TEXT NOT NULL,
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    event_type     TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       TEXT NOT NULL DEFAULT '{}',
+    created_at     TEXT NOT NULL,
+    correlation_id TEXT,
+    causation_id   TEXT,
+    UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
+CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
+CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
+    WHERE correlation_id IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS event_store_no_update BEFORE UPDATE ON event_store
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be updated');
+END;
+CREATE TRIGGER IF NOT EXISTS event_store_no_delete BEFORE DELETE ON event_store
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be deleted');
+END;
+"""
+
+_COLUMNS = (
+    "id, stream_id, stream_type, version, position, event_type, schema_version, "
+    "payload, metadata, created_at, correlation_id, causation_id"
+)
+
+
+_INSERT = (
+    "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
+    "schema_version, payload, metadata, created_at, correlation_id, causation_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _AlreadyRecorded(Exception):
+    """Some ids of a batch exist: roll back, then hand the recorded events to the caller."""
+
+    def __init__(self, events: list[RecordedEvent]) -> None:
+        self.events = events
+
+
+def _ts(value: datetime) -> str:
+    # Fixed-width ISO 8601 in UTC sorts as text, which `until` filters rely on.
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _event(row: tuple[Any, ...]) -> RecordedEvent:
+    return RecordedEvent(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+        json.loads(row[7]), json.loads(row[8]), datetime.fromisoformat(row[9]),
+        row[10], row[11],
+    )
+
+
+class _Transaction:
+    dialect = "sqlite"
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._connection.execute(sql, params)
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> sqlite3.Cursor:
+        return self._connection.executemany(sql, params)
+
+
+class SQLiteRecorder:
+    """Events in one SQLite file. A connection per thread; `:memory:` shares one."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000):
+        self.path = path
+        self.description = f"sqlite:///{path}"
+        self._memory = path == ":memory:"
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock = threading.RLock()  # only used for :memory:, which has one connection
+        self._connections: list[sqlite3.Connection] = []
+        self._shared: sqlite3.Connection | None = None
+        self._closed = False
+        if not self._memory:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"cannot create the folder for sqlite:///{path}: {exc}"
+                ) from exc
+        with self._connection() as connection:
+            self._create_schema(connection)
+
+    # -- connections --------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                # Each thread uses its own connection; close() may run on another thread.
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            if not self._memory:
+                connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot open SQLite database sqlite:///{self.path}: {exc}; check the path "
+                "exists and is writable"
+            ) from exc
+        self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreUnavailableError(f"the store {self.description} is closed")
+        if self._memory:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = self._open()
+                yield self._shared
+            return
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._open()
+        yield connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def _create_schema(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.executescript(
+                "BEGIN IMMEDIATE;" + _SCHEMA + "INSERT OR IGNORE INTO mlevents_schema VALUES "
+                f"({SCHEMA_VERSION}, datetime('now'), 'event_store, streams, append-only "
+                "triggers'); COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise StoreUnavailableError(
+                f"cannot create the event store schema in {self.description}: {exc}"
+            ) from exc
+        found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database {self.description} has schema version {found}, newer than this "
+                f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        for connection in self._connections:
+            connection.close()
+        self._connections.clear()
+        self._shared = None
+        self._local = threading.local()
+
+    # -- writing ------------------------------------------------------------------------
+    def append(
+        self,
+        stream_id: str,
+        stream_type: str | None,
+        expected_version: int | None,
+        rows: Sequence[EventRow],
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> AppendOutcome:
+        try:
+            with self._write() as connection:
+                stream = connection.execute(
+                    "SELECT version, stream_type FROM streams WHERE stream_id = ?", (stream_id,)
+                ).fetchone()
+                current, kind = stream if stream else (0, stream_type or "default")
+                if expected_version is not None and current != expected_version:
+                    self._raise_if_recorded(connection, rows)
+                    raise ConcurrencyError(stream_id, expected_version, current)
+                head = connection.execute("SELECT coalesce(max(position), 0) FROM event_store")
+                position = head.fetchone()[0]
+                try:
+                    connection.executemany(
+                        _INSERT,
+                        [
+                            (
+                                position + n, row.id, stream_id, kind, current + n,
+                                row.event_type, row.schema_version, row.payload_json,
+                                row.metadata_json, _ts(row.created_at), correlation_id,
+                                causation_id,
+                            )
+                            for n, row in enumerate(rows, start=1)
+                        ],
+                    )
+                except sqlite3.IntegrityError:
+                    self._raise_if_recorded(connection, rows)
+                    raise
+                now = _ts(rows[0].created_at)
+                connection.execute(
+                    "INSERT INTO streams (stream_id, stream_type, version, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
+                    "version = excluded.version, updated_at = excluded.updated_at",
+                    (stream_id, kind, current + len(rows), now, now),
+                )
+        except _AlreadyRecorded as recorded:
+            return AppendOutcome(recorded.events, inserted=False)
+        return AppendOutcome(
+            [
+                RecordedEvent(
+                    row.id, stream_id, kind, current + n, position + n, row.event_type,
+                    row.schema_version, json.loads(row.payload_json),
+                    json.loads(row.metadata_json), row.created_at, correlation_id, causation_id,
+                )
+                for n, row in enumerate(rows, start=1)
+            ],
+            inserted=True,
+        )
+
+    def _raise_if_recorded(self, connection: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
+        marks = ",".join("?" * len(rows))
+        found = connection.execute(
+            f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({marks}) ORDER BY position",
+            [row.id for row in rows],
+        ).fetchall()
+        if found:
+            raise _AlreadyRecorded([_event(row) for row in found])
+
+    # -- reading ------------------------------------------------------------------------
+    def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
+        with self._connection() as connection:
+            return [_event(row) for row in connection.execute(sql, params).fetchall()]
+
+    def read_stream(
+        self, stream_id: str, from_version: int, to_version: int | None
+    ) -> list[RecordedEvent]:
+        return self._select(
+            f"SELECT {_COLUMNS} FROM event_store WHERE stream_id = ? AND version >= ? "
+            "AND version <= ? ORDER BY version",
+            (stream_id, from_version, to_version if to_version is not None else 2**62),
+        )
+
+    def read_page(
+        self,
+        after: int,
+        event_types: Collection[str] | None,
+        until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        where: list[str] = ["position > ?"]
+        params: list[Any] = [after]
+        if event_types is not None:
+            if not event_types:
+                return []
+            where.append(f"event_type IN ({','.join('?' * len(event_types))})")
+            params.extend(event_types)
+        if until is not None:
+            where.append("created_at <= ?")
+            params.append(_ts(until))
+        params.append(limit)
+        return self._select(
+            f"SELECT {_COLUMNS} FROM event_store WHERE {' AND '.join(where)} "
+            "ORDER BY position LIMIT ?",
+            params,
+        )
+
+    def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
+        return self._select(
+            f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = ? ORDER BY position",
+            (correlation_id,),
+        )
+
+    def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
+        return self._select(
+            f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({','.join('?' * len(ids))}) "
+            "ORDER BY position",
+            list(ids),
+        )
+
+    def stream_version(self, stream_id: str) -> int:
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+            ).fetchone()
+        return row[0] if row else 0
+
+    def head_position(self) -> int:
+        with self._connection() as connection:
+            row = connection.execute("SELECT coalesce(max(position), 0) FROM event_store")
+            return int(row.fetchone()[0])
+
+    def counts_by_type(self) -> dict[str, int]:
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT event_type, count(*) FROM event_store GROUP BY event_type ORDER BY 1"
+            ).fetchall()
+        return dict(rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Transaction]:
+        with self._write() as connection:
+            yield _Transaction(connection)

@@ -1,0 +1,94 @@
+"""Shared fixtures: a fresh store per test on every backend (SQLite file, real PostgreSQL).
+
+Each PostgreSQL test gets its own schema, dropped afterwards, so tests never see each
+other's rows. In CI (CI=true) an unreachable PostgreSQL fails the run; elsewhere the
+PostgreSQL tests are skipped and the summary says so loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import event_sourcing as es
+
+PG_URL = os.environ.get("MLEVENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_pg_state: dict[str, Any] = {}
+
+
+def pg_available() -> str | None:
+    """None if PostgreSQL answers, else why not (checked once per session)."""
+    if "error" not in _pg_state:
+        try:
+            with psycopg.connect(PG_URL, connect_timeout=3) as connection:
+                connection.execute("SELECT 1")
+            _pg_state["error"] = None
+        except psycopg.OperationalError as exc:
+            _pg_state["error"] = str(exc).strip().splitlines()[0]
+    return _pg_state["error"]
+
+
+def require_pg() -> None:
+    error = pg_available()
+    if error is None:
+        return
+    message = f"PostgreSQL at {PG_URL} is unreachable: {error}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: PostgreSQL tests must run, not skip)")
+    _pg_state["skipped"] = _pg_state.get("skipped", 0) + 1
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _pg_state.get("skipped"):
+        terminalreporter.write_line(
+            f"!!! {_pg_state['skipped']} PostgreSQL test(s) SKIPPED: {_pg_state['error']} !!!\n"
+            f"!!! Start PostgreSQL or set MLEVENTS_TEST_PG_URL; CI runs them. !!!",
+            red=True,
+            bold=True,
+        )
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose store lives in a schema of its own, dropped afterwards."""
+    require_pg()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}schema={schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The URL of a fresh, empty store: once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    return str(request.getfixturevalue("pg_schema_url"))
+
+
+@pytest.fixture
+def make_store(store_url: str) -> Iterator[Callable[..., es.EventStore]]:
+    """Open more stores on the same database (other registry, clock, validation...)."""
+    opened: list[es.EventStore] = []
+
+    def make(**options: Any) -> es.EventStore:
+        store = es.connect(store_url, **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., es.EventStore]) -> es.EventStore:
+    return make_store()
