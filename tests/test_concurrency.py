@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import time
 from concurrent.futures import ProcessPoolExecutor
 
 import psycopg
@@ -56,33 +55,51 @@ def test_tailing_reader_sees_every_event_once_in_order(store_url: str) -> None:
     reader.close()
 
 
-def test_orphaned_commit_is_sequenced_after_the_cursor(pg_schema_url: str) -> None:
-    """A writer that committed but died before the sequencer ran leaves an unpositioned
-    event: it must reach readers later, above their cursor, never below it."""
+def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) -> None:
+    """The race the ordering exists for, made deterministic: writer A has its positions
+    but has not committed; writer B appends after it and commits first. A reader must not
+    be handed B's event yet (its cursor would pass A's lower position), and must get A's
+    then B's once A commits."""
     store = es.connect(pg_schema_url, validate=False)
-    store.append("s", [es.NewEvent("before", {})])
-    cursor = store.head_position()
+    cursor = store.append("s", [es.NewEvent("first", {})])[0].position
     base, _, schema = pg_schema_url.partition("?schema=")
-    with psycopg.connect(base, autocommit=True, options=f"-c search_path={schema}") as conn:
-        conn.execute(
-            "INSERT INTO event_store (id, stream_id, stream_type, version, event_type, "
-            "schema_version, payload, created_at) VALUES "
-            "(gen_random_uuid(), 'crashed', 'default', 1, 'orphan', 1, '{}', now())"
-        )
-        conn.execute("INSERT INTO streams VALUES ('crashed', 'default', 1, now(), now())")
-    assert list(store.read_all(after=cursor)) == []  # not yet part of the ordered log
-    store.append("s", [es.NewEvent("after", {})])
-    later = list(store.read_all(after=cursor))
-    assert [event.event_type for event in later] == ["orphan", "after"]
-    assert all(event.position > cursor for event in later)
+    slow = psycopg.connect(base, options=f"-c search_path={schema}")  # not autocommit
+    try:
+        row = slow.execute(
+            "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
+            "ARRAY[gen_random_uuid()], ARRAY['from_a'], ARRAY[1], ARRAY['{}'::jsonb], "
+            "ARRAY['{}'::jsonb])"
+        ).fetchone()
+        assert row is not None
+        a_position = row[2]
+        [b] = store.append("b", [es.NewEvent("from_b", {})])
+        assert b.position > a_position > cursor
+        assert list(store.read_all(after=cursor)) == []
+        assert store.head_position() == cursor
+        slow.commit()
+    finally:
+        slow.close()
+    delivered = list(store.read_all(after=cursor))
+    assert [(e.event_type, e.position) for e in delivered] == [
+        ("from_a", a_position), ("from_b", b.position)
+    ]
+    assert store.head_position() == b.position
     store.close()
-    # Opening a store also sequences orphans, so a quiet system does not hide them.
-    with psycopg.connect(base, autocommit=True, options=f"-c search_path={schema}") as conn:
-        conn.execute(
-            "INSERT INTO event_store (id, stream_id, stream_type, version, event_type, "
-            "schema_version, payload, created_at) VALUES "
-            "(gen_random_uuid(), 'crashed', 'default', 2, 'orphan2', 1, '{}', now())"
+
+
+def test_aborted_writer_leaves_a_gap_not_a_hole(pg_schema_url: str) -> None:
+    """An append that rolls back burns its positions; readers skip the gap, lose nothing,
+    and the advisory lock is released so other writers go on."""
+    store = es.connect(pg_schema_url, validate=False)
+    base, _, schema = pg_schema_url.partition("?schema=")
+    with psycopg.connect(base, options=f"-c search_path={schema}") as aborted:
+        aborted.execute(
+            "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
+            "ARRAY[gen_random_uuid()], ARRAY['doomed'], ARRAY[1], ARRAY['{}'::jsonb], "
+            "ARRAY['{}'::jsonb])"
         )
-    time.sleep(0)  # no ordering by sleeps: the connect below is what must sequence it
-    with es.connect(pg_schema_url, validate=False) as reopened:
-        assert [e.event_type for e in reopened.read_all(after=cursor)][-1] == "orphan2"
+        aborted.rollback()
+    after = store.append("b", [es.NewEvent("kept", {})])
+    assert [e.event_type for e in store.read_all()] == ["kept"]
+    assert after[0].position == 2
+    store.close()

@@ -1,11 +1,13 @@
-"""PostgreSQL recorder: the production backend, with a commit-order sequencer.
+"""PostgreSQL recorder: the production backend, ordered by transaction id and position.
 
-Writers insert events with no global position and commit without any shared lock (so
-their commits group and overlap). Positions are then handed out by `mlevents_sequence()`,
-a short critical section under a transaction-scoped advisory lock that numbers every
-committed-but-unpositioned event in one UPDATE. Sequencer transactions are serialized and
-each one becomes visible before the next starts, so positions become visible strictly in
-increasing order: a reader holding cursor p can never later find a position <= p appear.
+A writer takes a session-level advisory lock, and inside it gets its transaction id (its
+first write) and its global positions (a sequence), then releases the lock BEFORE it
+commits, so commits (and their WAL flushes) overlap. Because both are handed out inside
+one critical section, transaction-id order equals position order. Readers only return
+rows whose transaction id is below their snapshot's xmin (every transaction below it has
+ended), so any event that becomes visible later has a higher position than anything
+already returned: a single integer cursor never skips. The cost: a transaction that
+has written and stays open anywhere in the cluster delays (never drops) delivery.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ CREATE TABLE IF NOT EXISTS streams (
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
+-- Handed out only under the append lock, so positions follow transaction ids.
+CREATE SEQUENCE IF NOT EXISTS event_position_seq;
 CREATE TABLE IF NOT EXISTS event_store (
     id             uuid PRIMARY KEY,
     stream_id      text NOT NULL,
     stream_type    text NOT NULL,
     version        bigint NOT NULL CHECK (version >= 1),
-    -- NULL from insert until the sequencer numbers it, in the sequencer's own transaction.
-    position       bigint UNIQUE,
+    position       bigint NOT NULL UNIQUE,
     event_type     text NOT NULL,
     schema_version integer NOT NULL,
     payload        jsonb NOT NULL,
@@ -56,20 +59,13 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     timestamptz NOT NULL,
     correlation_id text,
     causation_id   text,
-    insert_seq     bigint GENERATED ALWAYS AS IDENTITY,
+    tx             xid8 NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS idx_event_store_unpositioned ON event_store (insert_seq)
-    WHERE position IS NULL;
-CREATE TABLE IF NOT EXISTS position_counter (
-    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    last_position bigint NOT NULL
-);
-INSERT INTO position_counter VALUES (true, 0) ON CONFLICT DO NOTHING;
 
 CREATE OR REPLACE FUNCTION mlevents_reject_mutation() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -78,19 +74,9 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'Events are immutable history; append a compensating event instead.';
 END $$;
-
 DROP TRIGGER IF EXISTS event_store_no_update ON event_store;
--- The only UPDATE allowed is the sequencer giving an unpositioned row its position.
-CREATE TRIGGER event_store_no_update BEFORE UPDATE ON event_store FOR EACH ROW
-WHEN (OLD.position IS NOT NULL OR NEW.position IS NULL
-      OR (OLD.id, OLD.stream_id, OLD.stream_type, OLD.version, OLD.event_type,
-          OLD.schema_version, OLD.payload, OLD.metadata, OLD.created_at,
-          OLD.correlation_id, OLD.causation_id, OLD.insert_seq)
-         IS DISTINCT FROM
-         (NEW.id, NEW.stream_id, NEW.stream_type, NEW.version, NEW.event_type,
-          NEW.schema_version, NEW.payload, NEW.metadata, NEW.created_at,
-          NEW.correlation_id, NEW.causation_id, NEW.insert_seq))
-EXECUTE FUNCTION mlevents_reject_mutation();
+CREATE TRIGGER event_store_no_update BEFORE UPDATE ON event_store
+FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 DROP TRIGGER IF EXISTS event_store_no_delete ON event_store;
 CREATE TRIGGER event_store_no_delete BEFORE DELETE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
@@ -98,47 +84,78 @@ DROP TRIGGER IF EXISTS event_store_no_truncate ON event_store;
 CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 
--- The commit-order sequencer. Returns the positions of `ids` (numbered now or earlier).
-CREATE OR REPLACE FUNCTION mlevents_sequence(ids uuid[])
-RETURNS TABLE (event_id uuid, event_position bigint)
+-- Appends one batch to one stream. Call it as the first statement of its transaction
+-- (autocommit: it is the whole transaction). Returns no row when the stream is not at
+-- p_expected; else (stream type, last version, first position) of the batch.
+CREATE OR REPLACE FUNCTION mlevents_append(
+    p_stream text, p_kind text, p_expected bigint, p_now timestamptz,
+    p_correlation text, p_causation text, p_ids uuid[], p_types text[],
+    p_versions integer[], p_payloads jsonb[], p_metadatas jsonb[])
+RETURNS TABLE (stream_type text, last_version bigint, first_position bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    last bigint;
-    numbered bigint;
+    n integer := cardinality(p_ids);
+    lock_key integer := hashtext(current_schema());
+    v bigint;
+    k text;
+    first bigint;
 BEGIN
-    -- An advisory lock (not a row lock) so a sequencer run that numbers nothing writes
-    -- nothing and its commit costs no WAL flush.
-    PERFORM pg_advisory_xact_lock(hashtext(current_schema()), 1);
-    IF EXISTS (SELECT 1 FROM event_store WHERE position IS NULL) THEN
-        SELECT c.last_position INTO last FROM position_counter c;
-        UPDATE event_store e SET position = last + p.n
-        FROM (SELECT u.id, row_number() OVER (ORDER BY u.insert_seq) AS n
-              FROM event_store u WHERE u.position IS NULL) p
-        WHERE e.id = p.id;
-        GET DIAGNOSTICS numbered = ROW_COUNT;
-        UPDATE position_counter SET last_position = last + numbered;
-        PERFORM pg_notify('mlevents_' || current_schema(), (last + numbered)::text);
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'mlevents_append must be the first write of its transaction';
     END IF;
-    RETURN QUERY SELECT e.id, e.position FROM event_store e WHERE e.id = ANY(ids);
+    -- Session-level, so it can be released before COMMIT: commits stay concurrent.
+    PERFORM pg_advisory_lock(lock_key, 1);
+    BEGIN
+        IF p_expected IS NULL THEN
+            INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
+            ON CONFLICT (stream_id) DO UPDATE
+                SET version = s.version + excluded.version, updated_at = excluded.updated_at
+            RETURNING s.version, s.stream_type INTO v, k;
+        ELSIF p_expected = 0 THEN
+            INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
+            ON CONFLICT DO NOTHING RETURNING s.version, s.stream_type INTO v, k;
+        ELSE
+            UPDATE streams AS s SET version = s.version + n, updated_at = p_now
+            WHERE s.stream_id = p_stream AND s.version = p_expected
+            RETURNING s.version, s.stream_type INTO v, k;
+        END IF;
+        IF v IS NOT NULL THEN
+            first := nextval('event_position_seq');
+            IF n > 1 THEN
+                PERFORM setval('event_position_seq', first + n - 1);
+            END IF;
+            INSERT INTO event_store (id, stream_id, stream_type, version, position, event_type,
+                schema_version, payload, metadata, created_at, correlation_id, causation_id)
+            SELECT u.id, p_stream, k, v - n + u.i, first + u.i - 1, u.event_type,
+                u.schema_version, u.payload, u.metadata, p_now, p_correlation, p_causation
+            FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadatas)
+                WITH ORDINALITY AS u(id, event_type, schema_version, payload, metadata, i);
+        END IF;
+    EXCEPTION WHEN query_canceled OR others THEN
+        PERFORM pg_advisory_unlock(lock_key, 1);
+        RAISE;
+    END;
+    PERFORM pg_advisory_unlock(lock_key, 1);
+    IF v IS NOT NULL THEN
+        RETURN QUERY SELECT k, v, first;
+    END IF;
 END $$;
 """
+
+# Rows whose transaction ended before every transaction still running: nothing with a
+# lower position can become visible after them.
+_SETTLED = "tx < pg_snapshot_xmin(pg_current_snapshot())"
 
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
     "payload, metadata, created_at, correlation_id, causation_id"
 )
 
-_INSERT = (
-    "INSERT INTO event_store (id, stream_id, stream_type, version, event_type, schema_version,"
-    " payload, metadata, created_at, correlation_id, causation_id) "
-    "SELECT u.id, %s, %s, %s + u.n, u.event_type, u.schema_version, u.payload, u.metadata, "
-    "%s, %s, %s FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::jsonb[], %s::jsonb[]) "
-    "WITH ORDINALITY AS u(id, event_type, schema_version, payload, metadata, n)"
+_APPEND = (
+    "SELECT * FROM mlevents_append(%(stream)s, %(kind)s, %(expected)s, %(now)s, "
+    "%(correlation)s, %(causation)s, %(ids)s::uuid[], %(types)s::text[], "
+    "%(versions)s::int[], %(payloads)s::jsonb[], %(metadatas)s::jsonb[])"
 )
-
-
-class _AlreadyRecorded(Exception):
-    """Raised inside a write transaction to roll it back: the batch's ids exist."""
 
 
 class _Transaction:
@@ -196,9 +213,6 @@ class PostgresRecorder:
             raise StoreUnavailableError(
                 f"cannot open a connection pool to {redact_url(url)}"
             ) from None
-        # Number anything a crashed writer committed but never sequenced.
-        with self._pool.connection() as connection:
-            connection.execute("SELECT count(*) FROM mlevents_sequence('{}')")
 
     def _create_schema(self, connection: psycopg.Connection[Any]) -> None:
         with connection.transaction():
@@ -223,7 +237,7 @@ class PostgresRecorder:
             connection.execute(
                 "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
-                (SCHEMA_VERSION, "event_store, streams, sequencer, append-only triggers"),
+                (SCHEMA_VERSION, "event_store, streams, xid-ordered positions, append-only"),
             )
 
     def close(self) -> None:
@@ -242,27 +256,23 @@ class PostgresRecorder:
         count = len(rows)
         created_at = rows[0].created_at
         ids = [row.id for row in rows]
+        params = {
+            "stream": stream_id, "kind": stream_type or "default", "now": created_at,
+            "expected": expected_version, "correlation": correlation_id,
+            "causation": causation_id, "ids": ids,
+            "types": [row.event_type for row in rows],
+            "versions": [row.schema_version for row in rows],
+            "payloads": [row.payload_json for row in rows],
+            "metadatas": [row.metadata_json for row in rows],
+        }
         with self._pool.connection() as connection:
             try:
-                with connection.transaction():
-                    kind, start = self._claim_versions(
-                        connection, stream_id, stream_type, expected_version, count, created_at,
-                        rows,
-                    )
-                    connection.execute(
-                        _INSERT,
-                        (
-                            stream_id, kind, start - 1, created_at, correlation_id, causation_id,
-                            ids, [row.event_type for row in rows],
-                            [row.schema_version for row in rows],
-                            [row.payload_json for row in rows],
-                            [row.metadata_json for row in rows],
-                        ),
-                    )
-            except (pg_errors.UniqueViolation, _AlreadyRecorded):
-                # A retry of a recorded batch: number it if a crash left it unpositioned,
-                # then hand back what was recorded. Anything else re-raises.
-                connection.execute("SELECT count(*) FROM mlevents_sequence('{}')")
+                claimed = connection.execute(_APPEND, params).fetchone()
+            except pg_errors.UniqueViolation:
+                claimed = None
+            if claimed is None:
+                # Nothing was written: a retry of a recorded batch (hand back what was
+                # recorded) or a stale expected version.
                 found = self._select_on(
                     connection,
                     f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) "
@@ -271,69 +281,25 @@ class PostgresRecorder:
                 )
                 if found:
                     return AppendOutcome(found, inserted=False)
-                raise
-            positions: dict[str, int] = dict(
-                connection.execute(
-                    "SELECT event_id::text, event_position FROM mlevents_sequence(%s::uuid[])",
-                    (ids,),
-                ).fetchall()
-            )
+                if expected_version is None:
+                    raise StoreUnavailableError(
+                        f"append to {stream_id!r} wrote nothing and no error was reported"
+                    )
+                actual = self._version(connection, stream_id)
+                raise ConcurrencyError(stream_id, expected_version, actual)
+        kind, last_version, first_position = claimed
+        first_version = last_version - count + 1
         return AppendOutcome(
             [
                 RecordedEvent(
-                    row.id, stream_id, kind, start + n, positions[row.id], row.event_type,
-                    row.schema_version, json.loads(row.payload_json),
+                    row.id, stream_id, kind, first_version + n, first_position + n,
+                    row.event_type, row.schema_version, json.loads(row.payload_json),
                     json.loads(row.metadata_json), created_at, correlation_id, causation_id,
                 )
                 for n, row in enumerate(rows)
             ],
             inserted=True,
         )
-
-    def _claim_versions(
-        self,
-        connection: psycopg.Connection[Any],
-        stream_id: str,
-        stream_type: str | None,
-        expected_version: int | None,
-        count: int,
-        now: datetime,
-        rows: Sequence[EventRow],
-    ) -> tuple[str, int]:
-        """Move the stream's version forward by `count` under its row lock; return
-        (stream type, first new version). The row lock makes expected-version checks atomic."""
-        kind = stream_type or "default"
-        if expected_version is None:
-            found = connection.execute(
-                "INSERT INTO streams AS s VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream_id) "
-                "DO UPDATE SET version = s.version + excluded.version, updated_at = %s "
-                "RETURNING s.version, s.stream_type",
-                (stream_id, kind, count, now, now, now),
-            ).fetchone()
-        elif expected_version == 0:
-            found = connection.execute(
-                "INSERT INTO streams VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING "
-                "RETURNING version, stream_type",
-                (stream_id, kind, count, now, now),
-            ).fetchone()
-        else:
-            found = connection.execute(
-                "UPDATE streams SET version = version + %s, updated_at = %s "
-                "WHERE stream_id = %s AND version = %s RETURNING version, stream_type",
-                (count, now, stream_id, expected_version),
-            ).fetchone()
-        if found is None:
-            already = connection.execute(
-                "SELECT 1 FROM event_store WHERE id = ANY(%s::uuid[]) LIMIT 1",
-                ([row.id for row in rows],),
-            ).fetchone()
-            if already:
-                raise _AlreadyRecorded
-            assert expected_version is not None
-            actual = self._version(connection, stream_id)
-            raise ConcurrencyError(stream_id, expected_version, actual)
-        version, kind = found
-        return kind, version - count + 1
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:
@@ -357,10 +323,9 @@ class PostgresRecorder:
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
     ) -> list[RecordedEvent]:
-        # Only positioned events: an event is part of history once it has its position.
         return self._select(
             f"SELECT {_COLUMNS} FROM event_store WHERE stream_id = %s AND version >= %s "
-            "AND version <= %s AND position IS NOT NULL ORDER BY version",
+            "AND version <= %s ORDER BY version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
         )
 
@@ -371,7 +336,7 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        where: list[str] = ["position > %s"]
+        where: list[str] = ["position > %s", _SETTLED]
         params: list[Any] = [after]
         if event_types is not None:
             where.append("event_type = ANY(%s)")
@@ -388,15 +353,13 @@ class PostgresRecorder:
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
-            f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s "
-            "AND position IS NOT NULL ORDER BY position",
+            f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
 
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
-            f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) "
-            "AND position IS NOT NULL ORDER BY position",
+            f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
             (list(ids),),
         )
 
@@ -406,7 +369,9 @@ class PostgresRecorder:
 
     def head_position(self) -> int:
         with self._pool.connection() as connection:
-            row = connection.execute("SELECT last_position FROM position_counter").fetchone()
+            row = connection.execute(
+                f"SELECT position FROM event_store WHERE {_SETTLED} ORDER BY position DESC LIMIT 1"
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def counts_by_type(self) -> dict[str, int]:
