@@ -71,7 +71,7 @@ def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) 
             "ARRAY['{}'::jsonb])"
         ).fetchone()
         assert row is not None
-        a_position = row[2]
+        a_position = row[2]  # (stream type, version, position)
         [b] = store.append("b", [es.NewEvent("from_b", {})])
         assert b.position > a_position > cursor
         assert list(store.read_all(after=cursor)) == []
@@ -101,5 +101,19 @@ def test_aborted_writer_leaves_a_gap_not_a_hole(pg_schema_url: str) -> None:
         aborted.rollback()
     after = store.append("b", [es.NewEvent("kept", {})])
     assert [e.event_type for e in store.read_all()] == ["kept"]
-    assert after[0].position == 2
+    assert after[0].position > 1  # the rolled-back append burned position 1
+    store.close()
+
+
+def test_unrelated_open_transactions_do_not_delay_readers(pg_schema_url: str) -> None:
+    """Only appends in flight hold readers back; a long transaction elsewhere does not."""
+    store = es.connect(pg_schema_url, validate=False)
+    base, _, schema = pg_schema_url.partition("?schema=")
+    with psycopg.connect(base, options=f"-c search_path={schema}") as idle:
+        idle.execute("CREATE TABLE unrelated (x int)")
+        idle.execute("INSERT INTO unrelated VALUES (1)")  # holds a transaction id, open
+        recorded = store.append("s", [es.NewEvent("visible", {})])
+        assert list(store.read_all()) == recorded
+        assert store.head_position() == recorded[0].position
+        idle.rollback()
     store.close()

@@ -1,18 +1,19 @@
-"""PostgreSQL recorder: the production backend, ordered by transaction id and position.
+"""PostgreSQL recorder: the production backend, with a lock-free commit-safe global order.
 
-A writer takes a session-level advisory lock, and inside it gets its transaction id (its
-first write) and its global positions (a sequence), then releases the lock BEFORE it
-commits, so commits (and their WAL flushes) overlap. Because both are handed out inside
-one critical section, transaction-id order equals position order. Readers only return
-rows whose transaction id is below their snapshot's xmin (every transaction below it has
-ended), so any event that becomes visible later has a higher position than anything
-already returned: a single integer cursor never skips. The cost: a transaction that
-has written and stays open anywhere in the cluster delays (never drops) delivery.
+Positions come from a sequence, so they are handed out in insert order, not commit order.
+What makes a single integer cursor safe is the *read horizon*: before taking its
+positions a writer reads the sequence's last value m and holds a shared advisory lock
+keyed by m until it commits (an "in-flight marker"). A reader first computes
+H = min(last value + 1, every in-flight m + 1), then scans (a later snapshot) for
+positions below H only. Every position below H was handed out before H was computed,
+and its writer, if still running, holds a marker below it: so whatever a reader is
+given, nothing at or below it can appear later. Writers never wait for one another
+(except on a shared stream's row); readers wait only for appends in flight.
+See docs/ordering.md for the argument and the measurements.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.recorder import AppendOutcome, EventRow, redact_url
+from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
 
 SCHEMA_VERSION = 1
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
@@ -44,14 +45,13 @@ CREATE TABLE IF NOT EXISTS streams (
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
--- Handed out only under the append lock, so positions follow transaction ids.
 CREATE SEQUENCE IF NOT EXISTS event_position_seq;
 CREATE TABLE IF NOT EXISTS event_store (
     id             uuid PRIMARY KEY,
     stream_id      text NOT NULL,
     stream_type    text NOT NULL,
     version        bigint NOT NULL CHECK (version >= 1),
-    position       bigint NOT NULL UNIQUE,
+    position       bigint NOT NULL UNIQUE DEFAULT nextval('event_position_seq'),
     event_type     text NOT NULL,
     schema_version integer NOT NULL,
     payload        jsonb NOT NULL,
@@ -59,7 +59,6 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     timestamptz NOT NULL,
     correlation_id text,
     causation_id   text,
-    tx             xid8 NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
@@ -84,67 +83,126 @@ DROP TRIGGER IF EXISTS event_store_no_truncate ON event_store;
 CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 
--- Appends one batch to one stream. Call it as the first statement of its transaction
--- (autocommit: it is the whole transaction). Returns no row when the stream is not at
--- p_expected; else (stream type, last version, first position) of the batch.
+-- The advisory-lock key (first half) of in-flight markers, per schema.
+CREATE OR REPLACE FUNCTION mlevents_inflight_key() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtext(current_schema() || ':mlevents-inflight') $$;
+
+-- The sequence's last handed-out value (0 before the first).
+CREATE OR REPLACE FUNCTION mlevents_last_position() RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END FROM event_position_seq s
+$$;
+
+-- Appends one batch to one stream in the caller's transaction. No row back when the
+-- stream is not at p_expected; else (stream type, version, position) for each event.
 CREATE OR REPLACE FUNCTION mlevents_append(
     p_stream text, p_kind text, p_expected bigint, p_now timestamptz,
     p_correlation text, p_causation text, p_ids uuid[], p_types text[],
     p_versions integer[], p_payloads jsonb[], p_metadatas jsonb[])
-RETURNS TABLE (stream_type text, last_version bigint, first_position bigint)
-LANGUAGE plpgsql AS $$
+RETURNS TABLE (out_type text, out_version bigint, out_position bigint)
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n integer := cardinality(p_ids);
-    lock_key integer := hashtext(current_schema());
     v bigint;
     k text;
-    first bigint;
+    floor bigint;
 BEGIN
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'mlevents_append must be the first write of its transaction';
+    -- Claim the versions first: the stream's row lock orders appends to one stream, so
+    -- their positions follow their versions.
+    IF p_expected IS NULL THEN
+        INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
+        ON CONFLICT (stream_id) DO UPDATE
+            SET version = s.version + excluded.version, updated_at = excluded.updated_at
+        RETURNING s.version, s.stream_type INTO v, k;
+    ELSIF p_expected = 0 THEN
+        INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
+        ON CONFLICT DO NOTHING RETURNING s.version, s.stream_type INTO v, k;
+    ELSE
+        UPDATE streams AS s SET version = s.version + n, updated_at = p_now
+        WHERE s.stream_id = p_stream AND s.version = p_expected
+        RETURNING s.version, s.stream_type INTO v, k;
     END IF;
-    -- Session-level, so it can be released before COMMIT: commits stay concurrent.
-    PERFORM pg_advisory_lock(lock_key, 1);
-    BEGIN
-        IF p_expected IS NULL THEN
-            INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
-            ON CONFLICT (stream_id) DO UPDATE
-                SET version = s.version + excluded.version, updated_at = excluded.updated_at
-            RETURNING s.version, s.stream_type INTO v, k;
-        ELSIF p_expected = 0 THEN
-            INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
-            ON CONFLICT DO NOTHING RETURNING s.version, s.stream_type INTO v, k;
-        ELSE
-            UPDATE streams AS s SET version = s.version + n, updated_at = p_now
-            WHERE s.stream_id = p_stream AND s.version = p_expected
-            RETURNING s.version, s.stream_type INTO v, k;
-        END IF;
-        IF v IS NOT NULL THEN
-            first := nextval('event_position_seq');
-            IF n > 1 THEN
-                PERFORM setval('event_position_seq', first + n - 1);
-            END IF;
-            INSERT INTO event_store (id, stream_id, stream_type, version, position, event_type,
-                schema_version, payload, metadata, created_at, correlation_id, causation_id)
-            SELECT u.id, p_stream, k, v - n + u.i, first + u.i - 1, u.event_type,
-                u.schema_version, u.payload, u.metadata, p_now, p_correlation, p_causation
-            FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadatas)
-                WITH ORDINALITY AS u(id, event_type, schema_version, payload, metadata, i);
-        END IF;
-    EXCEPTION WHEN query_canceled OR others THEN
-        PERFORM pg_advisory_unlock(lock_key, 1);
-        RAISE;
-    END;
-    PERFORM pg_advisory_unlock(lock_key, 1);
-    IF v IS NOT NULL THEN
-        RETURN QUERY SELECT k, v, first;
+    IF v IS NULL THEN
+        RETURN;
+    END IF;
+    -- The in-flight marker: every position taken below is > floor, and the marker is
+    -- held (shared: writers never block each other) until this transaction ends.
+    floor := mlevents_last_position();
+    PERFORM pg_advisory_xact_lock_shared(
+        mlevents_inflight_key(), ((floor % 4294967296) - 2147483648)::integer);
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
+            schema_version, payload, metadata, created_at, correlation_id, causation_id)
+        SELECT u.id, p_stream, k, v - n + u.i, u.event_type, u.schema_version, u.payload,
+            u.metadata, p_now, p_correlation, p_causation
+        FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadatas)
+            WITH ORDINALITY AS u(id, event_type, schema_version, payload, metadata, i)
+        RETURNING e.stream_type, e.version, e.position
+    )
+    SELECT * FROM inserted ORDER BY 2;
+END $$;
+
+-- Positions below the horizon are settled: committed, or never to be committed.
+CREATE OR REPLACE FUNCTION mlevents_horizon() RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    last bigint := mlevents_last_position();   -- read BEFORE the markers
+    oldest bigint;
+BEGIN
+    SELECT min(last - ((last - ((l.objid::bigint + 2147483648) % 4294967296))
+                       % 4294967296 + 4294967296) % 4294967296)
+    INTO oldest
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 2
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.classid::bigint = (mlevents_inflight_key()::bigint + 4294967296) % 4294967296;
+    RETURN least(coalesce(oldest, last) + 1, last + 1);
+END $$;
+
+-- One page of the global log. The horizon is computed by an earlier statement than the
+-- scan, so the scan's snapshot is taken after it (functions are VOLATILE on purpose).
+CREATE OR REPLACE FUNCTION mlevents_read(
+    p_after bigint, p_types text[], p_until timestamptz, p_limit integer)
+RETURNS TABLE (id text, stream_id text, stream_type text, version bigint, event_position bigint,
+               event_type text, schema_version integer, payload jsonb, metadata jsonb,
+               created_at timestamptz, correlation_id text, causation_id text)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    h bigint;
+BEGIN
+    h := mlevents_horizon();
+    IF p_types IS NULL THEN
+        RETURN QUERY SELECT e.id::text, e.stream_id, e.stream_type, e.version, e.position,
+            e.event_type, e.schema_version, e.payload, e.metadata, e.created_at,
+            e.correlation_id, e.causation_id
+        FROM event_store e
+        WHERE e.position > p_after AND e.position < h
+          AND (p_until IS NULL OR e.created_at <= p_until)
+        ORDER BY e.position LIMIT p_limit;
+    ELSE
+        RETURN QUERY SELECT e.id::text, e.stream_id, e.stream_type, e.version, e.position,
+            e.event_type, e.schema_version, e.payload, e.metadata, e.created_at,
+            e.correlation_id, e.causation_id
+        FROM event_store e
+        WHERE e.position > p_after AND e.position < h AND e.event_type = ANY(p_types)
+          AND (p_until IS NULL OR e.created_at <= p_until)
+        ORDER BY e.position LIMIT p_limit;
     END IF;
 END $$;
-"""
 
-# Rows whose transaction ended before every transaction still running: nothing with a
-# lower position can become visible after them.
-_SETTLED = "tx < pg_snapshot_xmin(pg_current_snapshot())"
+CREATE OR REPLACE FUNCTION mlevents_head() RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    h bigint;
+    found bigint;
+BEGIN
+    h := mlevents_horizon();
+    SELECT e.position INTO found FROM event_store e
+    WHERE e.position < h ORDER BY e.position DESC LIMIT 1;
+    RETURN coalesce(found, 0);
+END $$;
+"""
 
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
@@ -250,11 +308,10 @@ class PostgresRecorder:
         stream_type: str | None,
         expected_version: int | None,
         rows: Sequence[EventRow],
+        created_at: datetime,
         correlation_id: str | None,
         causation_id: str | None,
-    ) -> AppendOutcome:
-        count = len(rows)
-        created_at = rows[0].created_at
+    ) -> Appended:
         ids = [row.id for row in rows]
         params = {
             "stream": stream_id, "kind": stream_type or "default", "now": created_at,
@@ -267,39 +324,27 @@ class PostgresRecorder:
         }
         with self._pool.connection() as connection:
             try:
-                claimed = connection.execute(_APPEND, params).fetchone()
+                claimed = connection.execute(_APPEND, params).fetchall()
             except pg_errors.UniqueViolation:
-                claimed = None
-            if claimed is None:
-                # Nothing was written: a retry of a recorded batch (hand back what was
-                # recorded) or a stale expected version.
-                found = self._select_on(
-                    connection,
-                    f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) "
-                    "ORDER BY position",
-                    (ids,),
+                claimed = []
+            if claimed:
+                kind, first_version, _ = claimed[0]
+                return Appended(kind, first_version, [position for _, _, position in claimed])
+            # Nothing was written: a retry of a recorded batch or a stale expected version.
+            found = self._select_on(
+                connection,
+                f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
+                (ids,),
+            )
+            if found:
+                raise AlreadyRecorded(found)
+            if expected_version is None:
+                raise StoreUnavailableError(
+                    f"append to {stream_id!r} wrote nothing and no error was reported"
                 )
-                if found:
-                    return AppendOutcome(found, inserted=False)
-                if expected_version is None:
-                    raise StoreUnavailableError(
-                        f"append to {stream_id!r} wrote nothing and no error was reported"
-                    )
-                actual = self._version(connection, stream_id)
-                raise ConcurrencyError(stream_id, expected_version, actual)
-        kind, last_version, first_position = claimed
-        first_version = last_version - count + 1
-        return AppendOutcome(
-            [
-                RecordedEvent(
-                    row.id, stream_id, kind, first_version + n, first_position + n,
-                    row.event_type, row.schema_version, json.loads(row.payload_json),
-                    json.loads(row.metadata_json), created_at, correlation_id, causation_id,
-                )
-                for n, row in enumerate(rows)
-            ],
-            inserted=True,
-        )
+            raise ConcurrencyError(
+                stream_id, expected_version, self._version(connection, stream_id)
+            )
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:
@@ -336,19 +381,9 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        where: list[str] = ["position > %s", _SETTLED]
-        params: list[Any] = [after]
-        if event_types is not None:
-            where.append("event_type = ANY(%s)")
-            params.append(list(event_types))
-        if until is not None:
-            where.append("created_at <= %s")
-            params.append(until)
-        params.append(limit)
         return self._select(
-            f"SELECT {_COLUMNS} FROM event_store WHERE {' AND '.join(where)} "
-            "ORDER BY position LIMIT %s",
-            params,
+            "SELECT * FROM mlevents_read(%s, %s::text[], %s, %s)",
+            (after, None if event_types is None else list(event_types), until, limit),
         )
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
@@ -369,9 +404,7 @@ class PostgresRecorder:
 
     def head_position(self) -> int:
         with self._pool.connection() as connection:
-            row = connection.execute(
-                f"SELECT position FROM event_store WHERE {_SETTLED} ORDER BY position DESC LIMIT 1"
-            ).fetchone()
+            row = connection.execute("SELECT mlevents_head()").fetchone()
         return int(row[0]) if row else 0
 
     def counts_by_type(self) -> dict[str, int]:

@@ -7,36 +7,42 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from event_sourcing.events import RecordedEvent
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """One validated, encoded event, ready to be written."""
+class EventRow(NamedTuple):
+    """One validated, encoded event, ready to be written (a tuple: built once per event)."""
 
     id: str
     event_type: str
     schema_version: int
     payload_json: str
     metadata_json: str
-    created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class AppendOutcome:
-    """What a recorder did with a batch.
+class Appended(NamedTuple):
+    """Where a batch landed: its stream's type, the first version (versions of a batch are
+    contiguous) and each event's position (increasing, not always contiguous)."""
 
-    `inserted` is False when some ids of the batch were already recorded: nothing was
-    written and `events` holds the events already recorded under those ids.
+    stream_type: str
+    first_version: int
+    positions: Sequence[int]
+
+
+class AlreadyRecorded(Exception):
+    """Some ids of the batch were recorded before; nothing was written.
+
+    Raised by recorders with the events recorded under those ids; the store decides
+    whether the batch is an idempotent retry or a conflicting reuse of ids.
     """
 
-    events: list[RecordedEvent]
-    inserted: bool
+    def __init__(self, events: list[RecordedEvent]) -> None:
+        super().__init__(f"{len(events)} event(s) of this batch are already recorded")
+        self.events = events
 
 
 class SqlTransaction(Protocol):
@@ -61,9 +67,10 @@ class Recorder(Protocol):
         stream_type: str | None,
         expected_version: int | None,
         rows: Sequence[EventRow],
+        created_at: datetime,
         correlation_id: str | None,
         causation_id: str | None,
-    ) -> AppendOutcome: ...
+    ) -> Appended: ...
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None

@@ -17,7 +17,7 @@ from typing import Any
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.recorder import AppendOutcome, EventRow
+from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
 SCHEMA_VERSION = 1
 
@@ -74,13 +74,6 @@ _INSERT = (
     "schema_version, payload, metadata, created_at, correlation_id, causation_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-class _AlreadyRecorded(Exception):
-    """Some ids of a batch exist: roll back, then hand the recorded events to the caller."""
-
-    def __init__(self, events: list[RecordedEvent]) -> None:
-        self.events = events
 
 
 def _ts(value: datetime) -> str:
@@ -217,56 +210,42 @@ class SQLiteRecorder:
         stream_type: str | None,
         expected_version: int | None,
         rows: Sequence[EventRow],
+        created_at: datetime,
         correlation_id: str | None,
         causation_id: str | None,
-    ) -> AppendOutcome:
-        try:
-            with self._write() as connection:
-                stream = connection.execute(
-                    "SELECT version, stream_type FROM streams WHERE stream_id = ?", (stream_id,)
-                ).fetchone()
-                current, kind = stream if stream else (0, stream_type or "default")
-                if expected_version is not None and current != expected_version:
-                    self._raise_if_recorded(connection, rows)
-                    raise ConcurrencyError(stream_id, expected_version, current)
-                head = connection.execute("SELECT coalesce(max(position), 0) FROM event_store")
-                position = head.fetchone()[0]
-                try:
-                    connection.executemany(
-                        _INSERT,
-                        [
-                            (
-                                position + n, row.id, stream_id, kind, current + n,
-                                row.event_type, row.schema_version, row.payload_json,
-                                row.metadata_json, _ts(row.created_at), correlation_id,
-                                causation_id,
-                            )
-                            for n, row in enumerate(rows, start=1)
-                        ],
-                    )
-                except sqlite3.IntegrityError:
-                    self._raise_if_recorded(connection, rows)
-                    raise
-                now = _ts(rows[0].created_at)
-                connection.execute(
-                    "INSERT INTO streams (stream_id, stream_type, version, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
-                    "version = excluded.version, updated_at = excluded.updated_at",
-                    (stream_id, kind, current + len(rows), now, now),
+    ) -> Appended:
+        now = _ts(created_at)
+        with self._write() as connection:
+            head, current, kind = connection.execute(
+                "SELECT coalesce(max(position), 0), s.version, s.stream_type FROM event_store "
+                "LEFT JOIN streams s ON s.stream_id = ?",
+                (stream_id,),
+            ).fetchone()
+            current = current or 0
+            kind = kind or stream_type or "default"
+            if expected_version is not None and current != expected_version:
+                self._raise_if_recorded(connection, rows)
+                raise ConcurrencyError(stream_id, expected_version, current)
+            try:
+                connection.executemany(
+                    _INSERT,
+                    [
+                        (head + n, row.id, stream_id, kind, current + n, row.event_type,
+                         row.schema_version, row.payload_json, row.metadata_json, now,
+                         correlation_id, causation_id)
+                        for n, row in enumerate(rows, start=1)
+                    ],
                 )
-        except _AlreadyRecorded as recorded:
-            return AppendOutcome(recorded.events, inserted=False)
-        return AppendOutcome(
-            [
-                RecordedEvent(
-                    row.id, stream_id, kind, current + n, position + n, row.event_type,
-                    row.schema_version, json.loads(row.payload_json),
-                    json.loads(row.metadata_json), row.created_at, correlation_id, causation_id,
-                )
-                for n, row in enumerate(rows, start=1)
-            ],
-            inserted=True,
-        )
+            except sqlite3.IntegrityError:
+                self._raise_if_recorded(connection, rows)
+                raise
+            connection.execute(
+                "INSERT INTO streams (stream_id, stream_type, version, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
+                "version = excluded.version, updated_at = excluded.updated_at",
+                (stream_id, kind, current + len(rows), now, now),
+            )
+        return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
 
     def _raise_if_recorded(self, connection: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
         marks = ",".join("?" * len(rows))
@@ -275,7 +254,7 @@ class SQLiteRecorder:
             [row.id for row in rows],
         ).fetchall()
         if found:
-            raise _AlreadyRecorded([_event(row) for row in found])
+            raise AlreadyRecorded([_event(row) for row in found])
 
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:

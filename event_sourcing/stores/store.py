@@ -22,7 +22,13 @@ from event_sourcing.errors import (
     UnknownEventTypeError,
 )
 from event_sourcing.events import NewEvent, RecordedEvent
-from event_sourcing.stores.recorder import EventRow, Recorder, SqlTransaction, iter_pages
+from event_sourcing.stores.recorder import (
+    AlreadyRecorded,
+    EventRow,
+    Recorder,
+    SqlTransaction,
+    iter_pages,
+)
 
 MAX_STREAM_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
@@ -164,30 +170,53 @@ class EventStore:
             )
         if isinstance(events, (NewEvent, DomainEvent)) or not isinstance(events, Iterable):
             raise EventValidationError("events must be a sequence of events (wrap one in [...])")
-        rows = self._encode(list(events), metadata)
-        outcome = self.recorder.append(
-            stream_id, stream_type, expected_version, rows, correlation, causation
-        )
-        if outcome.inserted:
-            return outcome.events
-        return self._idempotent_result(stream_id, rows, outcome.events)
+        rows, payloads, metadatas = self._encode(list(events), metadata)
+        created_at = self.clock()
+        if created_at.tzinfo is None:
+            raise EventValidationError("the store's clock returned a naive datetime; use UTC")
+        created_at = created_at.astimezone(UTC)
+        try:
+            kind, version, positions = self.recorder.append(
+                stream_id, stream_type, expected_version, rows, created_at, correlation,
+                causation,
+            )
+        except AlreadyRecorded as recorded:
+            return self._idempotent_result(stream_id, rows, recorded.events)
+        return [
+            RecordedEvent(
+                row.id, stream_id, kind, version + n, position, row.event_type,
+                row.schema_version, payload, metadata_, created_at, correlation, causation,
+                row.schema_version,
+            )
+            for n, (row, position, payload, metadata_) in enumerate(
+                zip(rows, positions, payloads, metadatas, strict=True)
+            )
+        ]
 
     def _encode(
         self, events: list[NewEvent | DomainEvent], metadata: Mapping[str, Any] | None
-    ) -> list[EventRow]:
+    ) -> tuple[list[EventRow], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Validate and encode a batch: rows to write, plus the payloads and metadata as a
+        reader will decode them (JSON-normalized, so append returns what read_all returns).
+        """
         if not events:
             raise EventValidationError("append needs at least one event")
-        now = self.clock()
-        if now.tzinfo is None:
-            raise EventValidationError("the store's clock returned a naive datetime; use UTC")
-        now = now.astimezone(UTC)
         registry = self.registry
+        limit = self.max_payload_bytes
+        batch_metadata = dict(metadata) if metadata else {}
+        batch_metadata_json = (
+            _encode_json(batch_metadata, "metadata", limit) if batch_metadata else "{}"
+        )
         rows: list[EventRow] = []
+        payloads: list[dict[str, Any]] = []
+        metadatas: list[dict[str, Any]] = []
         seen: set[str] = set()
         for index, event in enumerate(events):
+            event_metadata: Mapping[str, Any] | None = None
+            normalized = True  # registry output is plain JSON already
             if isinstance(event, DomainEvent):
                 event_type, schema_version, payload = registry.encode_model(event)
-                event_id, event_metadata = str(uuid.uuid4()), None
+                event_id = str(uuid.uuid4())
             elif isinstance(event, NewEvent):
                 event_type = _check_name(event.type, f"events[{index}].type")
                 if not isinstance(event.payload, Mapping):
@@ -203,7 +232,7 @@ class EventStore:
                         "it (registry.register) or open the store with validate=False"
                     )
                 else:
-                    schema_version, payload = 1, dict(event.payload)
+                    schema_version, payload, normalized = 1, dict(event.payload), False
                 event_id = _event_id(event.id)
                 event_metadata = event.metadata
                 if event_metadata is not None and not isinstance(event_metadata, Mapping):
@@ -219,25 +248,19 @@ class EventStore:
             if event_id in seen:
                 raise EventValidationError(f"event id {event_id} appears twice in one batch")
             seen.add(event_id)
-            merged = {**metadata, **event_metadata} if metadata and event_metadata else (
-                event_metadata or metadata or {}
+            payload_json = _encode_json(
+                payload, f"payload of events[{index}] ({event_type})", limit
             )
-            rows.append(
-                EventRow(
-                    id=event_id,
-                    event_type=event_type,
-                    schema_version=schema_version,
-                    payload_json=_encode_json(
-                        payload, f"payload of events[{index}] ({event_type})",
-                        self.max_payload_bytes,
-                    ),
-                    metadata_json=_encode_json(
-                        merged, f"metadata of events[{index}]", self.max_payload_bytes
-                    ),
-                    created_at=now,
-                )
-            )
-        return rows
+            if event_metadata:
+                merged = {**batch_metadata, **event_metadata}
+                metadata_json = _encode_json(merged, f"metadata of events[{index}]", limit)
+                metadatas.append(json.loads(metadata_json))
+            else:
+                metadata_json = batch_metadata_json
+                metadatas.append(json.loads(metadata_json) if batch_metadata else {})
+            payloads.append(payload if normalized else json.loads(payload_json))
+            rows.append(EventRow(event_id, event_type, schema_version, payload_json, metadata_json))
+        return rows, payloads, metadatas
 
     def _idempotent_result(
         self, stream_id: str, rows: list[EventRow], existing: list[RecordedEvent]
