@@ -85,6 +85,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "started_at": "2024-05-01T12:00:00Z",
         "user_id": "ana",
         "model_name": "iris_clf",
+        "training_function": "train:fit_logreg",
     },
     "training_progress": {
         "step": 3,
@@ -101,6 +102,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "completed_at": "2024-05-01T12:05:00Z",
         "duration_seconds": 300,
         "model_fingerprint": SHA,
+        "model_name": "iris_clf",
+        "eval_set": {"uri": f"artifact://sha256/{SHA2}", "sha256": SHA2},
+        "fingerprint_components": {"params": SHA, "predictions": SHA2},
+        "fingerprint_digits": 10,
     },
     "training_failed": {"error": "CUDA out of memory", "error_type": "RuntimeError", "step": 7},
     "training_verified": {

@@ -180,7 +180,8 @@ def test_manual_flow_replays_the_seed_state_shape(
 
     state = service.replay_training(training_id)
     assert {"config", "dataset_id", "steps", "final_metrics"} <= set(state)
-    assert state["config"] == {**config, "training_function": "logreg"}
+    assert state["config"] == config  # recorded as given
+    assert state["training_function"] == "logreg" and state["model_name"] == "cancer-lr"
     assert state["dataset_id"] == "breast_cancer"
     assert [s["step"] for s in state["steps"]] == [1, 2]
     assert state["steps"][0]["metrics"] == {"acc": 0.9} and state["steps"][0]["loss"] == 0.4
@@ -202,8 +203,22 @@ def test_manual_flow_replays_the_seed_state_shape(
     assert {e.stream_type for e in events} == {"training_run"}
     assert {e.correlation_id for e in events} == {training_id}
     assert events[0].payload["started_at"] == "2025-01-01T12:00:01Z"  # the injected clock
+    assert events[0].payload["training_function"] == "logreg"
     completed = events[-1].payload
     assert completed["duration_seconds"] > 0
+    # What verification and model registration need is typed payload, not event metadata.
+    assert events[-1].metadata == {}
+    assert completed["model_name"] == "cancer-lr"
+    assert completed["fingerprint_digits"] == service.fingerprint_digits
+    assert set(completed["fingerprint_components"]) == {
+        "params",
+        "learned",
+        "predictions",
+        "probabilities",
+    }
+    eval_ref = artifacts.put_table(X_eval)
+    assert completed["eval_set"]["uri"] == eval_ref.uri == f"artifact://sha256/{eval_ref.sha256}"
+    assert completed["eval_set"]["sha256"] == eval_ref.sha256
     assert artifacts.get_model(completed["model_artifact"]["sha256"]).score(
         X_eval, test["target"]
     ) == pytest.approx(model.score(X_eval, test["target"]))
@@ -412,6 +427,54 @@ def test_changed_training_code_is_named(
     assert verdict.reproducible is False
     assert any(d.startswith("code:") and "source sha256" in d for d in verdict.differences)
     assert any(d.startswith("model:") for d in verdict.differences)
+
+
+def test_changed_eval_set_artifact_fails_verification_naming_it(
+    service: TrainingService,
+    store: es.EventStore,
+    artifacts: ArtifactStore,
+    cancer: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    outcome = _train_forest(service, cancer)
+    eval_set = store.read_stream(outcome.training_id)[-1].payload["eval_set"]
+    path = artifacts.path_for(eval_set["uri"])
+    os.chmod(path, 0o644)
+    path.write_text(path.read_text().replace(",", ",1", 1))
+
+    verdict = service.verify_reproducibility(outcome.training_id)
+    assert verdict.reproducible is False and verdict.actual_fingerprint is None
+    assert any(
+        d.startswith("evaluation set:") and eval_set["uri"] in d for d in verdict.differences
+    )
+
+
+def test_training_function_can_be_recorded_by_name(
+    service: TrainingService,
+    store: es.EventStore,
+    artifacts: ArtifactStore,
+    cancer: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    train, test = cancer
+    dataset = artifacts.put_table(train)
+    # A "training_function" key in config is the user's; only train_fn names the function.
+    config = {"training_function": "not:this", "note": "by name"}
+    training_id = service.start_training(
+        config, dataset, hyperparameters={"max_iter": 300}, seed=1, train_fn="logreg"
+    )
+    started = store.read_stream(training_id)[0].payload
+    assert started["config"] == config
+    assert started["training_function"] == "logreg"
+    assert started["code_version"]["source_sha256"] == code_version(train_logreg).source_sha256
+    model = train_logreg(artifacts.get_table(dataset), {"max_iter": 300}, 1)
+    service.complete_training(training_id, model, {}, X_eval=test.drop(columns="target"))
+    assert service.verify_reproducibility(training_id).reproducible
+
+    unknown = service.start_training({}, dataset, seed=1, train_fn="nowhere:train")
+    assert store.read_stream(unknown)[0].payload["training_function"] == "nowhere:train"
+    service.complete_training(unknown, model, {})
+    verdict = service.verify_reproducibility(unknown)
+    assert verdict.reproducible is False
+    assert any(d.startswith("code:") and "nowhere:train" in d for d in verdict.differences)
 
 
 def test_training_functions_are_found_by_import_or_reported_missing(

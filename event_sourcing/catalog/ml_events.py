@@ -67,7 +67,8 @@ class ArtifactRef(_Part):
     """A content-addressed file in the artifact store (dataset, model, large inputs)."""
 
     uri: Name
-    """Where the bytes live, e.g. file:///... or s3://..."""
+    """Where the bytes live: `artifact://sha256/<hex>` (event_sourcing.artifacts.ArtifactStore),
+    or file:// / s3:// for external files."""
     sha256: Sha256
     """sha256 of the bytes; the identity of the artifact."""
     size_bytes: Count | None = None
@@ -236,6 +237,8 @@ class TrainingStarted(DomainEvent):
     started_at: Timestamp | None = None
     user_id: str | None = None
     model_name: str | None = None
+    training_function: str | None = None
+    """Registered name of the training function (e.g. `module:qualname`); re-runs look it up."""
 
 
 @default_registry.register
@@ -263,6 +266,14 @@ class TrainingCompleted(DomainEvent):
     duration_seconds: Annotated[float, Field(ge=0)] | None = None
     model_fingerprint: str | None = None
     """Digest of the trained model's learned state; equal fingerprints mean equal models."""
+    model_name: str | None = None
+    """Name the model is registered (and versioned) under."""
+    eval_set: ArtifactRef | None = None
+    """The evaluation set the fingerprint's predictions were computed on; None if it had none."""
+    fingerprint_components: dict[str, str] = {}
+    """Per-part hashes (params, learned, predictions...) the fingerprint combines."""
+    fingerprint_digits: int | None = None
+    """Significant digits floats were rounded to before hashing; re-runs use the same."""
 
 
 @default_registry.register

@@ -12,8 +12,10 @@ Streams written here:
   name, so version n is the stream's n-th event and an optimistic append hands out numbers
   without gaps or duplicates.
 
-training_completed's event metadata carries ``eval_set`` (ArtifactRef of the evaluation
-inputs), ``fingerprint_components`` and ``fingerprint_digits``, which verification needs.
+training_started names the run's training function (``training_function``); training_completed
+carries ``model_name``, ``eval_set`` (ArtifactRef of the evaluation inputs),
+``fingerprint_components`` and ``fingerprint_digits``, which model registration and
+verification read. The user's ``config`` is recorded as given.
 """
 
 from __future__ import annotations
@@ -76,7 +78,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_NAME_STREAM_PREFIX",
     "MODEL_STREAM_TYPE",
-    "TRAINING_FUNCTION_KEY",
     "TRAINING_STREAM_TYPE",
     "TrainingOutcome",
     "TrainingService",
@@ -87,8 +88,6 @@ TRAINING_STREAM_TYPE = "training_run"
 MODEL_STREAM_TYPE = "model"
 MODEL_NAME_STREAM_TYPE = "model_name"
 MODEL_NAME_STREAM_PREFIX = "model-name:"
-TRAINING_FUNCTION_KEY = "training_function"
-"""Key in training_started.config naming the registered training function of the run."""
 
 _TERMINAL = frozenset(
     {EventTypes.TRAINING_COMPLETED, EventTypes.TRAINING_FAILED, EventTypes.TRAINING_VERIFIED}
@@ -195,7 +194,7 @@ class TrainingService:
         feature_version: str | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
         seed: int | None = None,
-        train_fn: TrainFn | None = None,
+        train_fn: TrainFn | str | None = None,
         model_name: str | None = None,
         user_id: str | None = None,
         correlation_id: str | None = None,
@@ -206,9 +205,11 @@ class TrainingService:
         `dataset_version` is the sha256 of the dataset's canonical bytes (what
         `ArtifactStore.put_table(df)` returns as `.sha256`), or that ArtifactRef itself.
         `hyperparameters` and `seed` default to ``config["hyperparameters"]`` and
-        ``config["seed"]``. `train_fn` (registered if it is not) is recorded in the config
-        under ``"training_function"`` so `verify_reproducibility` can find it; its source
-        hash goes into the code version.
+        ``config["seed"]``. `train_fn` (registered if it is not) is recorded by name in
+        ``training_function`` so `verify_reproducibility` can find it, and its source hash
+        goes into the code version. A registered name may be given instead of the function;
+        a name this process cannot resolve is recorded as is (verification reports it
+        missing). `config` is recorded as given.
 
         Train on the snapshot (``artifacts.get_table(ref)``), not on the frame you took it
         from: verification re-runs on the snapshot, and equal numbers in another memory
@@ -232,21 +233,20 @@ class TrainingService:
         if seed is None and isinstance(run_config.get("seed"), int):
             seed = run_config["seed"]
         fn: TrainFn | None = None
-        if train_fn is not None:
-            name = self.functions.name_of(train_fn)
-            recorded = run_config.get(TRAINING_FUNCTION_KEY)
-            if recorded is not None and recorded != name:
+        function_name: str | None = None
+        if isinstance(train_fn, str):
+            if not train_fn:
                 raise TrainingError(
-                    f"config names training function {recorded!r} but train_fn is registered "
-                    f"as {name!r}; pass one or the other"
+                    "train_fn is an empty name; pass the training function or its registered name"
                 )
-            run_config[TRAINING_FUNCTION_KEY] = name
-            fn = train_fn
-        elif isinstance(run_config.get(TRAINING_FUNCTION_KEY), str):
+            function_name = train_fn
             try:
-                fn = self.functions.get(run_config[TRAINING_FUNCTION_KEY])
+                fn = self.functions.get(train_fn)
             except TrainingFunctionNotFoundError:
                 fn = None  # recorded by name only; verification will say it is missing
+        elif train_fn is not None:
+            function_name = self.functions.name_of(train_fn)
+            fn = train_fn
         if dataset_uri is None and self.artifacts.exists(version):
             dataset_uri = artifact_uri(version)
         training_id = str(training_id or uuid.uuid4())
@@ -263,6 +263,7 @@ class TrainingService:
             started_at=self.clock(),
             user_id=user_id,
             model_name=model_name or _optional_str(run_config.get("model_name")),
+            training_function=function_name,
         )
         self.store.append(
             training_id,
@@ -376,13 +377,11 @@ class TrainingService:
             completed_at=completed_at,
             duration_seconds=max(0.0, (completed_at - started_at).total_seconds()),
             model_fingerprint=fingerprint_of(components),
+            model_name=name,
+            eval_set=eval_ref,
+            fingerprint_components=components,
+            fingerprint_digits=digits,
         )
-        metadata: dict[str, Any] = {
-            "model_name": name,
-            "fingerprint_components": components,
-            "fingerprint_digits": digits,
-            "eval_set": eval_ref.model_dump(mode="json") if eval_ref is not None else None,
-        }
         try:
             recorded = self.store.append(
                 training_id,
@@ -391,7 +390,6 @@ class TrainingService:
                 stream_type=TRAINING_STREAM_TYPE,
                 correlation_id=run.correlation_id,
                 causation_id=run.started_event.id,
-                metadata=metadata,
             )[0]
         except ConcurrencyError:
             raise TrainingStateError(
@@ -511,8 +509,9 @@ class TrainingService:
         Keys ``config``, ``dataset_id``, ``steps`` (the training_progress payloads) and
         ``final_metrics`` (None until completed) as in the seed; plus ``training_id``,
         ``status``, ``dataset_version``, ``dataset_uri``, ``feature_version``,
-        ``hyperparameters``, ``seed``, ``code_version``, ``environment``, ``model_id``,
-        ``model_fingerprint``, ``error`` and ``verifications``.
+        ``hyperparameters``, ``seed``, ``training_function``, ``code_version``,
+        ``environment``, ``model_id``, ``model_name``, ``model_fingerprint``, ``error`` and
+        ``verifications``.
         """
         run = self._load(training_id)
         started = run.started
@@ -528,6 +527,7 @@ class TrainingService:
             "feature_version": started.feature_version,
             "hyperparameters": started.hyperparameters,
             "seed": started.seed,
+            "training_function": started.training_function,
             "code_version": (
                 started.code_version.model_dump(mode="json") if started.code_version else None
             ),
@@ -535,6 +535,7 @@ class TrainingService:
                 started.environment.model_dump(mode="json") if started.environment else None
             ),
             "model_id": run.completed.model_id if run.completed else None,
+            "model_name": run.completed.model_name if run.completed else started.model_name,
             "model_fingerprint": run.completed.model_fingerprint if run.completed else None,
             "error": run.failed.error if run.failed else None,
             "verifications": [v.model_dump(mode="json") for v in run.verifications],
@@ -572,13 +573,13 @@ class TrainingService:
 
         dataset = self._load_dataset(started, differences)
         blocked |= dataset is None
-        eval_set, eval_ok = self._load_eval_set(completed_event, differences)
+        eval_set, eval_ok = self._load_eval_set(completed, differences)
         blocked |= not eval_ok
 
         fn = train_fn
-        function_name = started.config.get(TRAINING_FUNCTION_KEY)
+        function_name = started.training_function
         if fn is None:
-            if not isinstance(function_name, str):
+            if function_name is None:
                 differences.append(
                     "code: the run recorded no training function; pass train_fn= to verify it"
                 )
@@ -603,7 +604,11 @@ class TrainingService:
             try:
                 _seed_globals(started.seed)
                 model = fn(dataset, dict(started.hyperparameters), started.seed)
-                digits = int(completed_event.metadata.get("fingerprint_digits", DEFAULT_DIGITS))
+                digits = (
+                    completed.fingerprint_digits
+                    if completed.fingerprint_digits is not None
+                    else DEFAULT_DIGITS
+                )
                 components = fingerprint_components(model, eval_set, digits=digits)
                 actual = fingerprint_of(components)
             except Exception as exc:  # the verdict records any re-run failure
@@ -612,8 +617,9 @@ class TrainingService:
                 )
             else:
                 if actual != expected:
-                    recorded_parts = completed_event.metadata.get("fingerprint_components")
-                    differences.extend(_model_differences(recorded_parts, components))
+                    differences.extend(
+                        _model_differences(completed.fingerprint_components, components)
+                    )
 
         verdict = TrainingVerified(
             training_id=training_id,
@@ -692,7 +698,7 @@ class TrainingService:
     def _register_model(self, completed_event: RecordedEvent, run: _Run) -> None:
         """Append model_created and model_versioned for a training_completed (idempotent)."""
         completed = TrainingCompleted.model_validate(completed_event.payload)
-        name = str(completed_event.metadata.get("model_name") or "model")
+        name = completed.model_name or "model"
         created_id, versioned_id = self._model_event_ids(completed.model_id)
         created = ModelCreated(
             model_id=completed.model_id,
@@ -784,12 +790,11 @@ class TrainingService:
             return None
 
     def _load_eval_set(
-        self, completed_event: RecordedEvent, differences: list[str]
+        self, completed: TrainingCompleted, differences: list[str]
     ) -> tuple[Any, bool]:
-        raw = completed_event.metadata.get("eval_set")
-        if not raw:
+        ref = completed.eval_set
+        if ref is None:
             return None, True  # the fingerprint covered parameters only
-        ref = ArtifactRef.model_validate(raw)
         try:
             return self.artifacts.get_table(ref), True
         except ArtifactIntegrityError as exc:
@@ -886,8 +891,8 @@ _PART_NAMES = {
 }
 
 
-def _model_differences(recorded: Any, current: Mapping[str, str]) -> list[str]:
-    if not isinstance(recorded, Mapping):
+def _model_differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    if not recorded:
         return ["model: the fingerprint differs (the run recorded no per-part fingerprints)"]
     out = []
     for part in sorted(set(recorded) | set(current)):
