@@ -16,7 +16,10 @@ from event_sourcing.errors import EventStoreError
 
 # Add a module here to add its subcommands; each must define `register(subparsers)` and give
 # every parser it adds a `handler` default (see event_sourcing.cli.common.set_handler).
-COMMAND_MODULES: tuple[str, ...] = ("event_sourcing.cli.store_commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "event_sourcing.cli.store_commands",
+    "event_sourcing.cli.provenance_commands",
+)
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 

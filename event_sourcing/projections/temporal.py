@@ -1,0 +1,167 @@
+"""Temporal queries: any projection evaluated as of a time or a position, into memory.
+
+The live read models are never touched; the same handlers run against an in-memory SQLite.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from event_sourcing.errors import EventValidationError
+from event_sourcing.events import RecordedEvent
+from event_sourcing.projections.read_models import (
+    builtin_projections,
+    current_deployment,
+    get_training_summary,
+    list_models,
+)
+from event_sourcing.projections.runner import (
+    DEFAULT_MAX_ATTEMPTS,
+    DeadLetter,
+    Projection,
+    ProjectionError,
+    apply_event,
+    iso,
+)
+from event_sourcing.stores import connect
+from event_sourcing.stores.store import EventStore
+
+__all__ = [
+    "ReadModelSnapshot",
+    "as_of",
+    "deployed_model_at",
+    "model_catalog_at",
+    "training_summary_at",
+]
+
+
+class ReadModelSnapshot:
+    """A projection's read model as it was at `at`, held in an in-memory SQLite database.
+
+    `position` is the last global position the snapshot includes; `dead_letters` lists
+    events its handlers could not apply (nothing is skipped silently). Close it when done.
+    """
+
+    def __init__(
+        self,
+        projection: Projection,
+        at: datetime | int,
+        memory: EventStore,
+        position: int,
+        applied: int,
+        dead_letters: list[DeadLetter],
+    ) -> None:
+        self.projection = projection
+        self.at = at
+        self.position = position
+        self.applied = applied
+        self.dead_letters = dead_letters
+        self._memory = memory
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of `sql` (SQLite dialect, `?` placeholders) as dicts."""
+        with self._memory.transaction() as tx:
+            cursor = tx.execute(sql, params)
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+    def close(self) -> None:
+        self._memory.close()
+
+    def __enter__(self) -> ReadModelSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name, at = self.projection.name, self.at
+        return f"ReadModelSnapshot({name!r}, at={at!r}, position={self.position})"
+
+
+def _projection(projection: Projection | str) -> Projection:
+    if isinstance(projection, Projection):
+        return projection
+    for candidate in builtin_projections():
+        if candidate.name == projection:
+            return candidate
+    names = ", ".join(p.name for p in builtin_projections())
+    raise ProjectionError(f"no built-in projection named {projection!r}; known: {names}")
+
+
+def _events(
+    store: EventStore, projection: Projection, at: datetime | int
+) -> Iterator[RecordedEvent]:
+    types = projection.event_types
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise EventValidationError(
+                f"as-of time {at!r} is naive; give a timezone-aware time (UTC)"
+            )
+        return store.read_all(event_types=types, until=at)
+    if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+        raise EventValidationError(
+            f"as-of must be a timezone-aware datetime or a position >= 0, got {at!r}"
+        )
+    return itertools.takewhile(lambda e: e.position <= at, store.read_all(event_types=types))
+
+
+def as_of(
+    store: EventStore,
+    projection: Projection | str,
+    at: datetime | int,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> ReadModelSnapshot:
+    """Evaluate `projection` (or a built-in one by name) over the events up to `at`: those
+    created at or before a datetime, or at or below a global position."""
+    projection = _projection(projection)
+    memory = connect("sqlite:///:memory:", registry=store.registry, validate=False)
+    position, applied, parked = 0, 0, []
+    try:
+        with memory.transaction() as tx:
+            projection.setup(tx)
+            for event in _events(store, projection, at):
+                outcome = apply_event(tx, projection, event, store.registry, max_attempts)
+                position = event.position
+                if outcome.error is None:
+                    applied += 1
+                    continue
+                parked.append(
+                    DeadLetter(
+                        projection.name, event.id, event.position, event.event_type,
+                        f"{type(outcome.error).__name__}: {outcome.error}", outcome.trace,
+                        outcome.attempts, iso(store.clock()) or "",
+                    )
+                )
+    except BaseException:
+        memory.close()
+        raise
+    if isinstance(at, int):
+        position = at
+    return ReadModelSnapshot(projection, at, memory, position, applied, parked)
+
+
+def deployed_model_at(
+    store: EventStore, model_name: str, at: datetime | int, environment: str = "production"
+) -> dict[str, Any] | None:
+    """The deployment of `model_name` that served in `environment` at `at` (None if none)."""
+    with as_of(store, "deployments", at) as snapshot:
+        return current_deployment(snapshot, model_name, environment)
+
+
+def model_catalog_at(store: EventStore, at: datetime | int) -> list[dict[str, Any]]:
+    """The model catalog as it was at `at`."""
+    with as_of(store, "model_catalog", at) as snapshot:
+        return list_models(snapshot)
+
+
+def training_summary_at(
+    store: EventStore, training_id: str, at: datetime | int
+) -> dict[str, Any] | None:
+    """A training run's summary as it was at `at` (None if it had not started)."""
+    with as_of(store, "training_summaries", at) as snapshot:
+        return get_training_summary(snapshot, training_id)

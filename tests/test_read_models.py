@@ -1,0 +1,229 @@
+"""The built-in read models over a realistic ML history, and over what TrainingService and
+inference logging really append; on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _projection_worker import CLEAN, FEATURES, SteppingClock, artifact, build_ml_history
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+import event_sourcing as es
+from event_sourcing.artifacts import ArtifactStore
+from event_sourcing.catalog import TrainingProgress
+from event_sourcing.projections import (
+    ProjectionRunner,
+    ReadModelMissingError,
+    builtin_projections,
+    current_deployment,
+    get_inference_quality,
+    get_model,
+    get_model_provenance,
+    get_training_summary,
+    inference_quality_projection,
+    list_deployments,
+    list_models,
+    list_trainings,
+)
+from event_sourcing.projections.runner import iso
+from event_sourcing.training import TrainingService, log_feedback, log_prediction
+
+MakeStore = Callable[..., es.EventStore]
+
+
+@pytest.fixture
+def history(make_store: MakeStore) -> tuple[es.EventStore, dict[str, es.RecordedEvent]]:
+    store = make_store(clock=SteppingClock())
+    events = build_ml_history(store)
+    stats = ProjectionRunner(store, builtin_projections()).run()
+    assert all(s.parked == 0 for s in stats.values()), stats
+    return store, events
+
+
+def test_training_summaries(history: tuple[es.EventStore, dict[str, es.RecordedEvent]]) -> None:
+    store, e = history
+    run1 = get_training_summary(store, "run-1")
+    assert run1 is not None
+    assert run1["status"] == "completed"
+    assert run1["started_at"] == iso(e["run1_started"].created_at)
+    assert run1["completed_at"] == iso(e["run1_completed"].created_at)
+    assert run1["duration_seconds"] == 42.0
+    assert (run1["user_id"], run1["dataset_id"], run1["dataset_version"]) == (
+        "ada", "wine", FEATURES
+    )
+    assert run1["config"] == {"estimator": "logreg", "C": 1.0}
+    assert run1["last_step"] == 100
+    assert run1["latest_metrics"] == {"accuracy": 1.0, "loss": 0.1}
+    assert run1["final_metrics"] == {"accuracy": 0.91}
+    assert (run1["model_id"], run1["model_name"], run1["reproducible"]) == ("m1", "wine-clf", 1)
+
+    run2 = get_training_summary(store, "run-2")
+    assert run2 is not None
+    assert (run2["status"], run2["error"], run2["last_step"]) == ("failed", "diverged", 30)
+    assert run2["duration_seconds"] == (
+        e["run2_failed"].created_at - e["run2_started"].created_at
+    ).total_seconds()
+    assert run2["final_metrics"] is None
+
+    assert [r["training_id"] for r in list_trainings(store, status="completed")] == [
+        "run-3", "run-1"
+    ]
+    assert list_trainings(store, status="running") == []
+    assert get_training_summary(store, "nope") is None
+
+
+def test_model_catalog(history: tuple[es.EventStore, dict[str, es.RecordedEvent]]) -> None:
+    store, e = history
+    models = {m["model_id"]: m for m in list_models(store)}
+    assert set(models) == {"m1", "m2"}
+    m1, m2 = models["m1"], models["m2"]
+    assert (m1["name"], m1["version"], m1["training_id"]) == ("wine-clf", 1, "run-1")
+    assert (m2["version"], m2["training_id"]) == (2, "run-3")
+    # m1 served production and staging; m2 replaced it in production, staging retired it.
+    assert (m1["status"], m1["environments"]) == ("retired", [])
+    assert (m2["status"], m2["environments"]) == ("deployed", ["production"])
+    ref = artifact("m1")
+    assert (m1["artifact_uri"], m1["artifact_sha256"]) == (ref.uri, ref.sha256)
+    assert m1["metrics"] == {"accuracy": 0.9}
+    assert m1["created_at"] == iso(e["run1_created"].created_at)
+    assert m1["updated_at"] == iso(e["m1_staging_retired"].created_at)
+    assert [m["model_id"] for m in list_models(store, status="deployed")] == ["m2"]
+    assert get_model(store, "m3") is None
+
+
+def test_model_provenance(history: tuple[es.EventStore, dict[str, es.RecordedEvent]]) -> None:
+    store, e = history
+    row = get_model_provenance(store, "m1")
+    assert row is not None
+    assert row["training_run_id"] == "run-1"
+    assert (row["dataset_id"], row["dataset_version"], row["feature_version"]) == (
+        "wine", FEATURES, "fv1"
+    )
+    assert row["code_version"] == {
+        "package_version": "0.1.0", "git_commit": "abc123", "source_sha256": None
+    }
+    assert row["hyperparameters"] == {"C": 1.0} and row["seed"] == 7
+    assert row["training_environment"]["python"] == "3.11.9"
+    assert row["created_at"] == iso(e["run1_completed"].created_at)
+    assert get_model_provenance(store, "run-2") is None  # failed runs make no model
+
+
+def test_deployments(history: tuple[es.EventStore, dict[str, es.RecordedEvent]]) -> None:
+    store, e = history
+    rows = list_deployments(store)
+    assert [(r["model_id"], r["environment"]) for r in rows] == [
+        ("m1", "production"), ("m1", "staging"), ("m2", "production")
+    ]
+    prod_m1, staging_m1, prod_m2 = rows
+    assert prod_m1["deployed_at"] == iso(e["m1_deployed"].created_at)
+    assert prod_m1["retired_at"] == iso(e["m2_deployed"].created_at)
+    assert (prod_m1["replaced_by_model_id"], prod_m1["retired_reason"]) == ("m2", "replaced")
+    assert staging_m1["retired_at"] == iso(e["m1_staging_retired"].created_at)
+    assert staging_m1["retired_reason"] == "retired"
+    assert prod_m2["retired_at"] is None
+
+    serving = current_deployment(store, "wine-clf", "production")
+    assert serving is not None and (serving["model_id"], serving["version"]) == ("m2", 2)
+    assert current_deployment(store, "wine-clf", "staging") is None
+    assert len(list_deployments(store, environment="production", active_only=True)) == 1
+
+
+def test_inference_quality_per_version(
+    history: tuple[es.EventStore, dict[str, es.RecordedEvent]],
+) -> None:
+    store, _ = history
+    rows = {(r["model_id"], r["model_version"]): r for r in get_inference_quality(store)}
+    assert rows[("m1", 1)]["predictions"] == 1 and rows[("m1", 1)]["feedback"] == 1
+    assert rows[("m1", 1)]["rolling_accuracy"] == 1.0
+    assert rows[("m2", 2)]["rolling_accuracy"] == 0.0
+    assert rows[("m2", 2)]["rolling_mae"] is None  # labels, not numbers
+
+
+def test_inference_quality_rolling_window(make_store: MakeStore) -> None:
+    store = make_store()
+    labels = ["a", "a", "b", "b", "b"]  # the model always says "a": right, right, then wrong
+    for label in labels:
+        log_feedback(store, log_prediction(store, "clf", 1, {"x": 1}, "a"), label)
+    for predicted, actual in [(1.5, 2.0), (2.5, 2.5), (5.5, 1.5), (3.25, 3.75)]:
+        log_feedback(store, log_prediction(store, "reg", 4, [1.0, 2.0], predicted), actual)
+
+    runner = ProjectionRunner(store, [inference_quality_projection(window=3)])
+    runner.run()
+    rows = {r["model_id"]: r for r in get_inference_quality(store)}
+    clf, reg = rows["clf"], rows["reg"]
+    assert (clf["predictions"], clf["feedback"], clf["window_count"]) == (5, 5, 3)
+    assert clf["rolling_accuracy"] == 0.0  # the last three were all wrong
+    assert (reg["model_version"], reg["feedback"], reg["rolling_accuracy"]) == (4, 4, None)
+    assert reg["rolling_mae"] == pytest.approx((0.0 + 4.0 + 0.5) / 3)
+    with store.transaction() as tx:
+        kept = tx.execute("SELECT count(*) FROM inference_quality_window").fetchone()[0]
+    assert kept == 6  # the window side table holds only the last N per model version
+
+    # A wider window is a new projection version: the runner rebuilds the figures.
+    wider = ProjectionRunner(store, [inference_quality_projection(window=5)]).run()
+    assert wider["inference_quality"].rebuilt
+    clf = get_inference_quality(store, "clf")[0]
+    assert (clf["window_size"], clf["rolling_accuracy"]) == (5, pytest.approx(2 / 5))
+
+
+def test_training_service_and_inference_logging_feed_every_read_model(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    store = make_store()
+    service = TrainingService(store, ArtifactStore(tmp_path / "artifacts"))
+    iris = load_iris(as_frame=True).frame
+
+    def train(dataset: Any, hyperparameters: dict[str, Any], seed: int | None) -> Any:
+        X, y = dataset.drop(columns="target"), dataset["target"]
+        return LogisticRegression(max_iter=500, random_state=seed, **hyperparameters).fit(X, y)
+
+    X = iris.drop(columns="target")
+    outcome = service.train(
+        train, iris, hyperparameters={"C": 0.5}, seed=3, X_eval=X.head(5), model_name="iris",
+        feature_version="fv-iris", user_id="grace",
+        evaluate=lambda model: {"accuracy": float(model.score(X, iris["target"]))},
+    )
+    predicted = int(outcome.model.predict(X.head(1))[0])
+    inference = log_prediction(store, outcome.model_id, 1, X.iloc[0], predicted)
+    log_feedback(store, inference, predicted)
+
+    stats = ProjectionRunner(store, builtin_projections()).run()
+    assert all(s.parked == 0 for s in stats.values()), stats
+    summary = get_training_summary(store, outcome.training_id)
+    assert summary is not None
+    assert (summary["status"], summary["model_id"], summary["user_id"]) == (
+        "completed", outcome.model_id, "grace"
+    )
+    assert summary["final_metrics"] == outcome.metrics
+    model = get_model(store, outcome.model_id)
+    assert model is not None
+    assert (model["name"], model["version"], model["status"]) == ("iris", 1, "ready")
+    assert model["fingerprint"] == outcome.fingerprint
+    provenance = get_model_provenance(store, outcome.model_id)
+    assert provenance is not None
+    assert provenance["feature_version"] == "fv-iris"
+    assert provenance["hyperparameters"] == {"C": 0.5} and provenance["seed"] == 3
+    assert provenance["code_version"]["source_sha256"]
+    [quality] = get_inference_quality(store, outcome.model_id)
+    assert (quality["predictions"], quality["feedback"], quality["rolling_accuracy"]) == (1, 1, 1.0)
+
+
+def test_an_update_without_its_start_is_parked_not_dropped(make_store: MakeStore) -> None:
+    store = make_store()
+    store.append("orphan-run", [TrainingProgress(step=1)])
+    runner = ProjectionRunner(store, builtin_projections())
+    assert runner.run("training_summaries")["training_summaries"].parked == 1
+    [letter] = runner.dead_letters("training_summaries")
+    assert "orphan-run" in letter.error and "training_started was not applied" in letter.error
+
+
+def test_queries_before_the_projections_ran_say_what_to_do(make_store: MakeStore) -> None:
+    store = make_store()
+    with pytest.raises(ReadModelMissingError, match="mlevents project"):
+        list_models(store)
+    assert CLEAN  # the shared history's constants import cleanly
