@@ -19,6 +19,7 @@ from event_sourcing.errors import EventStoreError
 COMMAND_MODULES: tuple[str, ...] = (
     "event_sourcing.cli.store_commands",
     "event_sourcing.cli.provenance_commands",
+    "event_sourcing.cli.predict_commands",
 )
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
