@@ -42,9 +42,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Built once: json.dumps(**kwargs) would construct an encoder per call on the hot path.
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode_json(value: Any, what: str, max_bytes: int) -> str:
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text = _JSON.encode(value)
     except TypeError as exc:
         raise EventValidationError(
             f"{what} is not JSON-serialisable ({exc}); use lists instead of sets, "
