@@ -277,6 +277,7 @@ def score_batch(
             causation_id=deployment.deployed_event.id,
             metadata=row_metadata,
             clock=clock,
+            environment=deployment.environment,
         )
         result.inference_ids.append(inference_id)
         if labelled:

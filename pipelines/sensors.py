@@ -166,6 +166,7 @@ def retrain_on_new_data(
 
 PROVENANCE_TRIGGERS = (
     EventTypes.TRAINING_COMPLETED,
+    EventTypes.MODEL_EVALUATED,
     EventTypes.MODEL_DEPLOYED,
     EventTypes.MODEL_RETIRED,
 )

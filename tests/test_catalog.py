@@ -128,6 +128,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "training_id": "t1",
         "artifact": ARTIFACT,
     },
+    "model_evaluated": {
+        "model_id": "m2",
+        "model_name": "iris_clf",
+        "version": 2,
+        "environment": "production",
+        "champion_model_id": "m1",
+        "dataset_version": SHA,
+        "metrics": {"accuracy": 0.91},
+        "champion_metrics": {"accuracy": 0.93},
+        "promoted": False,
+        "reason": "held-out accuracy 0.9100 < champion's 0.9300",
+        "evaluated_at": "2024-05-01T12:06:00Z",
+    },
     "model_deployed": {"model_id": "m1", "model_name": "iris_clf", "version": 1},
     "model_retired": {
         "model_id": "m1",
@@ -136,7 +149,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "environment": "staging",
         "replaced_by_model_id": "m2",
     },
-    "inference_requested": {"model_id": "m1", "model_version": 1, "inputs": {"x1": 0.5}},
+    "inference_requested": {
+        "model_id": "m1",
+        "model_version": 1,
+        "inputs": {"x1": 0.5},
+        "environment": "staging",
+    },
     "inference_completed": {
         "model_id": "m1",
         "model_version": 1,
@@ -253,6 +271,11 @@ def test_cross_field_rules() -> None:
     lie = {**SAMPLES["training_verified"], "actual_fingerprint": SHA2}
     with pytest.raises(EventValidationError, match="fingerprints differ"):
         default_registry.encode(EventTypes.TRAINING_VERIFIED, lie)
+    orphan = {**SAMPLES["model_evaluated"], "champion_model_id": None}
+    with pytest.raises(EventValidationError, match="champion_model_id is not"):
+        default_registry.encode(EventTypes.MODEL_EVALUATED, orphan)
+    first = {**orphan, "champion_metrics": None, "promoted": True, "reason": "nothing serves"}
+    assert default_registry.encode(EventTypes.MODEL_EVALUATED, first)[1]["promoted"] is True
 
 
 def test_unknown_type() -> None:

@@ -15,6 +15,7 @@ import event_sourcing as es
 from event_sourcing import cli
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import EventTypes
+from event_sourcing.catalog.ml_events import ModelEvaluated
 from event_sourcing.serving import current_deployment, load_deployed_model
 from pipelines.assets import all_assets
 from pipelines.assets.deployment import decide
@@ -47,6 +48,7 @@ FULL_RUN_TYPES = [
     EventTypes.TRAINING_COMPLETED,
     EventTypes.MODEL_CREATED,
     EventTypes.MODEL_VERSIONED,
+    EventTypes.MODEL_EVALUATED,
     EventTypes.MODEL_DEPLOYED,
 ]
 
@@ -164,12 +166,16 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     assert [e.position for e in events] == sorted(e.position for e in events)
     # One run, one correlation id: the Dagster run id.
     assert {e.correlation_id for e in events} == {result.run_id}
+    # Every event, the training service's included, carries the run's ids in its metadata.
+    asset_of = {"data": {"raw_data", "validated_data"}, "feature": {"features"}}
+    asset_of["training"] = asset_of["model"] = {"trained_model"}
     for event in events:
-        if event.event_type.startswith("data_") or event.event_type.startswith("feature_"):
-            assert event.metadata["dagster_run_id"] == result.run_id
-            assert event.metadata["asset_key"] in {"raw_data", "validated_data", "features"}
-            assert "partition_key" in event.metadata
-    deployed = events[-1]
+        assert event.metadata["dagster_run_id"] == result.run_id, event.event_type
+        assert "partition_key" in event.metadata
+        if event.event_type not in {EventTypes.MODEL_EVALUATED, EventTypes.MODEL_DEPLOYED}:
+            assert event.metadata["asset_key"] in asset_of[event.event_type.split("_")[0]]
+    evaluated, deployed = events[-2:]
+    assert evaluated.metadata["asset_key"] == "model_evaluation"
     assert deployed.metadata["asset_key"] == "deployed_model"
 
     by_type: dict[str, list[es.RecordedEvent]] = {}
@@ -206,6 +212,19 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     assert completed["final_metrics"]["accuracy"] > 0.9
     assert deployed.payload["model_id"] == completed["model_id"]
     assert deployed.payload["version"] == 1
+    # The promotion verdict is in the log, and the deployment names it as its cause.
+    assert evaluated.payload["model_id"] == completed["model_id"]
+    assert (evaluated.payload["promoted"], evaluated.payload["reason"]) == (
+        True,
+        "no model is deployed yet",
+    )
+    assert evaluated.payload["champion_model_id"] is None
+    assert evaluated.payload["champion_metrics"] is None
+    assert evaluated.payload["dataset_version"] == dataset_version
+    assert evaluated.payload["metrics"]["accuracy"] == completed["final_metrics"]["accuracy"]
+    assert evaluated.causation_id == by_type[EventTypes.MODEL_VERSIONED][0].id
+    assert deployed.causation_id == evaluated.id
+    assert evaluated.stream_id == deployed.stream_id
 
     # Dagster's versions are the event store's hashes.
     mats = materializations(result)
@@ -225,6 +244,7 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     assert mats["raw_data"].metadata["event_position"].value == ingested[-1].position
     assert mats["trained_model"].metadata["model_id"].value == completed["model_id"]
     assert mats["deployed_model"].metadata["deployed_event_id"].value == deployed.id
+    assert mats["model_evaluation"].metadata["evaluated_event_id"].value == evaluated.id
     assert "```mermaid" in mats["deployed_model_lineage"].metadata["lineage"].value
     assert completed["model_id"] in mats["deployed_model_lineage"].metadata["mermaid"].value
     assert mats["read_models"].metadata["rows"].value["deployments"] == 1
@@ -331,6 +351,16 @@ def test_retraining_promotes_only_a_model_at_least_as_good(sqlite_pipeline: Pipe
     assert check.check_name == "candidate_promoted" and not check.passed
     assert check.severity == dg.AssetCheckSeverity.WARN
     assert [e.event_type for e in sqlite_pipeline.events()].count(EventTypes.MODEL_DEPLOYED) == 1
+    # ... and the log, not only Dagster, says so and why.
+    rejected = sqlite_pipeline.events()[-1]
+    assert rejected.event_type == EventTypes.MODEL_EVALUATED
+    assert rejected.payload["promoted"] is False
+    assert rejected.payload["reason"] == evaluation["reason"].value
+    assert "identical" in rejected.payload["reason"]
+    assert rejected.payload["champion_model_id"] == first_model != rejected.payload["model_id"]
+    assert rejected.payload["champion_metrics"] == rejected.payload["metrics"]
+    assert rejected.correlation_id == same.run_id
+    assert rejected.metadata["dagster_run_id"] == same.run_id
 
     # New (drifted) data: the candidate beats the champion on the new held-out rows.
     write_drifted_batch(sqlite_pipeline.landing, rows=150, seed=2)
@@ -342,17 +372,51 @@ def test_retraining_promotes_only_a_model_at_least_as_good(sqlite_pipeline: Pipe
         candidate["metrics"]["accuracy"] >= champion["metrics"]["accuracy"]
     )
     assert evaluation["promote"], "the drift-trained candidate should win on drifted held-out rows"
-    tail = sqlite_pipeline.events()[-2:]
-    assert [e.event_type for e in tail] == [EventTypes.MODEL_RETIRED, EventTypes.MODEL_DEPLOYED]
-    retired, deployed = tail
+    tail = sqlite_pipeline.events()[-3:]
+    assert [e.event_type for e in tail] == [
+        EventTypes.MODEL_EVALUATED,
+        EventTypes.MODEL_RETIRED,
+        EventTypes.MODEL_DEPLOYED,
+    ]
+    verdict, retired, deployed = tail
+    assert (verdict.payload["promoted"], verdict.payload["reason"]) == (
+        True,
+        evaluation["reason"],
+    )
+    assert verdict.payload["model_id"] == candidate["model_id"]
+    assert verdict.payload["champion_model_id"] == first_model
+    assert verdict.payload["metrics"] == candidate["metrics"]
+    assert verdict.payload["champion_metrics"] == champion["metrics"]
+    assert retired.causation_id == deployed.causation_id == verdict.id
     assert retired.payload["model_id"] == first_model
     assert retired.payload["replaced_by_model_id"] == candidate["model_id"]
     assert deployed.payload["replaces_model_id"] == first_model
     assert deployed.payload["version"] == candidate["version"] == 3
-    assert {retired.correlation_id, deployed.correlation_id} == {result.run_id}
+    assert {verdict.correlation_id, retired.correlation_id, deployed.correlation_id} == {
+        result.run_id
+    }
     with es.connect(sqlite_pipeline.url) as store:
         serving = current_deployment(store, model_name=MODEL_NAME)
     assert serving is not None and serving.model_id == candidate["model_id"]
+
+
+def test_a_verdict_is_only_carried_out_if_the_deployment_stream_did_not_move(
+    sqlite_pipeline: Pipeline,
+) -> None:
+    evaluate = [*INGESTION_ASSETS, *RETRAIN_ASSETS[:-1]]
+    assert sqlite_pipeline.materialize(evaluate).success
+    verdict = sqlite_pipeline.events()[-1]
+    assert verdict.event_type == EventTypes.MODEL_EVALUATED and verdict.payload["promoted"]
+    # Another run records a verdict of its own before this one is carried out.
+    with es.connect(sqlite_pipeline.url) as store:
+        store.append(verdict.stream_id, [ModelEvaluated(**{**verdict.payload, "promoted": False})])
+
+    result = sqlite_pipeline.materialize([dg.AssetKey("deployed_model")], raise_on_error=False)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "changed since the evaluation" in str(failure.step_failure_data.error)
+    assert EventTypes.MODEL_DEPLOYED not in [e.event_type for e in sqlite_pipeline.events()]
 
 
 def test_inference_job_and_predict_command_log_predictions_and_feedback(
@@ -380,6 +444,9 @@ def test_inference_job_and_predict_command_log_predictions_and_feedback(
     assert len(new) == 120
     assert {e.correlation_id for e in new} == {result.run_id}
     assert all(e.metadata["dagster_run_id"] == result.run_id for e in new)
+    # Each prediction names the environment whose deployment served it.
+    requested = [e for e in new if e.event_type == EventTypes.INFERENCE_REQUESTED]
+    assert {e.payload["environment"] for e in requested} == {"production"}
     feedback = [e for e in new if e.event_type == EventTypes.INFERENCE_FEEDBACK]
     accuracy = sum(e.payload["correct"] for e in feedback) / len(feedback)
     assert accuracy == pytest.approx(summary["accuracy"])

@@ -19,6 +19,7 @@ from sklearn.tree import DecisionTreeClassifier
 import event_sourcing as es
 import event_sourcing.cli as cli
 from event_sourcing.artifacts import ArtifactStore
+from event_sourcing.catalog import ModelDeployed
 from event_sourcing.provenance import (
     Edge,
     LineageGraph,
@@ -161,6 +162,46 @@ def test_explain_names_the_serving_model_and_its_lineage(history: History) -> No
         explain(store, "inf-404")
     with pytest.raises(ProvenanceError, match="no prediction"):
         explain(store, str(uuid.uuid4()))
+
+
+def test_explain_picks_the_deployment_of_the_recorded_environment(history: History) -> None:
+    store, _ = history
+    # m2 serves production; deploying it to staging too leaves two deployments of it open.
+    [staging] = store.append(
+        "deployments:wine-clf",
+        [ModelDeployed(model_id="m2", model_name="wine-clf", version=2, environment="staging")],
+    )
+    served = log_prediction(store, "m2", 2, {"a": 1.0}, "b", environment="staging")
+    unnamed = log_prediction(store, "m2", 2, {"a": 1.0}, "b")
+    elsewhere = log_prediction(store, "m2", 2, {"a": 1.0}, "b", environment="canary")
+    assert store.read_stream(served)[0].payload["environment"] == "staging"
+    assert store.read_stream(unnamed)[0].payload["environment"] is None
+
+    graph = explain(store, served)
+    inference = graph.node(f"inference:{served}").attributes
+    assert (inference["environment"], inference["serving_environments"]) == (
+        "staging", ["staging"]
+    )
+    assert "environment_mismatch" not in inference
+    [deployment] = graph.of_kind("deployment")
+    assert deployment.event_ids[0] == staging.id
+    assert (deployment.id, f"inference:{served}", "served") in edges(graph)
+    assert_proven(store, graph)
+
+    # No environment recorded: every open deployment is shown, none is picked.
+    graph = explain(store, unnamed)
+    assert graph.node(f"inference:{unnamed}").attributes["serving_environments"] == [
+        "production", "staging"
+    ]
+    assert len(graph.of_kind("deployment")) == 2
+    assert ("model:m2", f"inference:{unnamed}", "served") in edges(graph)
+
+    # An environment where the model was not deployed is reported, not guessed around.
+    graph = explain(store, elsewhere)
+    inference = graph.node(f"inference:{elsewhere}").attributes
+    assert inference["serving_environments"] == [] and graph.of_kind("deployment") == []
+    assert "'canary'" in inference["environment_mismatch"]
+    assert ("model:m2", f"inference:{elsewhere}", "served") in edges(graph)
 
 
 def test_renderings(history: History) -> None:

@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import TrainingProgress
+from event_sourcing.catalog.ml_events import ModelEvaluated
 from event_sourcing.projections import (
     ProjectionRunner,
     ReadModelMissingError,
@@ -94,6 +95,40 @@ def test_model_catalog(history: tuple[es.EventStore, dict[str, es.RecordedEvent]
     assert m1["updated_at"] == iso(e["m1_staging_retired"].created_at)
     assert [m["model_id"] for m in list_models(store, status="deployed")] == ["m2"]
     assert get_model(store, "m3") is None
+
+
+def test_model_catalog_keeps_each_models_last_evaluation(
+    history: tuple[es.EventStore, dict[str, es.RecordedEvent]],
+) -> None:
+    store, _ = history
+    assert get_model(store, "m1")["last_evaluation"] is None  # type: ignore[index]
+
+    def verdict(model_id: str, version: int, promoted: bool, reason: str) -> ModelEvaluated:
+        return ModelEvaluated(
+            model_id=model_id, model_name="wine-clf", version=version, champion_model_id="m2",
+            dataset_version=FEATURES, metrics={"accuracy": 0.9},
+            champion_metrics={"accuracy": 0.95}, promoted=promoted, reason=reason,
+        )
+
+    store.append("deployment:production", [verdict("m1", 1, True, "first look")])
+    [last] = store.append("deployment:production", [verdict("m1", 1, False, "0.90 < 0.95")])
+    store.append("deployment:production", [verdict("m9", 9, False, "trained elsewhere")])
+    stats = ProjectionRunner(store, builtin_projections()).run("model_catalog")
+    assert stats["model_catalog"].parked == 0
+
+    m1 = get_model(store, "m1")
+    assert m1 is not None
+    assert m1["last_evaluation"] == {
+        "event_id": last.id, "evaluated_at": iso(last.created_at), "environment": "production",
+        "promoted": False, "reason": "0.90 < 0.95", "champion_model_id": "m2",
+        "dataset_version": FEATURES, "metrics": {"accuracy": 0.9},
+        "champion_metrics": {"accuracy": 0.95},
+    }
+    assert (m1["status"], m1["updated_at"]) == ("retired", iso(last.created_at))
+    # A verdict on a model the catalog has not seen still gets it a row.
+    m9 = get_model(store, "m9")
+    assert m9 is not None and (m9["name"], m9["version"], m9["status"]) == ("wine-clf", 9, "ready")
+    assert m9["last_evaluation"]["reason"] == "trained elsewhere"
 
 
 def test_model_provenance(history: tuple[es.EventStore, dict[str, es.RecordedEvent]]) -> None:

@@ -277,11 +277,44 @@ def test_interrupted_completion_is_finished_by_a_retry(
     model_id = service.replay_training(training_id)["model_id"]
     assert store.stream_version(model_id) == 0
 
-    assert service.complete_training(training_id, model, {"accuracy": 0.9}) == model_id
+    retry = {"attempt": 2}
+    assert service.complete_training(training_id, model, {"accuracy": 0.9}, metadata=retry) == (
+        model_id
+    )
     assert _types(store.read_stream(model_id)) == [EventTypes.MODEL_CREATED]
-    assert store.read_stream(model_name_stream("m"))[0].payload["model_id"] == model_id
+    [versioned] = store.read_stream(model_name_stream("m"))
+    assert versioned.payload["model_id"] == model_id
+    # The retry's metadata goes on the events the retry wrote.
+    assert store.read_stream(model_id)[0].metadata == versioned.metadata == retry
     with pytest.raises(TrainingStateError, match="already completed"):
         service.complete_training(training_id, model, {"accuracy": 0.9})
+
+
+def test_metadata_reaches_every_event_the_service_appends(
+    service: TrainingService, store: es.EventStore, cancer: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    run = {"dagster_run_id": "run-42", "asset_key": "trained_model", "partition_key": None}
+    outcome = _train_forest(service, cancer, metadata=run)
+    service.verify_reproducibility(outcome.training_id, metadata=run)
+    train, _ = cancer
+    failing = service.start_training({}, service.artifacts.put_table(train), metadata=run)
+    service.record_training_step(failing, {"step": 1, "loss": 0.5}, metadata=run)
+    service.fail_training(failing, "diverged", metadata=run)
+
+    events = list(store.read_all())
+    assert _types(events) == [
+        EventTypes.TRAINING_STARTED,
+        EventTypes.TRAINING_COMPLETED,
+        EventTypes.MODEL_CREATED,
+        EventTypes.MODEL_VERSIONED,
+        EventTypes.TRAINING_VERIFIED,
+        EventTypes.TRAINING_STARTED,
+        EventTypes.TRAINING_PROGRESS,
+        EventTypes.TRAINING_FAILED,
+    ]
+    assert [e.metadata for e in events] == [run] * len(events)
+    # The service's own envelope fields are untouched by it.
+    assert {e.correlation_id for e in events[:5]} == {outcome.training_id}
 
 
 def test_fail_path(

@@ -32,6 +32,7 @@ class EventTypes:
 
     MODEL_CREATED = "model_created"
     MODEL_VERSIONED = "model_versioned"
+    MODEL_EVALUATED = "model_evaluated"
     MODEL_DEPLOYED = "model_deployed"
     MODEL_RETIRED = "model_retired"
 
@@ -346,6 +347,43 @@ class ModelVersioned(DomainEvent):
 
 
 @default_registry.register
+class ModelEvaluated(DomainEvent):
+    """A candidate model was compared with the serving champion on held-out data: the verdict.
+
+    Recorded for every decision, promoted or not; the model_deployed that carries out a
+    promotion names this event as its causation.
+    """
+
+    event_type = EventTypes.MODEL_EVALUATED
+    model_id: Name
+    """The candidate model."""
+    model_name: Name
+    version: Version
+    """The candidate's version under `model_name`."""
+    environment: Name = "production"
+    """Where the champion serves (and the candidate would be deployed)."""
+    champion_model_id: str | None = None
+    """The model serving in `environment` at evaluation time; None if nothing served."""
+    dataset_version: Sha256
+    """Version of the dataset whose held-out rows both models were scored on."""
+    metrics: Metrics
+    """The candidate's metrics on the held-out rows."""
+    champion_metrics: Metrics | None = None
+    """The champion's metrics on the same rows; None when there is no champion."""
+    promoted: bool
+    """The verdict: true if the candidate is to replace the champion (be deployed)."""
+    reason: Name
+    """Why, human-readable, e.g. `held-out accuracy 0.9412 < champion's 0.9521`."""
+    evaluated_at: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _champion_named(self) -> ModelEvaluated:
+        if self.champion_metrics is not None and self.champion_model_id is None:
+            raise ValueError("champion_metrics is given but champion_model_id is not")
+        return self
+
+
+@default_registry.register
 class ModelDeployed(DomainEvent):
     """A model version started serving in an environment."""
 
@@ -389,6 +427,9 @@ class InferenceRequested(DomainEvent):
     inputs_ref: ArtifactRef | None = None
     """Inputs stored in the artifact store, for large requests."""
     requested_at: Timestamp | None = None
+    environment: Name | None = None
+    """The environment whose deployment served the request (e.g. production); None if the
+    model was called directly, outside any deployment."""
 
     @model_validator(mode="after")
     def _has_inputs(self) -> InferenceRequested:

@@ -27,6 +27,7 @@ from event_sourcing.catalog import (
     TrainingStarted,
     TrainingVerified,
 )
+from event_sourcing.catalog.ml_events import ModelEvaluated
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.runner import (
     Handler,
@@ -66,7 +67,7 @@ E = TypeVar("E", bound=DomainEvent)
 JSON_COLUMNS = frozenset(
     {
         "config", "latest_metrics", "final_metrics", "metrics", "environments", "code_version",
-        "hyperparameters", "training_environment", "prediction",
+        "hyperparameters", "training_environment", "prediction", "last_evaluation",
     }
 )
 
@@ -257,6 +258,7 @@ _CATALOG_DDL = (
         artifact_uri    TEXT,
         artifact_sha256 TEXT,
         fingerprint     TEXT,
+        last_evaluation TEXT,
         created_at      TEXT NOT NULL,
         updated_at      TEXT NOT NULL,
         position        BIGINT NOT NULL
@@ -353,20 +355,51 @@ def _catalog_retired(tx: SqlTransaction, e: RecordedEvent, typed: DomainEvent | 
     _set_environments(tx, t.model_id, remaining, e)
 
 
+def _catalog_evaluated(tx: SqlTransaction, e: RecordedEvent, typed: DomainEvent | None) -> None:
+    t = _typed(e, typed, ModelEvaluated)
+    at = iso(e.created_at)
+    tx.execute(
+        "INSERT INTO model_catalog (model_id, name, version, status, environments, created_at, "
+        "updated_at, position) VALUES (?, ?, ?, 'ready', '[]', ?, ?, ?) "
+        "ON CONFLICT (model_id) DO NOTHING",
+        (t.model_id, t.model_name, t.version, at, at, e.position),
+    )
+    evaluation = {
+        "event_id": e.id,
+        "evaluated_at": iso(t.evaluated_at or e.created_at),
+        "environment": t.environment,
+        "promoted": t.promoted,
+        "reason": t.reason,
+        "champion_model_id": t.champion_model_id,
+        "dataset_version": t.dataset_version,
+        "metrics": t.metrics,
+        "champion_metrics": t.champion_metrics,
+    }
+    tx.execute(
+        "UPDATE model_catalog SET last_evaluation = ?, updated_at = ?, position = ? "
+        "WHERE model_id = ?",
+        (_json(evaluation), at, e.position, t.model_id),
+    )
+
+
 def model_catalog_projection() -> Projection:
-    """model_catalog: one row per model (name, version, status, metrics, artifact)."""
+    """model_catalog: one row per model (name, version, status, metrics, artifact, and its
+    last promotion verdict)."""
     return Projection(
         name="model_catalog",
-        version=1,
+        # 2: last_evaluation (model_evaluated) added.
+        version=2,
         ddl=_CATALOG_DDL,
         tables=("model_catalog",),
         handlers={
             EventTypes.MODEL_CREATED: _model_created,
             EventTypes.MODEL_VERSIONED: _model_versioned,
+            EventTypes.MODEL_EVALUATED: _catalog_evaluated,
             EventTypes.MODEL_DEPLOYED: _catalog_deployed,
             EventTypes.MODEL_RETIRED: _catalog_retired,
         },
-        description="one row per model: name, version, status ready/deployed/retired, artifact",
+        description="one row per model: name, version, status ready/deployed/retired, "
+        "artifact, last evaluation",
     )
 
 

@@ -386,7 +386,11 @@ def _inference_events(store: EventStore, inference: str) -> list[RecordedEvent]:
 def explain(store: EventStore, inference: str) -> LineageGraph:
     """Which model version served a prediction (and the deployment it served through, if
     any), and that model's full lineage. `inference` is the inference id (its stream) or
-    the id of one of its events."""
+    the id of one of its events.
+
+    A prediction that recorded its environment is linked to the model's deployment there;
+    one that did not is linked to every deployment of the model open at the time, and to
+    the deployment itself only if there was exactly one."""
     events = _inference_events(store, inference)
     stream = events[0].stream_id
     node = Node(f"inference:{stream}", "inference", "")
@@ -399,6 +403,7 @@ def explain(store: EventStore, inference: str) -> LineageGraph:
                 inputs=typed.inputs,
                 inputs_ref=typed.inputs_ref.model_dump(mode="json") if typed.inputs_ref else None,
                 requested_at=iso(typed.requested_at or event.created_at),
+                environment=typed.environment,
             )
         elif isinstance(typed, InferenceCompleted):
             attributes.update(
@@ -434,11 +439,19 @@ def explain(store: EventStore, inference: str) -> LineageGraph:
     result.root, result.direction = node.id, "explain"
     result.nodes[node.id] = node
     # The graph stops at the prediction, so a deployment of this model still open in it was
-    # serving then. The prediction does not record an environment: with several, say so.
+    # serving then. A prediction that names its environment picks that one; older ones (or
+    # direct calls) name none: with several open, all are shown and none is picked.
+    environment = attributes.get("environment")
     serving = [
         d for d in graph.of_kind("deployment")
         if d.attributes["model_id"] == model_id and d.attributes["retired_at"] is None
+        and (environment is None or d.attributes["environment"] == environment)
     ]
+    if environment is not None and not serving:
+        attributes["environment_mismatch"] = (
+            f"the prediction says it was served in {environment!r}, but the log shows no "
+            f"deployment of model {model_id} open there at the time"
+        )
     for deployment in serving:
         result.nodes[deployment.id] = deployment
         result.edges.append(

@@ -105,11 +105,15 @@ def log_prediction(
     causation_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     clock: Callable[[], datetime] | None = None,
+    environment: str | None = None,
 ) -> str:
     """Record that model `model_id` at `version` predicted `prediction`; return the inference id.
 
     `inputs_or_ref`: small feature values inline (mapping, Series, list/array), or an
     ArtifactRef / artifact URI for large inputs. `probabilities`: class label -> probability.
+    `environment`: the deployment environment that served the request (e.g. ``production``),
+    recorded on inference_requested so `explain` can name the deployment; None when the model
+    was called outside any deployment.
     Both events are written atomically; re-using an `inference_id` raises ConcurrencyError.
     """
     inputs, inputs_ref = _inputs(inputs_or_ref)
@@ -121,6 +125,7 @@ def log_prediction(
         inputs=inputs,
         inputs_ref=inputs_ref,
         requested_at=now,
+        environment=environment,
     )
     completed = InferenceCompleted(
         model_id=model_id,

@@ -199,6 +199,7 @@ class TrainingService:
         user_id: str | None = None,
         correlation_id: str | None = None,
         training_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Record training_started with everything a re-run needs; return the training id.
 
@@ -209,7 +210,8 @@ class TrainingService:
         ``training_function`` so `verify_reproducibility` can find it, and its source hash
         goes into the code version. A registered name may be given instead of the function;
         a name this process cannot resolve is recorded as is (verification reports it
-        missing). `config` is recorded as given.
+        missing). `config` is recorded as given. `metadata` (e.g. the orchestrator's run ids)
+        goes on the event's envelope, as it does for every append of the service's methods.
 
         Train on the snapshot (``artifacts.get_table(ref)``), not on the frame you took it
         from: verification re-runs on the snapshot, and equal numbers in another memory
@@ -271,12 +273,20 @@ class TrainingService:
             expected_version=0,
             stream_type=TRAINING_STREAM_TYPE,
             correlation_id=correlation_id or training_id,
+            metadata=metadata,
         )
         return training_id
 
-    def record_training_step(self, training_id: str, step_data: Mapping[str, Any]) -> RecordedEvent:
+    def record_training_step(
+        self,
+        training_id: str,
+        step_data: Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RecordedEvent:
         """Append training_progress. `step_data` keys: step (required), metrics, loss,
-        learning_rate, timestamp, and resources (or gpu_memory / cpu_usage)."""
+        learning_rate, timestamp, and resources (or gpu_memory / cpu_usage). `metadata` goes
+        on the event's envelope."""
         unknown = set(step_data) - _STEP_KEYS
         if unknown:
             raise TrainingError(
@@ -315,6 +325,7 @@ class TrainingService:
                     stream_type=TRAINING_STREAM_TYPE,
                     correlation_id=first.correlation_id or training_id,
                     causation_id=first.id,
+                    metadata=metadata,
                 )[0]
             except ConcurrencyError:
                 continue  # another writer stepped the run; re-check it is still running
@@ -331,6 +342,7 @@ class TrainingService:
         X_eval: Any = None,
         model_name: str | None = None,
         model_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Store the model, append training_completed, model_created and model_versioned.
 
@@ -338,6 +350,7 @@ class TrainingService:
         computed on it, which verification repeats; without it the fingerprint covers only
         parameters and learned state. The model name defaults to the one given at start,
         then ``config["model_name"]``, then ``"model"``. Returns the new model id.
+        `metadata` goes on the envelope of each of the three events.
 
         If an earlier call recorded training_completed but was interrupted before the model
         events, calling again finishes them and returns the recorded model id.
@@ -349,7 +362,7 @@ class TrainingService:
                     f"training run {training_id} is already completed (model "
                     f"{run.completed.model_id}); start a new run to train again"
                 )
-            self._register_model(run.completed_event, run)
+            self._register_model(run.completed_event, run, metadata)
             return run.completed.model_id
         if run.failed is not None:
             raise TrainingStateError(
@@ -390,19 +403,26 @@ class TrainingService:
                 stream_type=TRAINING_STREAM_TYPE,
                 correlation_id=run.correlation_id,
                 causation_id=run.started_event.id,
+                metadata=metadata,
             )[0]
         except ConcurrencyError:
             raise TrainingStateError(
                 f"training run {training_id} changed while completing it (another process "
                 "stepped, completed or failed it); replay it and decide again"
             ) from None
-        self._register_model(recorded, run)
+        self._register_model(recorded, run, metadata)
         return event.model_id
 
     def fail_training(
-        self, training_id: str, error: BaseException | str, *, step: int | None = None
+        self,
+        training_id: str,
+        error: BaseException | str,
+        *,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RecordedEvent:
-        """Append training_failed with the error message, type and traceback."""
+        """Append training_failed with the error message, type and traceback; `metadata` goes
+        on the event's envelope."""
         run = self._load(training_id)
         if run.status != "running":
             raise TrainingStateError(
@@ -435,6 +455,7 @@ class TrainingService:
                 stream_type=TRAINING_STREAM_TYPE,
                 correlation_id=run.correlation_id,
                 causation_id=run.started_event.id,
+                metadata=metadata,
             )[0]
         except ConcurrencyError:
             raise TrainingStateError(
@@ -456,12 +477,14 @@ class TrainingService:
         model_name: str | None = None,
         user_id: str | None = None,
         correlation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> TrainingOutcome:
         """Snapshot `dataset`, start a run, call ``train_fn(dataset, hyperparameters, seed)``,
         and complete the run (or fail it, re-raising the error).
 
         `evaluate(model)` returns the final metrics. The function receives the dataset as
         read back from its snapshot, exactly what `verify_reproducibility` will give it.
+        `metadata` goes on the envelope of every event the run appends.
         """
         dataset_ref = self.artifacts.put_table(dataset)
         params = dict(hyperparameters or {})
@@ -476,6 +499,7 @@ class TrainingService:
             model_name=model_name,
             user_id=user_id,
             correlation_id=correlation_id,
+            metadata=metadata,
         )
         try:
             snapshot = self.artifacts.get_table(dataset_ref)
@@ -483,17 +507,22 @@ class TrainingService:
             model = train_fn(snapshot, dict(params), seed)
             metrics = _metrics(evaluate(model) if evaluate is not None else {})
         except Exception as exc:
-            self.fail_training(training_id, exc)
+            self.fail_training(training_id, exc, metadata=metadata)
             raise
         try:
             model_id = self.complete_training(
-                training_id, model, metrics, X_eval=X_eval, model_name=model_name
+                training_id,
+                model,
+                metrics,
+                X_eval=X_eval,
+                model_name=model_name,
+                metadata=metadata,
             )
         except Exception as exc:
             # e.g. an unpicklable model or an X_eval the model rejects: do not leave the run
             # "running" forever. A run that did complete is left as it is.
             if self._load(training_id).status == "running":
-                self.fail_training(training_id, exc)
+                self.fail_training(training_id, exc, metadata=metadata)
             raise
         run = self._load(training_id)
         assert run.completed is not None and run.completed.model_fingerprint is not None
@@ -544,7 +573,11 @@ class TrainingService:
     # -- verification ---------------------------------------------------------------------
 
     def verify_reproducibility(
-        self, training_id: str, train_fn: TrainFn | None = None
+        self,
+        training_id: str,
+        train_fn: TrainFn | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
     ) -> TrainingVerified:
         """Re-run a completed run from its recorded inputs and append the verdict.
 
@@ -553,7 +586,8 @@ class TrainingService:
         fingerprint with the recorded one. `differences` names each input that differs
         (``dataset``, ``evaluation set``, ``code``, ``environment``, ``hyperparameters``,
         ``seed``) and, on mismatch, which part of the model differs. The verdict is appended
-        to the run's stream as training_verified and returned.
+        to the run's stream as training_verified (with `metadata` on its envelope) and
+        returned.
         """
         run = self._load(training_id)
         completed, completed_event = run.completed, run.completed_event
@@ -635,6 +669,7 @@ class TrainingService:
             stream_type=TRAINING_STREAM_TYPE,
             correlation_id=run.correlation_id,
             causation_id=completed_event.id,
+            metadata=metadata,
         )
         return verdict
 
@@ -695,7 +730,12 @@ class TrainingService:
             and self.store.get_event(versioned_id) is not None
         )
 
-    def _register_model(self, completed_event: RecordedEvent, run: _Run) -> None:
+    def _register_model(
+        self,
+        completed_event: RecordedEvent,
+        run: _Run,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         """Append model_created and model_versioned for a training_completed (idempotent)."""
         completed = TrainingCompleted.model_validate(completed_event.payload)
         name = completed.model_name or "model"
@@ -715,6 +755,7 @@ class TrainingService:
             stream_type=MODEL_STREAM_TYPE,
             correlation_id=run.correlation_id,
             causation_id=completed_event.id,
+            metadata=metadata,
         )[0]
         stream = model_name_stream(name)
         for _attempt in range(_APPEND_ATTEMPTS):
@@ -743,6 +784,7 @@ class TrainingService:
                     stream_type=MODEL_NAME_STREAM_TYPE,
                     correlation_id=run.correlation_id,
                     causation_id=created_event.id,
+                    metadata=metadata,
                 )
                 return
             except ConcurrencyError:

@@ -1,7 +1,8 @@
 """Evaluation and deployment assets: champion vs candidate on held-out rows, then promotion.
 
-A candidate at least as good as the champion is deployed (model_deployed, and model_retired
-for the champion it replaces); otherwise the materialization and a warning check say why not.
+Every verdict is recorded as model_evaluated on the deployment stream. A candidate at least as
+good as the champion is then deployed (model_deployed, caused by that verdict, and
+model_retired for the champion it replaces); otherwise a warning check repeats why not.
 """
 
 from typing import Any
@@ -10,6 +11,8 @@ import dagster as dg
 import pandas as pd
 
 from event_sourcing.catalog import ModelDeployed, ModelRetired, TrainingStarted
+from event_sourcing.catalog.ml_events import ModelEvaluated
+from event_sourcing.errors import ConcurrencyError
 from event_sourcing.serving import current_deployment, load_model
 from pipelines.assets.training import score_model, trained_model
 from pipelines.code_versions import module_code_version
@@ -59,7 +62,8 @@ def _fingerprint(store: Any, training_id: str) -> str | None:
     code_version=CODE_VERSION,
     kinds={"scikitlearn"},
     description="The newest model (candidate) and the deployed one (champion) scored on the "
-    "held-out rows of the candidate's dataset version, and the promotion decision.",
+    "held-out rows of the candidate's dataset version, and the promotion decision "
+    "(recorded as model_evaluated).",
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
@@ -77,6 +81,10 @@ def model_evaluation(
     assert isinstance(dataset, pd.DataFrame)
     _train, holdout = split_holdout(dataset)
 
+    stream = deployment_stream(ENVIRONMENT)
+    # The verdict is appended at the stream version seen before reading the champion, so a
+    # deployment that lands meanwhile fails the append instead of invalidating the verdict.
+    seen_version = store.stream_version(stream)
     candidate_model, _ = load_model(store, artifacts, candidate.model_id)
     evaluation: dict[str, Any] = {
         "holdout_dataset_version": started.dataset_version,
@@ -104,9 +112,41 @@ def model_evaluation(
             "deployed_event_id": deployment.deployed_event.id,
         }
     promote, reason = decide(evaluation["candidate"], evaluation["champion"])
-    evaluation.update(promote=promote, reason=reason)
-    context.log.info(f"promote={promote}: {reason}")
     champion = evaluation["champion"]
+    verdict = ModelEvaluated(
+        model_id=candidate.model_id,
+        model_name=MODEL_NAME,
+        version=candidate.version,
+        environment=ENVIRONMENT,
+        champion_model_id=champion["model_id"] if champion else None,
+        dataset_version=started.dataset_version,
+        metrics=evaluation["candidate"]["metrics"],
+        champion_metrics=champion["metrics"] if champion else None,
+        promoted=promote,
+        reason=reason,
+        evaluated_at=store.clock(),
+    )
+    try:
+        (evaluated,) = event_store.emit(
+            context,
+            stream,
+            [verdict],
+            expected_version=seen_version,
+            stream_type=DEPLOYMENT_STREAM_TYPE,
+            causation_id=candidate.versioned_event.id,
+        )
+    except ConcurrencyError:
+        raise dg.Failure(
+            f"the {ENVIRONMENT} deployment stream changed while the evaluation ran (another "
+            "run deployed or evaluated); re-materialize model_evaluation and deployed_model"
+        ) from None
+    evaluation.update(
+        promote=promote,
+        reason=reason,
+        evaluated_event_id=evaluated.id,
+        evaluated_stream_version=evaluated.version,
+    )
+    context.log.info(f"promote={promote}: {reason}")
     metadata: dict[str, Any] = {
         "candidate_model_id": candidate.model_id,
         "candidate_version": dg.MetadataValue.int(candidate.version),
@@ -117,6 +157,8 @@ def model_evaluation(
         "holdout_rows": dg.MetadataValue.int(len(holdout)),
         "promote": promote,
         "reason": reason,
+        "evaluated_event_id": evaluated.id,
+        "evaluated_event_position": dg.MetadataValue.int(evaluated.position),
         "evaluation": dg.MetadataValue.json(evaluation),
     }
     if champion is not None:
@@ -156,6 +198,11 @@ def deployed_model(
     stream = deployment_stream(ENVIRONMENT)
     recorded = []
     if model_evaluation["promote"]:
+        if "evaluated_event_id" not in model_evaluation:
+            raise dg.Failure(
+                "this evaluation was stored before verdicts were recorded as model_evaluated "
+                "events; re-materialize model_evaluation and deployed_model"
+            )
         current = current_deployment(store, ENVIRONMENT, MODEL_NAME)
         if (current.model_id if current else None) != (champion["model_id"] if champion else None):
             raise dg.Failure(
@@ -187,23 +234,24 @@ def deployed_model(
                 reason=model_evaluation["reason"],
             )
         )
-        # Retire and deploy in one atomic batch, at the stream version seen: two deployments
-        # racing cannot both win.
-        recorded = event_store.emit(
-            context,
-            stream,
-            events,
-            expected_version=store.stream_version(stream),
-            stream_type=DEPLOYMENT_STREAM_TYPE,
-            causation_id=candidate["versioned_event_id"],
-            metadata={
-                "evaluation": {
-                    "holdout_dataset_version": model_evaluation["holdout_dataset_version"],
-                    "candidate_metrics": candidate["metrics"],
-                    "champion_metrics": champion["metrics"] if champion else None,
-                }
-            },
-        )
+        # Retire and deploy in one atomic batch right after the verdict that decided it (the
+        # metrics and reason live there): nothing may have reached the stream in between, so
+        # two deployments racing cannot both win.
+        try:
+            recorded = event_store.emit(
+                context,
+                stream,
+                events,
+                expected_version=model_evaluation["evaluated_stream_version"],
+                stream_type=DEPLOYMENT_STREAM_TYPE,
+                causation_id=model_evaluation["evaluated_event_id"],
+            )
+        except ConcurrencyError:
+            raise dg.Failure(
+                f"the {ENVIRONMENT} deployment stream changed since the evaluation "
+                f"{model_evaluation['evaluated_event_id']}; re-materialize model_evaluation "
+                "and deployed_model"
+            ) from None
         context.log.info(f"deployed {candidate['model_id']} v{candidate['version']}")
     serving = current_deployment(store, ENVIRONMENT, MODEL_NAME)
     promoted = model_evaluation["promote"] or (
@@ -216,6 +264,7 @@ def deployed_model(
             "environment": ENVIRONMENT,
             "promoted": model_evaluation["promote"],
             "reason": model_evaluation["reason"],
+            "evaluated_event_id": model_evaluation.get("evaluated_event_id", ""),
             "deployed_event_id": serving.deployed_event.id if serving else "",
             "deployed_event_position": dg.MetadataValue.int(
                 serving.deployed_event.position if serving else 0

@@ -1,7 +1,8 @@
 """The training asset: a reproducible scikit-learn training run on the newest feature version.
 
 Records training_started, training_progress per CV fold, then training_completed (with
-model_created / model_versioned) or training_failed, through the library's TrainingService.
+model_created / model_versioned) or training_failed, through the library's TrainingService;
+every event carries the Dagster run's ids in its metadata, as EventStoreResource.emit adds them.
 """
 
 from typing import Any
@@ -21,7 +22,7 @@ from event_sourcing.training.reproducibility import source_sha256
 from pipelines.assets.features import build_feature_pipeline, features
 from pipelines.dataset import DATASET_ID, FEATURE_COLUMNS, TARGET_COLUMN, split_holdout
 from pipelines.state import MODEL_NAME, event_summary, latest_feature_version, model_record
-from resources import ArtifactStoreResource, EventStoreResource
+from resources import ArtifactStoreResource, EventStoreResource, run_metadata
 
 __all__ = [
     "TRAINING_CODE_VERSION",
@@ -107,6 +108,7 @@ def trained_model(
     assert isinstance(dataset, pd.DataFrame)
     hyperparameters = {"C": config.C, "max_iter": config.max_iter}
     service = TrainingService(store, artifacts)
+    metadata = run_metadata(context)
     training_id = service.start_training(
         {
             "model_name": MODEL_NAME,
@@ -124,6 +126,7 @@ def trained_model(
         model_name=MODEL_NAME,
         user_id="dagster",
         correlation_id=context.run.run_id,
+        metadata=metadata,
     )
     try:
         train_rows, holdout = split_holdout(dataset)
@@ -140,6 +143,7 @@ def trained_model(
             service.record_training_step(
                 training_id,
                 {"step": step, "metrics": fold_metrics, "loss": fold_metrics["log_loss"]},
+                metadata=metadata,
             )
         model = train_classifier(dataset, hyperparameters, config.seed)
         metrics = score_model(model, holdout)
@@ -150,9 +154,10 @@ def trained_model(
             metrics,
             X_eval=holdout[list(FEATURE_COLUMNS)],
             model_name=MODEL_NAME,
+            metadata=metadata,
         )
     except Exception as exc:
-        service.fail_training(training_id, exc)
+        service.fail_training(training_id, exc, metadata=metadata)
         context.log.error(f"training run {training_id} failed: {exc}")
         raise
     run = service.replay_training(training_id)
