@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from event_sourcing.events import new_event_id
+
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
 IMPLEMENTATIONS = ("mlevents", "eventsourcing", "raw")
@@ -377,8 +379,10 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
 
 
 class _RawWriter:
-    """Does the per-event work any writer must (uuid4 id, json.dumps of payload and
-    metadata, stream version), then one INSERT batch; no ordering guarantee."""
+    """Does the per-event work any writer must (an id of the same UUIDv7 scheme as the
+    store's, json.dumps of payload and metadata, stream version), then one INSERT batch
+    (PostgreSQL: a single event is one autocommit INSERT, a batch one pipelined
+    transaction); no ordering guarantee."""
 
     def __init__(self, location: Location, writer_id: int) -> None:
         self._sqlite = location.backend == "sqlite"
@@ -387,7 +391,7 @@ class _RawWriter:
             self._connection = _sqlite_connect(location.sqlite_path)
             self._insert = _RAW_INSERT
         else:
-            self._connection = _pg_connect(location.pg_url, location.schema)
+            self._connection = _pg_connect(location.pg_url, location.schema, autocommit=True)
             self._insert = _RAW_INSERT.replace("?", "%s")
         self._streams = _Streams(writer_id)
 
@@ -398,7 +402,7 @@ class _RawWriter:
         stream_id = self._streams.stream_id
         rows = [
             (
-                str(uuid.uuid4()), stream_id, "training_run", before + n, EVENT_TYPE, 1,
+                new_event_id(), stream_id, "training_run", before + n, EVENT_TYPE, 1,
                 json.dumps(payload, separators=(",", ":")), json.dumps({}), created, None, None,
             )
             for n, payload in enumerate(payloads, start=1)
@@ -416,13 +420,12 @@ class _RawWriter:
                 raise
             connection.execute("COMMIT")
             return
-        with self._connection.transaction():
-            if len(rows) == 1:
-                self._connection.execute(self._insert, rows[0])
-            else:
-                # psycopg 3 pipelines executemany: one round trip for the whole batch.
-                with self._connection.cursor() as cursor:
-                    cursor.executemany(self._insert, rows)
+        if len(rows) == 1:
+            self._connection.execute(self._insert, rows[0])
+            return
+        # psycopg 3 pipelines executemany: one round trip for the whole batch.
+        with self._connection.transaction(), self._connection.cursor() as cursor:
+            cursor.executemany(self._insert, rows)
 
     def close(self) -> None:
         self._connection.close()
@@ -729,7 +732,7 @@ def describe(s: Settings) -> str:
             "(..., state=json.dumps(payload).encode())) with its defaults (PostgreSQL: LOCK "
             "TABLE per insert; SQLite: WAL, synchronous left at SQLite's default FULL); "
             "read: select_notifications pages + json.loads",
-            "raw: per event uuid4() + json.dumps(payload) + json.dumps(metadata), then one "
+            "raw: per event a UUIDv7 id + json.dumps(payload) + json.dumps(metadata), then one "
             "INSERT batch per tx (sqlite3 executemany, WAL + synchronous=FULL; psycopg 3 "
             "pipelined executemany, position from a sequence at insert) - no ordering "
             "guarantee, no stream table; read: keyset pages, JSON + timestamps decoded into "

@@ -67,8 +67,8 @@ def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) 
     try:
         row = slow.execute(
             "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
-            "ARRAY[gen_random_uuid()], ARRAY['from_a'], ARRAY[1], ARRAY['{}'::jsonb], "
-            "ARRAY['{}'::jsonb])"
+            "jsonb_build_array(jsonb_build_array(gen_random_uuid(), 'from_a', 1, '{}'::jsonb, "
+            "'{}'::jsonb)))"
         ).fetchone()
         assert row is not None
         a_position = row[2]  # (stream type, version, position)
@@ -95,8 +95,8 @@ def test_aborted_writer_leaves_a_gap_not_a_hole(pg_schema_url: str) -> None:
     with psycopg.connect(base, options=f"-c search_path={schema}") as aborted:
         aborted.execute(
             "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
-            "ARRAY[gen_random_uuid()], ARRAY['doomed'], ARRAY[1], ARRAY['{}'::jsonb], "
-            "ARRAY['{}'::jsonb])"
+            "jsonb_build_array(jsonb_build_array(gen_random_uuid(), 'doomed', 1, '{}'::jsonb, "
+            "'{}'::jsonb)))"
         )
         aborted.rollback()
     after = store.append("b", [es.NewEvent("kept", {})])

@@ -78,6 +78,13 @@ def test_append_returns_recorded_events(loose: es.EventStore) -> None:
     assert loose.get_event(str(uuid.uuid4())) is None
 
 
+def test_generated_ids_are_time_ordered_uuid7(loose: es.EventStore) -> None:
+    first = loose.append("s", [ev()])[0].id
+    later = loose.append("s", [ev()])[0].id
+    assert uuid.UUID(first).version == 7
+    assert first[:13] <= later[:13]  # the millisecond timestamp leads the id
+
+
 def test_positions_are_global_and_versions_per_stream(loose: es.EventStore) -> None:
     loose.append("a", [ev(), ev()])
     loose.append("b", [ev()])

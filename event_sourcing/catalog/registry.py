@@ -51,6 +51,20 @@ def describe_errors(exc: ValidationError) -> str:
     return text
 
 
+def _serialize(event_type: str, event: DomainEvent) -> tuple[dict[str, Any], str]:
+    """A validated event as (JSON-mode dict, JSON text), both straight from pydantic."""
+    serializer = type(event).__pydantic_serializer__
+    try:
+        return (
+            serializer.to_python(event, mode="json"),
+            serializer.to_json(event).decode(),
+        )
+    except PydanticSerializationError as exc:
+        raise EventValidationError(
+            f"{event_type} payload cannot be encoded as JSON: {exc}"
+        ) from exc
+
+
 class EventRegistry:
     """Maps event type names to DomainEvent models, and (type, from_version) to upcasters."""
 
@@ -142,22 +156,34 @@ class EventRegistry:
 
     def encode(self, event_type: str, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Validate `payload`; return (schema_version, normalized JSON-ready payload)."""
+        schema_version, normalized, _ = self.encode_json(event_type, payload)
+        return schema_version, normalized
+
+    def encode_json(
+        self, event_type: str, payload: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any], str]:
+        """Validate `payload`; return (schema_version, normalized payload, its JSON text).
+
+        The store's write path: pydantic serializes straight to JSON, no second encoder.
+        """
         model = self._models.get(event_type)
         if model is None:
             raise self._unknown(event_type)
         try:
-            return model.schema_version, model.model_validate(payload).model_dump(mode="json")
+            instance = model.model_validate(payload)
         except ValidationError as exc:
             raise EventValidationError(
                 f"{event_type} payload invalid: {describe_errors(exc)}"
             ) from exc
-        except PydanticSerializationError as exc:
-            raise EventValidationError(
-                f"{event_type} payload cannot be encoded as JSON: {exc}"
-            ) from exc
+        return (model.schema_version, *_serialize(event_type, instance))
 
     def encode_model(self, event: DomainEvent) -> tuple[str, int, dict[str, Any]]:
         """(event_type, schema_version, JSON payload) of a typed event of a registered class."""
+        name, schema_version, payload, _ = self.encode_model_json(event)
+        return name, schema_version, payload
+
+    def encode_model_json(self, event: DomainEvent) -> tuple[str, int, dict[str, Any], str]:
+        """(event_type, schema_version, JSON payload, its JSON text) of a typed event."""
         cls = type(event)
         name = getattr(cls, "event_type", None)
         if not isinstance(name, str) or self._models.get(name) is not cls:
@@ -166,10 +192,7 @@ class EventRegistry:
                 "register it with registry.register, or append a plain payload with "
                 "validate=False"
             )
-        try:
-            return name, cls.schema_version, event.model_dump(mode="json")
-        except PydanticSerializationError as exc:
-            raise EventValidationError(f"{name} payload cannot be encoded as JSON: {exc}") from exc
+        return (name, cls.schema_version, *_serialize(name, event))
 
     # -- read path ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ See docs/ordering.md for the argument and the measurements.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
@@ -93,16 +95,17 @@ LANGUAGE sql VOLATILE AS $$
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END FROM event_position_seq s
 $$;
 
--- Appends one batch to one stream in the caller's transaction. No row back when the
--- stream is not at p_expected; else (stream type, version, position) for each event.
+-- Appends one batch to one stream in the caller's transaction. p_batch is one JSON array
+-- of [id, event_type, schema_version, payload, metadata] (one parameter: no per-event
+-- array encoding on the client). No row back when the stream is not at p_expected;
+-- else (stream type, version, position) for each event.
 CREATE OR REPLACE FUNCTION mlevents_append(
     p_stream text, p_kind text, p_expected bigint, p_now timestamptz,
-    p_correlation text, p_causation text, p_ids uuid[], p_types text[],
-    p_versions integer[], p_payloads jsonb[], p_metadatas jsonb[])
+    p_correlation text, p_causation text, p_batch jsonb)
 RETURNS TABLE (out_type text, out_version bigint, out_position bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    n integer := cardinality(p_ids);
+    n integer := jsonb_array_length(p_batch);
     v bigint;
     k text;
     floor bigint;
@@ -127,20 +130,20 @@ BEGIN
     END IF;
     -- The in-flight marker: every position taken below is > floor, and the marker is
     -- held (shared: writers never block each other) until this transaction ends.
-    floor := mlevents_last_position();
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO floor
+    FROM event_position_seq s;
     PERFORM pg_advisory_xact_lock_shared(
         mlevents_inflight_key(), ((floor % 4294967296) - 2147483648)::integer);
     RETURN QUERY
     WITH inserted AS (
         INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
             schema_version, payload, metadata, created_at, correlation_id, causation_id)
-        SELECT u.id, p_stream, k, v - n + u.i, u.event_type, u.schema_version, u.payload,
-            u.metadata, p_now, p_correlation, p_causation
-        FROM unnest(p_ids, p_types, p_versions, p_payloads, p_metadatas)
-            WITH ORDINALITY AS u(id, event_type, schema_version, payload, metadata, i)
+        SELECT (u.item->>0)::uuid, p_stream, k, v - n + u.i, u.item->>1,
+            (u.item->>2)::integer, u.item->3, u.item->4, p_now, p_correlation, p_causation
+        FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS u(item, i)
         RETURNING e.stream_type, e.version, e.position
     )
-    SELECT * FROM inserted ORDER BY 2;
+    SELECT * FROM inserted;
 END $$;
 
 -- Positions below the horizon are settled: committed, or never to be committed.
@@ -158,37 +161,6 @@ BEGIN
       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
       AND l.classid::bigint = (mlevents_inflight_key()::bigint + 4294967296) % 4294967296;
     RETURN least(coalesce(oldest, last) + 1, last + 1);
-END $$;
-
--- One page of the global log. The horizon is computed by an earlier statement than the
--- scan, so the scan's snapshot is taken after it (functions are VOLATILE on purpose).
-CREATE OR REPLACE FUNCTION mlevents_read(
-    p_after bigint, p_types text[], p_until timestamptz, p_limit integer)
-RETURNS TABLE (id text, stream_id text, stream_type text, version bigint, event_position bigint,
-               event_type text, schema_version integer, payload jsonb, metadata jsonb,
-               created_at timestamptz, correlation_id text, causation_id text)
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    h bigint;
-BEGIN
-    h := mlevents_horizon();
-    IF p_types IS NULL THEN
-        RETURN QUERY SELECT e.id::text, e.stream_id, e.stream_type, e.version, e.position,
-            e.event_type, e.schema_version, e.payload, e.metadata, e.created_at,
-            e.correlation_id, e.causation_id
-        FROM event_store e
-        WHERE e.position > p_after AND e.position < h
-          AND (p_until IS NULL OR e.created_at <= p_until)
-        ORDER BY e.position LIMIT p_limit;
-    ELSE
-        RETURN QUERY SELECT e.id::text, e.stream_id, e.stream_type, e.version, e.position,
-            e.event_type, e.schema_version, e.payload, e.metadata, e.created_at,
-            e.correlation_id, e.causation_id
-        FROM event_store e
-        WHERE e.position > p_after AND e.position < h AND e.event_type = ANY(p_types)
-          AND (p_until IS NULL OR e.created_at <= p_until)
-        ORDER BY e.position LIMIT p_limit;
-    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION mlevents_head() RETURNS bigint
@@ -211,9 +183,33 @@ _COLUMNS = (
 
 _APPEND = (
     "SELECT * FROM mlevents_append(%(stream)s, %(kind)s, %(expected)s, %(now)s, "
-    "%(correlation)s, %(causation)s, %(ids)s::uuid[], %(types)s::text[], "
-    "%(versions)s::int[], %(payloads)s::jsonb[], %(metadatas)s::jsonb[])"
+    "%(correlation)s, %(causation)s, %(batch)s::jsonb)"
 )
+_JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _batch_json(rows: Sequence[EventRow]) -> str:
+    """The batch as one JSON array, spliced from the already-encoded payloads."""
+    return "[" + ",".join(
+        f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
+        f"{row.payload_json},{row.metadata_json}]"
+        for row in rows
+    ) + "]"
+
+
+_decode_json = json.JSONDecoder().decode
+
+
+def _load_json(data: str | bytes) -> Any:
+    # psycopg's default goes through json.loads(bytes), which sniffs the encoding with a
+    # regex per value; jsonb text is always UTF-8. Empty metadata is the common case.
+    if data == b"{}":
+        return {}
+    return _decode_json(data if isinstance(data, str) else bytes(data).decode())
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    set_json_loads(_load_json, connection)
 
 
 class _Transaction:
@@ -262,7 +258,7 @@ class PostgresRecorder:
             ) from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
-            name=f"mlevents-{schema}",
+            name=f"mlevents-{schema}", configure=_configure,
         )
         try:
             self._pool.wait(timeout=connect_timeout)
@@ -316,11 +312,7 @@ class PostgresRecorder:
         params = {
             "stream": stream_id, "kind": stream_type or "default", "now": created_at,
             "expected": expected_version, "correlation": correlation_id,
-            "causation": causation_id, "ids": ids,
-            "types": [row.event_type for row in rows],
-            "versions": [row.schema_version for row in rows],
-            "payloads": [row.payload_json for row in rows],
-            "metadatas": [row.metadata_json for row in rows],
+            "causation": causation_id, "batch": _batch_json(rows),
         }
         with self._pool.connection() as connection:
             try:
@@ -328,6 +320,7 @@ class PostgresRecorder:
             except pg_errors.UniqueViolation:
                 claimed = []
             if claimed:
+                claimed.sort(key=lambda row: row[1])  # by version
                 kind, first_version, _ = claimed[0]
                 return Appended(kind, first_version, [position for _, _, position in claimed])
             # Nothing was written: a retry of a recorded batch or a stale expected version.
@@ -381,10 +374,27 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        return self._select(
-            "SELECT * FROM mlevents_read(%s, %s::text[], %s, %s)",
-            (after, None if event_types is None else list(event_types), until, limit),
-        )
+        where = "position > %s AND position < %s"
+        if event_types is not None:
+            where += " AND event_type = ANY(%s)"
+        if until is not None:
+            where += " AND created_at <= %s"
+        with self._pool.connection() as connection:
+            # Two statements, in this order: the scan's snapshot must be taken after the
+            # horizon was computed (autocommit gives each statement its own snapshot).
+            row = connection.execute("SELECT mlevents_horizon()").fetchone()
+            horizon = int(row[0]) if row else 0
+            params: list[Any] = [after, horizon]
+            if event_types is not None:
+                params.append(list(event_types))
+            if until is not None:
+                params.append(until)
+            params.append(limit)
+            return self._select_on(
+                connection,
+                f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s",
+                params,
+            )
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(

@@ -21,7 +21,7 @@ from event_sourcing.errors import (
     PayloadTooLargeError,
     UnknownEventTypeError,
 )
-from event_sourcing.events import NewEvent, RecordedEvent
+from event_sourcing.events import NewEvent, RecordedEvent, new_event_id
 from event_sourcing.stores.recorder import (
     AlreadyRecorded,
     EventRow,
@@ -59,6 +59,11 @@ def _encode_json(value: Any, what: str, max_bytes: int) -> str:
             f"{what} is not valid JSON ({exc}); NaN and Infinity have no JSON form, "
             "record them as null or as a string"
         ) from None
+    _check_size(text, what, max_bytes)
+    return text
+
+
+def _check_size(text: str, what: str, max_bytes: int) -> None:
     size = len(text) if text.isascii() else len(text.encode())
     if size > max_bytes:
         raise PayloadTooLargeError(
@@ -67,7 +72,6 @@ def _encode_json(value: Any, what: str, max_bytes: int) -> str:
             "(event_sourcing.artifacts.ArtifactStore.put_bytes) and record its URI and "
             "sha256 in the event instead."
         )
-    return text
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -90,7 +94,7 @@ def _optional_id(value: Any, what: str) -> str | None:
 
 def _event_id(value: Any) -> str:
     if value is None:
-        return str(uuid.uuid4())
+        return new_event_id()
     try:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
@@ -219,8 +223,10 @@ class EventStore:
             event_metadata: Mapping[str, Any] | None = None
             normalized = True  # registry output is plain JSON already
             if isinstance(event, DomainEvent):
-                event_type, schema_version, payload = registry.encode_model(event)
-                event_id = str(uuid.uuid4())
+                event_type, schema_version, payload, payload_json = registry.encode_model_json(
+                    event
+                )
+                event_id = new_event_id()
             elif isinstance(event, NewEvent):
                 event_type = _check_name(event.type, f"events[{index}].type")
                 if not isinstance(event.payload, Mapping):
@@ -229,7 +235,9 @@ class EventStore:
                         f"got {type(event.payload).__name__}"
                     )
                 if registry.is_registered(event_type):
-                    schema_version, payload = registry.encode(event_type, event.payload)
+                    schema_version, payload, payload_json = registry.encode_json(
+                        event_type, event.payload
+                    )
                 elif self.validate:
                     raise UnknownEventTypeError(
                         f"event type {event_type!r} is not registered; register a model for "
@@ -237,6 +245,9 @@ class EventStore:
                     )
                 else:
                     schema_version, payload, normalized = 1, dict(event.payload), False
+                    payload_json = _encode_json(
+                        payload, f"payload of events[{index}] ({event_type})", limit
+                    )
                 event_id = _event_id(event.id)
                 event_metadata = event.metadata
                 if event_metadata is not None and not isinstance(event_metadata, Mapping):
@@ -252,9 +263,8 @@ class EventStore:
             if event_id in seen:
                 raise EventValidationError(f"event id {event_id} appears twice in one batch")
             seen.add(event_id)
-            payload_json = _encode_json(
-                payload, f"payload of events[{index}] ({event_type})", limit
-            )
+            if normalized:
+                _check_size(payload_json, f"payload of events[{index}] ({event_type})", limit)
             if event_metadata:
                 merged = {**batch_metadata, **event_metadata}
                 metadata_json = _encode_json(merged, f"metadata of events[{index}]", limit)
