@@ -14,6 +14,7 @@ See docs/ordering.md for the argument and the measurements.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -374,27 +375,30 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        where = "position > %s AND position < %s"
+        where = "position > %s"
+        params: list[Any] = [after]
         if event_types is not None:
             where += " AND event_type = ANY(%s)"
+            params.append(list(event_types))
         if until is not None:
             where += " AND created_at <= %s"
+            params.append(until)
+        params.append(limit)
         with self._pool.connection() as connection:
             # Two statements, in this order: the scan's snapshot must be taken after the
             # horizon was computed (autocommit gives each statement its own snapshot).
             row = connection.execute("SELECT mlevents_horizon()").fetchone()
             horizon = int(row[0]) if row else 0
-            params: list[Any] = [after, horizon]
-            if event_types is not None:
-                params.append(list(event_types))
-            if until is not None:
-                params.append(until)
-            params.append(limit)
-            return self._select_on(
+            # The horizon is applied here, not in SQL: a `position < h` bound makes the
+            # planner trade the ordered index scan for a bitmap scan and a sort of the
+            # whole tail whenever statistics lag behind a burst of appends.
+            page = self._select_on(
                 connection,
                 f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s",
                 params,
             )
+        settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
+        return page if settled == len(page) else page[:settled]
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
