@@ -30,8 +30,10 @@ from pipelines.state import dataset_history
 from resources import EventStoreResource, LandingFolderResource
 
 __all__ = [
+    "CAUSE_TAG",
     "DEFAULT_INTERVAL_SECONDS",
     "DEFAULT_READ_LIMIT",
+    "PROVENANCE_TRIGGERS",
     "QualityPolicy",
     "build_quality_sensor",
     "landing_folder_sensor",

@@ -1,0 +1,93 @@
+"""The Dagster UI in a real headless Chromium (Debian's, driven by Playwright): the asset graph.
+
+The `make run` story: seed batches land, the sensors materialize the graph, the UI shows it.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from _dagster_dev import TIMEOUT, installation, running_dagster
+
+from pipelines.dataset import seed_landing
+from pipelines.demo import follow_batch
+from pipelines.jobs import FULL_PIPELINE_ASSETS
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("MLEVENTS_CHROMIUM", "/usr/bin/chromium")
+# Headless, and no calls home: the machine's network is closed and Chromium would retry.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ASSET_NAMES = [key.to_user_string() for key in FULL_PIPELINE_ASSETS]
+SCREENSHOT_ENV = "MLEVENTS_SCREENSHOT"
+"""Set to a path (e.g. docs/asset-graph.png) to keep the screenshot there too."""
+
+
+def require_browser() -> None:
+    missing = None if Path(CHROMIUM).is_file() else f"no Chromium at {CHROMIUM}"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        missing = "the playwright package is not installed (pip install -e '.[dev]')"
+    if missing is None:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(
+            f"{missing} (CI=true: .ci/run installs Debian's chromium; the UI test must run)"
+        )
+    pytest.skip(f"{missing}; `apt-get install chromium` to run the UI test")
+
+
+def test_asset_graph_page_shows_the_pipeline(tmp_path: Path) -> None:
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    place = installation(tmp_path, f"sqlite:///{tmp_path / 'events.db'}")
+    seeded = seed_landing(place.landing)
+    with running_dagster(place) as dagster:
+        # Nobody launches anything: the sensors ingest the seed, retrain and refresh lineage.
+        follow_batch(dagster, place.store_url, seeded[0].name, TIMEOUT)
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                # Wide enough that the graph is drawn with full asset cards, not thumbnails.
+                context = browser.new_context(viewport={"width": 2400, "height": 600})
+                # Dismiss the one-time "join the community" dialog before it covers the graph.
+                context.add_init_script(
+                    "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
+                )
+                page = context.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(f"{dagster.url}/asset-groups")
+                expect(page.get_by_text("Global asset lineage")).to_be_visible()
+                for group in ("data", "training", "provenance"):
+                    expect(page.get_by_text(group, exact=True).first).to_be_visible()
+                page.get_by_role("button", name="Hide navigation").click()
+                page.locator("input[placeholder^='Jump to']").locator(
+                    "xpath=following::button[1]"
+                ).click()  # hide the asset tree beside the graph
+                page.keyboard.press("Alt+e")  # the graph's own shortcut: expand all groups
+                for name in ASSET_NAMES:
+                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
+                # Every asset card shows the materialization the sensors made.
+                expect(page.get_by_text("Materialized", exact=True)).to_have_count(len(ASSET_NAMES))
+                shot = tmp_path / "asset-graph.png"
+                page.screenshot(path=str(shot))
+            finally:
+                browser.close()
+    assert shot.stat().st_size > 10_000
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
