@@ -66,9 +66,9 @@ def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) 
     slow = psycopg.connect(base, options=f"-c search_path={schema}")  # not autocommit
     try:
         row = slow.execute(
-            "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
-            "jsonb_build_array(jsonb_build_array(gen_random_uuid(), 'from_a', 1, '{}'::jsonb, "
-            "'{}'::jsonb)))"
+            "SELECT * FROM mlevents_append(jsonb_build_object('stream', 'a', 'kind', 'default', "
+            "'now', now(), 'events', jsonb_build_array(jsonb_build_array(gen_random_uuid(), "
+            "'from_a', 1, '{}'::jsonb, '{}'::jsonb))))"
         ).fetchone()
         assert row is not None
         a_position = row[2]  # (stream type, version, position)
@@ -94,9 +94,9 @@ def test_aborted_writer_leaves_a_gap_not_a_hole(pg_schema_url: str) -> None:
     base, _, schema = pg_schema_url.partition("?schema=")
     with psycopg.connect(base, options=f"-c search_path={schema}") as aborted:
         aborted.execute(
-            "SELECT * FROM mlevents_append('a', 'default', NULL, now(), NULL, NULL, "
-            "jsonb_build_array(jsonb_build_array(gen_random_uuid(), 'doomed', 1, '{}'::jsonb, "
-            "'{}'::jsonb)))"
+            "SELECT * FROM mlevents_append(jsonb_build_object('stream', 'a', 'kind', 'default', "
+            "'now', now(), 'events', jsonb_build_array(jsonb_build_array(gen_random_uuid(), "
+            "'doomed', 1, '{}'::jsonb, '{}'::jsonb))))"
         )
         aborted.rollback()
     after = store.append("b", [es.NewEvent("kept", {})])
