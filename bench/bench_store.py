@@ -29,6 +29,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.events import new_event_id
+from event_sourcing.stores import postgres as postgres_store
+from event_sourcing.stores import sqlite as sqlite_store
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -311,52 +313,10 @@ class EventSourcingLib:
 
 # raw SQL -----------------------------------------------------------------------------------
 
-# The store's event_store table (columns, constraints, indexes), minus its triggers and
-# sequencer: the position comes from INTEGER PRIMARY KEY / a sequence at insert time.
-_RAW_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS event_store (
-    position       INTEGER PRIMARY KEY,
-    id             TEXT NOT NULL UNIQUE,
-    stream_id      TEXT NOT NULL,
-    stream_type    TEXT NOT NULL,
-    version        INTEGER NOT NULL CHECK (version >= 1),
-    event_type     TEXT NOT NULL,
-    schema_version INTEGER NOT NULL,
-    payload        TEXT NOT NULL,
-    metadata       TEXT NOT NULL DEFAULT '{}',
-    created_at     TEXT NOT NULL,
-    correlation_id TEXT,
-    causation_id   TEXT,
-    UNIQUE (stream_id, version)
-);
-CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
-CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
-CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
-    WHERE correlation_id IS NOT NULL;
-"""
-
-_RAW_PG_SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS event_store_position;
-CREATE TABLE IF NOT EXISTS event_store (
-    id             uuid PRIMARY KEY,
-    stream_id      text NOT NULL,
-    stream_type    text NOT NULL,
-    version        bigint NOT NULL CHECK (version >= 1),
-    position       bigint NOT NULL UNIQUE DEFAULT nextval('event_store_position'),
-    event_type     text NOT NULL,
-    schema_version integer NOT NULL,
-    payload        jsonb NOT NULL,
-    metadata       jsonb NOT NULL DEFAULT '{}',
-    created_at     timestamptz NOT NULL,
-    correlation_id text,
-    causation_id   text,
-    UNIQUE (stream_id, version)
-);
-CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
-CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
-CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
-    WHERE correlation_id IS NOT NULL;
-"""
+# The store's own DDL up to its triggers and functions: the same tables, columns,
+# constraints and indexes, with the position from a sequence / INTEGER PRIMARY KEY at insert.
+_RAW_SQLITE_SCHEMA = sqlite_store._SCHEMA.split("CREATE TRIGGER")[0]
+_RAW_PG_SCHEMA = postgres_store._SCHEMA.split("CREATE OR REPLACE FUNCTION")[0]
 
 _RAW_INSERT = (
     "INSERT INTO event_store (id, stream_id, stream_type, version, event_type, schema_version,"
