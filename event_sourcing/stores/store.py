@@ -59,11 +59,17 @@ def _encode_json(value: Any, what: str, max_bytes: int) -> str:
             f"{what} is not valid JSON ({exc}); NaN and Infinity have no JSON form, "
             "record them as null or as a string"
         ) from None
-    _check_size(text, what, max_bytes)
+    _raise_if_too_large(text, what, max_bytes)
     return text
 
 
-def _check_size(text: str, what: str, max_bytes: int) -> None:
+def _check_size(payload_json: str, index: int, event_type: str, max_bytes: int) -> None:
+    # len() first: a str is never longer than its UTF-8 bytes, so small payloads stop here
+    if len(payload_json) * 4 > max_bytes:
+        _raise_if_too_large(payload_json, f"payload of events[{index}] ({event_type})", max_bytes)
+
+
+def _raise_if_too_large(text: str, what: str, max_bytes: int) -> None:
     size = len(text) if text.isascii() else len(text.encode())
     if size > max_bytes:
         raise PayloadTooLargeError(
@@ -219,42 +225,52 @@ class EventStore:
         payloads: list[dict[str, Any]] = []
         metadatas: list[dict[str, Any]] = []
         seen: set[str] = set()
+        encode_json = registry.encode_json
         for index, event in enumerate(events):
             event_metadata: Mapping[str, Any] | None = None
-            normalized = True  # registry output is plain JSON already
-            if isinstance(event, DomainEvent):
-                event_type, schema_version, payload, payload_json = registry.encode_model_json(
-                    event
-                )
-                event_id = new_event_id()
-            elif isinstance(event, NewEvent):
-                event_type = _check_name(event.type, f"events[{index}].type")
-                if not isinstance(event.payload, Mapping):
+            if type(event) is NewEvent or isinstance(event, NewEvent):
+                event_type = event.type
+                registered = registry.is_registered(event_type)
+                if not registered:
+                    _check_name(event_type, f"events[{index}].type")
+                    if self.validate:
+                        raise UnknownEventTypeError(
+                            f"event type {event_type!r} is not registered; register a model "
+                            "for it (registry.register) or open the store with validate=False"
+                        )
+                raw_payload = event.payload
+                # `type(...) is dict` first: an ABC isinstance check costs more than the rest
+                if type(raw_payload) is not dict and not isinstance(raw_payload, Mapping):
                     raise EventValidationError(
                         f"events[{index}].payload must be a mapping, "
-                        f"got {type(event.payload).__name__}"
+                        f"got {type(raw_payload).__name__}"
                     )
-                if registry.is_registered(event_type):
-                    schema_version, payload, payload_json = registry.encode_json(
-                        event_type, event.payload
-                    )
-                elif self.validate:
-                    raise UnknownEventTypeError(
-                        f"event type {event_type!r} is not registered; register a model for "
-                        "it (registry.register) or open the store with validate=False"
-                    )
+                if registered:
+                    # pydantic's output is plain JSON already: no decode needed
+                    schema_version, payload, payload_json = encode_json(event_type, raw_payload)
+                    _check_size(payload_json, index, event_type, limit)
                 else:
-                    schema_version, payload, normalized = 1, dict(event.payload), False
                     payload_json = _encode_json(
-                        payload, f"payload of events[{index}] ({event_type})", limit
+                        dict(raw_payload), f"payload of events[{index}] ({event_type})", limit
                     )
-                event_id = _event_id(event.id)
+                    schema_version, payload = 1, json.loads(payload_json)
+                event_id = _event_id(event.id) if event.id is not None else new_event_id()
                 event_metadata = event.metadata
-                if event_metadata is not None and not isinstance(event_metadata, Mapping):
+                if (
+                    event_metadata is not None
+                    and type(event_metadata) is not dict
+                    and not isinstance(event_metadata, Mapping)
+                ):
                     raise EventValidationError(
                         f"events[{index}].metadata must be a mapping, "
                         f"got {type(event_metadata).__name__}"
                     )
+            elif isinstance(event, DomainEvent):
+                event_type, schema_version, payload, payload_json = registry.encode_model_json(
+                    event
+                )
+                _check_size(payload_json, index, event_type, limit)
+                event_id = new_event_id()
             else:
                 raise EventValidationError(
                     f"events[{index}] is a {type(event).__name__}; expected es.NewEvent or a "
@@ -263,8 +279,6 @@ class EventStore:
             if event_id in seen:
                 raise EventValidationError(f"event id {event_id} appears twice in one batch")
             seen.add(event_id)
-            if normalized:
-                _check_size(payload_json, f"payload of events[{index}] ({event_type})", limit)
             if event_metadata:
                 merged = {**batch_metadata, **event_metadata}
                 metadata_json = _encode_json(merged, f"metadata of events[{index}]", limit)
@@ -272,7 +286,7 @@ class EventStore:
             else:
                 metadata_json = batch_metadata_json
                 metadatas.append(json.loads(metadata_json) if batch_metadata else {})
-            payloads.append(payload if normalized else json.loads(payload_json))
+            payloads.append(payload)
             rows.append(EventRow(event_id, event_type, schema_version, payload_json, metadata_json))
         return rows, payloads, metadatas
 
