@@ -182,6 +182,10 @@ class DagsterDev:
             os.killpg(pgid, signal.SIGKILL)
         if process.poll() is None:
             process.wait(timeout=10)
+        # SIGKILL is delivered asynchronously: give the kernel a bounded moment to finish.
+        deadline = time.monotonic() + 10
+        while process_group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def __enter__(self) -> "DagsterDev":
         return self.start()
@@ -397,14 +401,29 @@ def _sensor_selector(name: str) -> dict[str, str]:
 
 
 def process_group_alive(pgid: int) -> bool:
-    """True while any process of the group `pgid` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """True while any live process of the group `pgid` exists.
+
+    Zombies do not count: a killed child whose parent died too is reparented to PID 1,
+    which in a container may never reap it, and `killpg(pgid, 0)` would still succeed.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: fall back to killpg, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # the process ended while we looked
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 _WORKSPACE_QUERY = """
