@@ -220,6 +220,27 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     set_json_loads(_load_json, connection)
 
 
+def page_query(
+    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The keyset query of one page of the global log, without the horizon.
+
+    The horizon is applied by the caller, not in SQL: a `position < h` bound makes the
+    planner trade the ordered index scan for a bitmap scan and a sort of the whole tail
+    whenever statistics lag behind a burst of appends.
+    """
+    where = "position > %s"
+    params: list[Any] = [after]
+    if event_types is not None:
+        where += " AND event_type = ANY(%s)"
+        params.append(list(event_types))
+    if until is not None:
+        where += " AND created_at <= %s"
+        params.append(until)
+    params.append(limit)
+    return f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s", params
+
+
 class _Transaction:
     dialect = "postgresql"
 
@@ -385,28 +406,13 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        where = "position > %s"
-        params: list[Any] = [after]
-        if event_types is not None:
-            where += " AND event_type = ANY(%s)"
-            params.append(list(event_types))
-        if until is not None:
-            where += " AND created_at <= %s"
-            params.append(until)
-        params.append(limit)
+        query, params = page_query(after, event_types, until, limit)
         with self._pool.connection() as connection:
             # Two statements, in this order: the scan's snapshot must be taken after the
             # horizon was computed (autocommit gives each statement its own snapshot).
             row = connection.execute("SELECT mlevents_horizon()").fetchone()
             horizon = int(row[0]) if row else 0
-            # The horizon is applied here, not in SQL: a `position < h` bound makes the
-            # planner trade the ordered index scan for a bitmap scan and a sort of the
-            # whole tail whenever statistics lag behind a burst of appends.
-            page = self._select_on(
-                connection,
-                f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s",
-                params,
-            )
+            page = self._select_on(connection, query, params)
         settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
         return page if settled == len(page) else page[:settled]
 

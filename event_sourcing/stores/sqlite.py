@@ -89,6 +89,26 @@ def _event(row: tuple[Any, ...]) -> RecordedEvent:
     )
 
 
+def page_query(
+    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The keyset query of one page of the global log: a range seek on the rowid."""
+    where: list[str] = ["position > ?"]
+    params: list[Any] = [after]
+    if event_types is not None:
+        where.append(f"event_type IN ({','.join('?' * len(event_types))})")
+        params.extend(event_types)
+    if until is not None:
+        where.append("created_at <= ?")
+        params.append(_ts(until))
+    params.append(limit)
+    query = (
+        f"SELECT {_COLUMNS} FROM event_store WHERE {' AND '.join(where)} "
+        "ORDER BY position LIMIT ?"
+    )
+    return query, params
+
+
 class _Transaction:
     dialect = "sqlite"
 
@@ -277,22 +297,9 @@ class SQLiteRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        where: list[str] = ["position > ?"]
-        params: list[Any] = [after]
-        if event_types is not None:
-            if not event_types:
-                return []
-            where.append(f"event_type IN ({','.join('?' * len(event_types))})")
-            params.extend(event_types)
-        if until is not None:
-            where.append("created_at <= ?")
-            params.append(_ts(until))
-        params.append(limit)
-        return self._select(
-            f"SELECT {_COLUMNS} FROM event_store WHERE {' AND '.join(where)} "
-            "ORDER BY position LIMIT ?",
-            params,
-        )
+        if event_types is not None and not event_types:
+            return []
+        return self._select(*page_query(after, event_types, until, limit))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
