@@ -1,6 +1,7 @@
 """Event envelopes: NewEvent (what a writer appends) and RecordedEvent (what a reader gets).
 
-Plain frozen dataclasses: they cross every layer, so they stay cheap to build and to read.
+Both are immutable. RecordedEvent is a NamedTuple: every append and every read builds one
+per event, and a tuple is built several times faster than a frozen dataclass.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def new_event_id() -> str:
@@ -35,13 +36,13 @@ class NewEvent:
     metadata: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(NamedTuple):
     """An event as the store recorded it.
 
     `version` is 1-based within its stream; `position` is global and strictly increasing in
     the order events became visible. `schema_version` is the version of `payload` as
     returned (after upcasting); `recorded_schema_version` is the one it was written with.
+    Use `event._replace(field=value)` for a changed copy.
     """
 
     id: str
@@ -56,11 +57,7 @@ class RecordedEvent:
     created_at: datetime
     correlation_id: str | None
     causation_id: str | None
-    recorded_schema_version: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.recorded_schema_version:
-            object.__setattr__(self, "recorded_schema_version", self.schema_version)
+    recorded_schema_version: int
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 UTC), as `mlevents read` prints it."""

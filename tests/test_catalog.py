@@ -184,6 +184,7 @@ def recorded(event_type: str, schema_version: int, payload: dict[str, Any]) -> R
         created_at=datetime(2024, 1, 1, tzinfo=UTC),
         correlation_id=None,
         causation_id=None,
+        recorded_schema_version=schema_version,
     )
 
 

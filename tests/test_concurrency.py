@@ -8,12 +8,17 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
 from _workers import write_for
 
 import event_sourcing as es
+from event_sourcing.events import new_event_id
+from event_sourcing.stores.postgres import append_query
+from event_sourcing.stores.recorder import EventRow
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +60,12 @@ def test_tailing_reader_sees_every_event_once_in_order(store_url: str) -> None:
     reader.close()
 
 
+def _append_query(stream_id: str, event_type: str) -> tuple[str, dict[str, Any]]:
+    """The store's own append statement for one event, to run in a transaction we hold."""
+    row = EventRow(new_event_id(), event_type, 1, "{}", "{}")
+    return append_query(stream_id, None, None, [row], datetime.now(UTC), None, None)
+
+
 def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) -> None:
     """The race the ordering exists for, made deterministic: writer A has its positions
     but has not committed; writer B appends after it and commits first. A reader must not
@@ -65,11 +76,7 @@ def test_open_writer_holds_back_later_commits_until_it_ends(pg_schema_url: str) 
     base, _, schema = pg_schema_url.partition("?schema=")
     slow = psycopg.connect(base, options=f"-c search_path={schema}")  # not autocommit
     try:
-        row = slow.execute(
-            "SELECT * FROM mlevents_append(jsonb_build_object('stream', 'a', 'kind', 'default', "
-            "'now', now(), 'events', jsonb_build_array(jsonb_build_array(gen_random_uuid(), "
-            "'from_a', 1, '{}'::jsonb, '{}'::jsonb))))"
-        ).fetchone()
+        row = slow.execute(*_append_query("a", "from_a")).fetchone()
         assert row is not None
         a_position = row[2]  # (stream type, version, position)
         [b] = store.append("b", [es.NewEvent("from_b", {})])
@@ -93,11 +100,7 @@ def test_aborted_writer_leaves_a_gap_not_a_hole(pg_schema_url: str) -> None:
     store = es.connect(pg_schema_url, validate=False)
     base, _, schema = pg_schema_url.partition("?schema=")
     with psycopg.connect(base, options=f"-c search_path={schema}") as aborted:
-        aborted.execute(
-            "SELECT * FROM mlevents_append(jsonb_build_object('stream', 'a', 'kind', 'default', "
-            "'now', now(), 'events', jsonb_build_array(jsonb_build_array(gen_random_uuid(), "
-            "'doomed', 1, '{}'::jsonb, '{}'::jsonb))))"
-        )
+        aborted.execute(*_append_query("a", "doomed"))
         aborted.rollback()
     after = store.append("b", [es.NewEvent("kept", {})])
     assert [e.event_type for e in store.read_all()] == ["kept"]

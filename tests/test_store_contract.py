@@ -175,6 +175,64 @@ def test_reopen_keeps_events_and_schema_is_idempotent(
     assert [e.version for e in again.read_all()] == [1, 2]
 
 
+def _stream_columns(store: es.EventStore) -> set[str]:
+    with store.transaction() as tx:
+        if store.dialect == "sqlite":
+            return {row[1] for row in tx.execute("PRAGMA table_info(streams)").fetchall()}
+        rows = tx.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'streams'"
+        ).fetchall()
+        return {row[0] for row in rows}
+
+
+def test_a_version_1_database_is_migrated_on_connect(
+    make_store: Callable[..., es.EventStore],
+) -> None:
+    """Schema v1 kept each stream's version in a `streams` counter row (and, on PostgreSQL,
+    appended through a mlevents_append function); connect lifts it to v2 in place."""
+    old = make_store(validate=False)
+    old.append("s", [ev(), ev()])
+    with old.transaction() as tx:  # put the database back into its v1 shape
+        tx.execute("ALTER TABLE streams ADD COLUMN version bigint NOT NULL DEFAULT 0")
+        tx.execute("ALTER TABLE streams ADD COLUMN updated_at text")
+        tx.execute("UPDATE streams SET version = 2, updated_at = 'then'")
+        tx.execute("DELETE FROM mlevents_schema")
+        tx.execute(
+            "INSERT INTO mlevents_schema (version, applied_at, description) "
+            "VALUES (1, '2026-01-01', 'v1')"
+        )
+        if old.dialect == "postgresql":
+            tx.execute(
+                "CREATE FUNCTION mlevents_append(jsonb) RETURNS integer LANGUAGE sql "
+                "AS 'SELECT 1'"
+            )
+    assert "version" in _stream_columns(old)
+    old.close()
+
+    migrated = make_store(validate=False)
+    assert _stream_columns(migrated) == {"stream_id", "stream_type", "created_at"}
+    with migrated.transaction() as tx:
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 2
+        if migrated.dialect == "postgresql":
+            found = tx.execute("SELECT to_regprocedure('mlevents_append(jsonb)')").fetchone()
+            assert found[0] is None
+    assert migrated.stream_version("s") == 2
+    migrated.append("s", [ev()], expected_version=2)
+    assert [e.version for e in migrated.read_all()] == [1, 2, 3]
+
+
+def test_a_newer_schema_is_refused(make_store: Callable[..., es.EventStore]) -> None:
+    store = make_store(validate=False)
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO mlevents_schema (version, applied_at, description) "
+            "VALUES (99, '2030-01-01', 'from the future')"
+        )
+    with pytest.raises(es.SchemaVersionError, match="version 99, newer than this mlevents"):
+        make_store(validate=False)
+
+
 # -- optimistic concurrency and idempotency ------------------------------------------------
 def test_expected_version(loose: es.EventStore) -> None:
     loose.append("s", [ev()], expected_version=0)

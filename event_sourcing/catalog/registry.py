@@ -170,7 +170,8 @@ class EventRegistry:
         if model is None:
             raise self._unknown(event_type)
         try:
-            instance = model.model_validate(payload)
+            # model_validate without its wrapper: this runs once per appended event
+            instance = model.__pydantic_validator__.validate_python(payload)
         except ValidationError as exc:
             raise EventValidationError(
                 f"{event_type} payload invalid: {describe_errors(exc)}"

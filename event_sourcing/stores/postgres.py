@@ -3,12 +3,15 @@
 Positions come from a sequence, so they are handed out in insert order, not commit order.
 What makes a single integer cursor safe is the *read horizon*: before taking its
 positions a writer reads the sequence's last value m and holds a shared advisory lock
-keyed by m until it commits (an "in-flight marker"). A reader first computes
+keyed by m until it commits (an "in-flight marker"), all inside the one INSERT statement
+of an append. A reader first computes
 H = min(last value + 1, every in-flight m + 1), then scans (a later snapshot) for
 positions below H only. Every position below H was handed out before H was computed,
 and its writer, if still running, holds a marker below it: so whatever a reader is
 given, nothing at or below it can appear later. Writers never wait for one another
-(except on a shared stream's row); readers wait only for appends in flight.
+(except for overlapping appends to one stream); readers wait only for appends in flight.
+Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets exactly one
+of two racing appends have a version.
 See docs/ordering.md for the argument and the measurements.
 """
 
@@ -31,7 +34,7 @@ from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUna
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -41,12 +44,12 @@ CREATE TABLE IF NOT EXISTS mlevents_schema (
     applied_at  timestamptz NOT NULL DEFAULT now(),
     description text NOT NULL
 );
+-- One row per stream, written by its first append. A stream's version is the highest
+-- version of its events (the UNIQUE (stream_id, version) index answers it).
 CREATE TABLE IF NOT EXISTS streams (
     stream_id   text PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
     stream_type text NOT NULL,
-    version     bigint NOT NULL DEFAULT 0,
-    created_at  timestamptz NOT NULL,
-    updated_at  timestamptz NOT NULL
+    created_at  timestamptz NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS event_position_seq;
 CREATE TABLE IF NOT EXISTS event_store (
@@ -96,64 +99,6 @@ LANGUAGE sql VOLATILE AS $$
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END FROM event_position_seq s
 $$;
 
--- Appends one batch to one stream in the caller's transaction. The whole request is one
--- JSON document (one parameter: psycopg's per-parameter cost dominates a small append):
--- {"stream", "kind", "expected", "now", "correlation", "causation",
---  "events": [[id, event_type, schema_version, payload, metadata], ...]}.
--- No row back when the stream is not at "expected"; else (stream type, version,
--- position) for each event.
-CREATE OR REPLACE FUNCTION mlevents_append(p_request jsonb)
-RETURNS TABLE (out_type text, out_version bigint, out_position bigint)
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    p_stream text := p_request->>'stream';
-    p_kind text := p_request->>'kind';
-    p_expected bigint := (p_request->>'expected')::bigint;
-    p_now timestamptz := (p_request->>'now')::timestamptz;
-    p_correlation text := p_request->>'correlation';
-    p_causation text := p_request->>'causation';
-    p_batch jsonb := p_request->'events';
-    n integer := jsonb_array_length(p_batch);
-    v bigint;
-    k text;
-    floor bigint;
-BEGIN
-    -- Claim the versions first: the stream's row lock orders appends to one stream, so
-    -- their positions follow their versions.
-    IF p_expected IS NULL THEN
-        INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
-        ON CONFLICT (stream_id) DO UPDATE
-            SET version = s.version + excluded.version, updated_at = excluded.updated_at
-        RETURNING s.version, s.stream_type INTO v, k;
-    ELSIF p_expected = 0 THEN
-        INSERT INTO streams AS s VALUES (p_stream, p_kind, n, p_now, p_now)
-        ON CONFLICT DO NOTHING RETURNING s.version, s.stream_type INTO v, k;
-    ELSE
-        UPDATE streams AS s SET version = s.version + n, updated_at = p_now
-        WHERE s.stream_id = p_stream AND s.version = p_expected
-        RETURNING s.version, s.stream_type INTO v, k;
-    END IF;
-    IF v IS NULL THEN
-        RETURN;
-    END IF;
-    -- The in-flight marker: every position taken below is > floor, and the marker is
-    -- held (shared: writers never block each other) until this transaction ends.
-    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO floor
-    FROM event_position_seq s;
-    PERFORM pg_advisory_xact_lock_shared(
-        mlevents_inflight_key(), ((floor % 4294967296) - 2147483648)::integer);
-    RETURN QUERY
-    WITH inserted AS (
-        INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
-            schema_version, payload, metadata, created_at, correlation_id, causation_id)
-        SELECT (u.item->>0)::uuid, p_stream, k, v - n + u.i, u.item->>1,
-            (u.item->>2)::integer, u.item->3, u.item->4, p_now, p_correlation, p_causation
-        FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS u(item, i)
-        RETURNING e.stream_type, e.version, e.position
-    )
-    SELECT * FROM inserted;
-END $$;
-
 -- Positions below the horizon are settled: committed, or never to be committed.
 CREATE OR REPLACE FUNCTION mlevents_horizon() RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
@@ -184,25 +129,102 @@ BEGIN
 END $$;
 """
 
+# In RecordedEvent's field order; schema_version twice: as returned and as recorded.
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id"
+    "payload, metadata, created_at, correlation_id, causation_id, schema_version"
 )
 
-_APPEND = "SELECT * FROM mlevents_append(%s::jsonb)"
+# What a database at each older schema version needs before _SCHEMA brings it up to date.
+_MIGRATIONS = {
+    # v2: the stream's version is no longer a counter row updated by every append; the
+    # UNIQUE (stream_id, version) index of event_store decides races.
+    1: """
+    DROP FUNCTION IF EXISTS mlevents_append(jsonb);
+    ALTER TABLE streams DROP COLUMN IF EXISTS version, DROP COLUMN IF EXISTS updated_at;
+    """,
+}
+_DESCRIPTIONS = {
+    1: "event_store, streams, in-flight markers, append-only triggers",
+    2: "streams without a version counter; appends are one INSERT statement",
+}
+_STREAM_VERSION_KEY = "event_store_stream_id_version_key"
+
+# The stream's head before an append, as (stream type, version): with an expected version,
+# no row unless the stream has that version, so a stale expectation inserts nothing and a
+# moved-on stream hits UNIQUE (stream_id, version); without one, the latest event.
+_HEAD_EXPECTED = """
+        SELECT e.stream_type, e.version FROM event_store AS e
+        WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint
+        UNION ALL SELECT %(kind)s, 0 WHERE %(expected)s::bigint = 0"""
+_HEAD_LATEST = """
+        SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0)
+        FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+            SELECT e.stream_type, e.version FROM event_store AS e
+            WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
+        ) AS h ON true"""
+
+# One batch to one stream, one statement. The in-flight marker is taken before the
+# statement's first nextval (the position column's default): the sequence's last value m,
+# held as a shared advisory lock until the transaction ends, so every position below it
+# is > m. (A subquery with a volatile output is never folded into the outer query.)
+# A stream's first append registers it in `streams`.
+_APPEND = """
+WITH appended AS (
+    INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
+        schema_version, payload, metadata, created_at, correlation_id, causation_id)
+    SELECT (u.item->>0)::uuid, %(stream)s, head.stream_type, head.version + u.i, u.item->>1,
+        (u.item->>2)::integer, u.item->3, u.item->4, %(now)s, %(correlation)s, %(causation)s
+    FROM ({head}) AS head (stream_type, version)
+    CROSS JOIN LATERAL (
+        SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
+            ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
+             - 2147483648)::integer)
+        FROM event_position_seq AS q OFFSET 0
+    ) AS marker
+    CROSS JOIN LATERAL jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS u(item, i)
+    RETURNING e.stream_type, e.version, e.position
+), registered AS (
+    INSERT INTO streams (stream_id, stream_type, created_at)
+    SELECT %(stream)s, a.stream_type, %(now)s FROM appended AS a WHERE a.version = 1
+    ON CONFLICT DO NOTHING
+)
+SELECT stream_type, version, position FROM appended ORDER BY version
+"""
+_APPEND_EXPECTED = _APPEND.format(head=_HEAD_EXPECTED)
+_APPEND_LATEST = _APPEND.format(head=_HEAD_LATEST)
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def _request_json(head: dict[str, Any], rows: Sequence[EventRow]) -> str:
-    """The append request as one JSON document; events are spliced from their already
-    encoded payloads rather than encoded a second time."""
+def _events_json(rows: Sequence[EventRow]) -> str:
+    """The batch as one JSON array of [id, type, schema version, payload, metadata]; the
+    payloads are spliced in already encoded rather than encoded a second time."""
     events = ",".join(
         f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
         f"{row.payload_json},{row.metadata_json}]"
         for row in rows
     )
-    return f'{_JSON_STRING(head)[:-1]},"events":[{events}]}}'
+    return f"[{events}]"
 
+
+def append_query(
+    stream_id: str,
+    stream_type: str | None,
+    expected_version: int | None,
+    rows: Sequence[EventRow],
+    created_at: datetime,
+    correlation_id: str | None,
+    causation_id: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The one statement that appends a batch, and its parameters. It returns (stream
+    type, version, position) per event, or no row when the stream is not at
+    `expected_version`; it raises UniqueViolation when the version or an id is taken."""
+    request = {
+        "stream": stream_id, "kind": stream_type or "default", "expected": expected_version,
+        "now": created_at, "correlation": correlation_id, "causation": causation_id,
+        "events": _events_json(rows),
+    }
+    return (_APPEND_LATEST if expected_version is None else _APPEND_EXPECTED), request
 
 
 _decode_json = json.JSONDecoder().decode
@@ -304,23 +326,28 @@ class PostgresRecorder:
             connection.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
             )
+            found = SCHEMA_VERSION
             row = connection.execute(
                 "SELECT to_regclass('mlevents_schema') IS NOT NULL"
             ).fetchone()
             if row and row[0]:
-                found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()
-                if found and found[0] is not None and found[0] > SCHEMA_VERSION:
-                    raise SchemaVersionError(
-                        f"schema {self.schema} has version {found[0]}, newer than this mlevents "
-                        f"knows ({SCHEMA_VERSION}); upgrade mlevents"
-                    )
-                if found and found[0] == SCHEMA_VERSION:
-                    return
+                latest = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()
+                if latest and latest[0] is not None:
+                    found = int(latest[0])
+                    if found > SCHEMA_VERSION:
+                        raise SchemaVersionError(
+                            f"schema {self.schema} has version {found}, newer than this "
+                            f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
+                        )
+                    if found == SCHEMA_VERSION:
+                        return
+            for version in range(found, SCHEMA_VERSION):
+                connection.execute(_MIGRATIONS[version])
             connection.execute(_SCHEMA)
             connection.execute(
                 "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
-                (SCHEMA_VERSION, "event_store, streams, xid-ordered positions, append-only"),
+                (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
             )
 
     def close(self) -> None:
@@ -337,29 +364,30 @@ class PostgresRecorder:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended:
-        ids = [row.id for row in rows]
-        request = _request_json(
-            {
-                "stream": stream_id, "kind": stream_type or "default",
-                "expected": expected_version, "now": created_at.isoformat(),
-                "correlation": correlation_id, "causation": causation_id,
-            },
-            rows,
+        statement, request = append_query(
+            stream_id, stream_type, expected_version, rows, created_at, correlation_id,
+            causation_id,
         )
         with self._pool.connection() as connection:
-            try:
-                claimed = connection.execute(_APPEND, (request,)).fetchall()
-            except pg_errors.UniqueViolation:
-                claimed = []
+            while True:
+                try:
+                    claimed = connection.execute(statement, request).fetchall()
+                except pg_errors.UniqueViolation as exc:
+                    if (
+                        expected_version is None
+                        and exc.diag.constraint_name == _STREAM_VERSION_KEY
+                    ):
+                        continue  # an overlapping append took the version: read the head again
+                    claimed = []
+                break
             if claimed:
-                claimed.sort(key=lambda row: row[1])  # by version
                 kind, first_version, _ = claimed[0]
                 return Appended(kind, first_version, [position for _, _, position in claimed])
             # Nothing was written: a retry of a recorded batch or a stale expected version.
             found = self._select_on(
                 connection,
                 f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
-                (ids,),
+                ([row.id for row in rows],),
             )
             if found:
                 raise AlreadyRecorded(found)
@@ -374,7 +402,8 @@ class PostgresRecorder:
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:
         row = connection.execute(
-            "SELECT version FROM streams WHERE stream_id = %s", (stream_id,)
+            "SELECT coalesce(max(version), 0) FROM event_store WHERE stream_id = %s",
+            (stream_id,),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -384,7 +413,7 @@ class PostgresRecorder:
         connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
     ) -> list[RecordedEvent]:
         cursor = connection.execute(query, params)
-        return [RecordedEvent(*row) for row in cursor.fetchall()]
+        return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
     def _select(self, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         with self._pool.connection() as connection:

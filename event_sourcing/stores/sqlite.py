@@ -19,7 +19,7 @@ from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUna
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -27,12 +27,11 @@ CREATE TABLE IF NOT EXISTS mlevents_schema (
     applied_at  TEXT NOT NULL,
     description TEXT NOT NULL
 );
+-- One row per stream, written by its first append; its version is its events' highest.
 CREATE TABLE IF NOT EXISTS streams (
     stream_id   TEXT PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
     stream_type TEXT NOT NULL,
-    version     INTEGER NOT NULL DEFAULT 0,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS event_store (
     position       INTEGER PRIMARY KEY,
@@ -67,6 +66,18 @@ _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
     "payload, metadata, created_at, correlation_id, causation_id"
 )
+# What a database at each older schema version needs before _SCHEMA brings it up to date.
+_MIGRATIONS = {
+    # v2: a stream's version is its events' highest, not a counter updated by every append.
+    1: """
+    ALTER TABLE streams DROP COLUMN version;
+    ALTER TABLE streams DROP COLUMN updated_at;
+    """,
+}
+_DESCRIPTIONS = {
+    1: "event_store, streams, append-only triggers",
+    2: "streams without a version counter",
+}
 
 
 _INSERT = (
@@ -85,8 +96,19 @@ def _event(row: tuple[Any, ...]) -> RecordedEvent:
     return RecordedEvent(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6],
         json.loads(row[7]), json.loads(row[8]), datetime.fromisoformat(row[9]),
-        row[10], row[11],
+        row[10], row[11], row[6],
     )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (so they can run in our transaction:
+    executescript would commit it first)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
 
 
 def page_query(
@@ -197,23 +219,35 @@ class SQLiteRecorder:
 
     def _create_schema(self, connection: sqlite3.Connection) -> None:
         try:
-            connection.executescript(
-                "BEGIN IMMEDIATE;" + _SCHEMA + "INSERT OR IGNORE INTO mlevents_schema VALUES "
-                f"({SCHEMA_VERSION}, datetime('now'), 'event_store, streams, append-only "
-                "triggers'); COMMIT;"
-            )
+            connection.execute("BEGIN IMMEDIATE")
+            found = None
+            if connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'mlevents_schema'"
+            ).fetchone():
+                found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
+            if found is not None and found > SCHEMA_VERSION:
+                connection.execute("ROLLBACK")
+                raise SchemaVersionError(
+                    f"database {self.description} has schema version {found}, newer than this "
+                    f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
+                )
+            if found != SCHEMA_VERSION:
+                for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
+                    for statement in _statements(_MIGRATIONS[version]):
+                        connection.execute(statement)
+                for statement in _statements(_SCHEMA):
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
+                    (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
+                )
+            connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise StoreUnavailableError(
                 f"cannot create the event store schema in {self.description}: {exc}"
             ) from exc
-        found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
-        if found > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"database {self.description} has schema version {found}, newer than this "
-                f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
-            )
 
     def close(self) -> None:
         self._closed = True
@@ -236,12 +270,12 @@ class SQLiteRecorder:
     ) -> Appended:
         now = _ts(created_at)
         with self._write() as connection:
+            # (SQLite gives the bare stream_type of the row holding max(version).)
             head, current, kind = connection.execute(
-                "SELECT coalesce(max(position), 0), s.version, s.stream_type FROM event_store "
-                "LEFT JOIN streams s ON s.stream_id = ?",
+                "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
+                "coalesce(max(version), 0), stream_type FROM event_store WHERE stream_id = ?",
                 (stream_id,),
             ).fetchone()
-            current = current or 0
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows)
@@ -259,12 +293,12 @@ class SQLiteRecorder:
             except sqlite3.IntegrityError:
                 self._raise_if_recorded(connection, rows)
                 raise
-            connection.execute(
-                "INSERT INTO streams (stream_id, stream_type, version, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO UPDATE SET "
-                "version = excluded.version, updated_at = excluded.updated_at",
-                (stream_id, kind, current + len(rows), now, now),
-            )
+            if not current:
+                connection.execute(
+                    "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
+                    "VALUES (?, ?, ?)",
+                    (stream_id, kind, now),
+                )
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
 
     def _raise_if_recorded(self, connection: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
@@ -317,9 +351,10 @@ class SQLiteRecorder:
     def stream_version(self, stream_id: str) -> int:
         with self._connection() as connection:
             row = connection.execute(
-                "SELECT version FROM streams WHERE stream_id = ?", (stream_id,)
+                "SELECT coalesce(max(version), 0) FROM event_store WHERE stream_id = ?",
+                (stream_id,),
             ).fetchone()
-        return row[0] if row else 0
+        return int(row[0])
 
     def head_position(self) -> int:
         with self._connection() as connection:

@@ -10,7 +10,6 @@ import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -325,8 +324,7 @@ class EventStore:
                     new_version, payload = registry.upcast(
                         event.event_type, event.schema_version, event.payload
                     )
-                    events[index] = replace(
-                        event,
+                    events[index] = event._replace(
                         payload=payload,
                         schema_version=new_version,
                         recorded_schema_version=event.schema_version,
