@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -536,3 +538,42 @@ def test_read_model_transaction_commits_or_rolls_back(loose: es.EventStore) -> N
         raise RuntimeError("handler failed")
     with loose.transaction() as tx:
         assert tx.execute("SELECT k, v FROM notes ORDER BY k").fetchall() == [("a", 1)]
+
+
+# -- PostgreSQL connections -----------------------------------------------------------------
+def _backend_alive(url: str, pid: int) -> bool:
+    with psycopg.connect(url.partition("?schema=")[0], autocommit=True) as admin:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return bool(row.fetchone()[0])
+
+
+def test_append_reconnects_after_the_server_drops_its_connection(pg_schema_url: str) -> None:
+    store = es.connect(pg_schema_url, validate=False)
+    store.append("s", [ev()])
+    pid = store.recorder._append_connection().info.backend_pid
+    with psycopg.connect(pg_schema_url.partition("?schema=")[0], autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    recorded = store.append("s", [ev()], expected_version=1)
+    assert recorded[0].version == 2
+    assert [e.version for e in store.read_all()] == [1, 2]
+    store.close()
+
+
+def test_a_finished_threads_append_connection_is_closed(pg_schema_url: str) -> None:
+    store = es.connect(pg_schema_url, validate=False)
+    pids: list[int] = []
+
+    def append_once() -> None:
+        store.append("s", [ev()])
+        pids.append(store.recorder._append_connection().info.backend_pid)
+
+    worker = threading.Thread(target=append_once)
+    worker.start()
+    worker.join()
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _backend_alive(pg_schema_url, pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _backend_alive(pg_schema_url, pids[0]), "the ended thread's connection is still open"
+    assert store.stream_version("s") == 1
+    store.close()
