@@ -152,13 +152,14 @@ _DESCRIPTIONS = {
 }
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 
-# The stream's head before an append, as (stream type, version): with an expected version,
-# no row unless the stream has that version, so a stale expectation inserts nothing and a
-# moved-on stream hits UNIQUE (stream_id, version); without one, the latest event.
-_HEAD_EXPECTED = """
+# The stream's head before an append, as (stream type, version). Expecting version n >= 1:
+# no row unless the stream has an event n, so a stale expectation inserts nothing and a
+# moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream: the unique index
+# alone decides. No expectation: the latest event, if any.
+_HEAD_AT = """
         SELECT e.stream_type, e.version FROM event_store AS e
-        WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint
-        UNION ALL SELECT %(kind)s, 0 WHERE %(expected)s::bigint = 0"""
+        WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
+_HEAD_NEW = "SELECT %(kind)s::text, 0::bigint"
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0)
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
@@ -170,9 +171,7 @@ _HEAD_LATEST = """
 # statement's first nextval (the position column's default): the sequence's last value m,
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
-# A stream's first append registers it in `streams`.
-_APPEND = """
-WITH appended AS (
+_INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
         schema_version, payload, metadata, created_at, correlation_id, causation_id)
     SELECT (u.item->>0)::uuid, %(stream)s, head.stream_type, head.version + u.i, u.item->>1,
@@ -185,16 +184,24 @@ WITH appended AS (
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
     CROSS JOIN LATERAL jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS u(item, i)
-    RETURNING e.stream_type, e.version, e.position
+    RETURNING e.stream_type, e.version, e.position"""
+
+
+def _registering(insert: str) -> str:
+    """`insert`, also registering the stream in `streams` when it writes version 1."""
+    return f"""
+WITH appended AS ({insert}
 ), registered AS (
     INSERT INTO streams (stream_id, stream_type, created_at)
     SELECT %(stream)s, a.stream_type, %(now)s FROM appended AS a WHERE a.version = 1
     ON CONFLICT DO NOTHING
 )
-SELECT stream_type, version, position FROM appended ORDER BY version
-"""
-_APPEND_EXPECTED = _APPEND.format(head=_HEAD_EXPECTED)
-_APPEND_LATEST = _APPEND.format(head=_HEAD_LATEST)
+SELECT stream_type, version, position FROM appended"""
+
+
+_APPEND_AT = _INSERT.format(head=_HEAD_AT)  # never a stream's first append
+_APPEND_NEW = _registering(_INSERT.format(head=_HEAD_NEW))
+_APPEND_LATEST = _registering(_INSERT.format(head=_HEAD_LATEST))
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -226,7 +233,9 @@ def append_query(
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
         "events": _events_json(rows),
     }
-    return (_APPEND_LATEST if expected_version is None else _APPEND_EXPECTED), request
+    if expected_version is None:
+        return _APPEND_LATEST, request
+    return (_APPEND_AT if expected_version else _APPEND_NEW), request
 
 
 _decode_json = json.JSONDecoder().decode
@@ -461,6 +470,8 @@ class PostgresRecorder:
                 claimed = []
             break
         if claimed:
+            if len(claimed) > 1:
+                claimed.sort(key=lambda row: row[1])  # by version
             kind, first_version, _ = claimed[0]
             return Appended(kind, first_version, [position for _, _, position in claimed])
         # Nothing was written: a retry of a recorded batch or a stale expected version.
