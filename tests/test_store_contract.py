@@ -252,6 +252,30 @@ def test_expected_version(loose: es.EventStore) -> None:
     assert len(list(loose.read_all())) == 2
 
 
+def test_expecting_a_version_beyond_the_head_leaves_no_gap(loose: es.EventStore) -> None:
+    loose.append("s", [ev(), ev()], stream_type="run")
+    with pytest.raises(es.ConcurrencyError) as caught:
+        loose.append("s", [ev()], expected_version=5)
+    assert caught.value.actual == 2
+    assert [e.version for e in loose.read_stream("s")] == [1, 2]
+
+
+def test_a_writer_that_fell_behind_another_is_refused(
+    make_store: Callable[..., es.EventStore],
+) -> None:
+    """A store that wrote a stream up to version 2 must not trust that memory once another
+    store has moved the stream on; the stream keeps the type of its first append."""
+    first, second = make_store(validate=False), make_store(validate=False)
+    first.append("s", [ev(), ev()], expected_version=0, stream_type="run")
+    second.append("s", [ev()], expected_version=2, stream_type="ignored")
+    with pytest.raises(es.ConcurrencyError) as caught:
+        first.append("s", [ev()], expected_version=2)
+    assert caught.value.actual == 3
+    [fourth] = first.append("s", [ev()], expected_version=3, stream_type="other")
+    assert (fourth.version, fourth.stream_type) == (4, "run")
+    assert [e.stream_type for e in second.read_stream("s")] == ["run"] * 4
+
+
 @pytest.mark.parametrize("expected", [0, 2])
 def test_racing_writers_exactly_one_wins(loose: es.EventStore, expected: int) -> None:
     if expected:

@@ -151,15 +151,17 @@ _DESCRIPTIONS = {
     2: "streams without a version counter; appends are one INSERT statement",
 }
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
+_REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
 # The stream's head before an append, as (stream type, version). Expecting version n >= 1:
 # no row unless the stream has an event n, so a stale expectation inserts nothing and a
-# moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream: the unique index
-# alone decides. No expectation: the latest event, if any.
+# moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
+# stream is known to have reached: as given, and the unique index alone decides. No
+# expectation: the latest event, if any.
 _HEAD_AT = """
         SELECT e.stream_type, e.version FROM event_store AS e
         WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
-_HEAD_NEW = "SELECT %(kind)s::text, 0::bigint"
+_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint"
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0)
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
@@ -200,7 +202,8 @@ SELECT stream_type, version, position FROM appended"""
 
 
 _APPEND_AT = _INSERT.format(head=_HEAD_AT)  # never a stream's first append
-_APPEND_NEW = _registering(_INSERT.format(head=_HEAD_NEW))
+_APPEND_KNOWN = _INSERT.format(head=_HEAD_GIVEN)  # nor this
+_APPEND_NEW = _registering(_INSERT.format(head=_HEAD_GIVEN))
 _APPEND_LATEST = _registering(_INSERT.format(head=_HEAD_LATEST))
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -224,10 +227,16 @@ def append_query(
     created_at: datetime,
     correlation_id: str | None,
     causation_id: str | None,
+    *,
+    reached: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The one statement that appends a batch, and its parameters. It returns (stream
     type, version, position) per event, or no row when the stream is not at
-    `expected_version`; it raises UniqueViolation when the version or an id is taken."""
+    `expected_version`; it raises UniqueViolation when the version or an id is taken.
+
+    `reached`: the caller knows the stream has reached `expected_version` (>= 1) and that
+    `stream_type` is the stream's type, so the statement skips looking that up.
+    """
     request = {
         "stream": stream_id, "kind": stream_type or "default", "expected": expected_version,
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
@@ -235,7 +244,9 @@ def append_query(
     }
     if expected_version is None:
         return _APPEND_LATEST, request
-    return (_APPEND_AT if expected_version else _APPEND_NEW), request
+    if not expected_version:
+        return _APPEND_NEW, request
+    return (_APPEND_KNOWN if reached else _APPEND_AT), request
 
 
 _decode_json = json.JSONDecoder().decode
@@ -335,6 +346,10 @@ class PostgresRecorder:
         self._appender = threading.local()
         self._appenders: list[weakref.finalize[Any, Any]] = []
         self._appenders_lock = threading.Lock()
+        # Stream id -> (its type, a version it has reached). Versions are contiguous and
+        # events are never deleted, so a stream that reached v keeps every version up to v:
+        # an append expecting one of them needs no lookup (~30 us of server CPU).
+        self._reached: dict[str, tuple[str, int]] = {}
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
             name=f"mlevents-{schema}", configure=_configure,
@@ -428,27 +443,37 @@ class PostgresRecorder:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended:
+        reached = False
+        if expected_version:
+            known = self._reached.get(stream_id)
+            if known is not None and known[1] >= expected_version:
+                stream_type, reached = known[0], True
         statement, request = append_query(
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-            causation_id,
+            causation_id, reached=reached,
         )
         cursor = self._append_cursor()
         try:
-            return self._append_on(cursor, statement, request, rows, expected_version)
-        except psycopg.OperationalError:
+            appended = self._append_on(cursor, statement, request, rows, expected_version)
+        except psycopg.OperationalError as exc:
             if not cursor.connection.closed:
                 raise
-        # The connection broke (a server restart, an idle timeout): the batch may or may not
-        # have been committed. Sending it again is safe: its event ids make it idempotent.
-        try:
-            return self._append_on(
-                self._append_cursor(), statement, request, rows, expected_version
-            )
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"append to {stream_id!r} failed twice on {self.description}: "
-                f"{str(exc).strip().splitlines()[0]}"
-            ) from exc
+            # The connection broke (a server restart, an idle timeout): the batch may or may
+            # not have been committed. Sending it again is safe: its event ids make it
+            # idempotent.
+            try:
+                appended = self._append_on(
+                    self._append_cursor(), statement, request, rows, expected_version
+                )
+            except psycopg.OperationalError as again:
+                raise StoreUnavailableError(
+                    f"append to {stream_id!r} failed twice on {self.description}: "
+                    f"{str(again).strip().splitlines()[0]}"
+                ) from exc
+        if len(self._reached) >= _REACHED_STREAMS:
+            self._reached.clear()
+        self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
+        return appended
 
     def _append_on(
         self,
