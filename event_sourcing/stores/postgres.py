@@ -173,11 +173,19 @@ _HEAD_LATEST = """
 # statement's first nextval (the position column's default): the sequence's last value m,
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
+# The events: one as scalar parameters (cheaper to send and to plan), or a batch as one
+# JSON array of [id, type, schema version, payload, metadata].
+_ONE_EVENT = """
+        SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
+            %(metadata)s::jsonb, 1::bigint"""
+_EVENT_BATCH = """
+        SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i
+        FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
 _INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
         schema_version, payload, metadata, created_at, correlation_id, causation_id)
-    SELECT (u.item->>0)::uuid, %(stream)s, head.stream_type, head.version + u.i, u.item->>1,
-        (u.item->>2)::integer, u.item->3, u.item->4, %(now)s, %(correlation)s, %(causation)s
+    SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s
     FROM ({head}) AS head (stream_type, version)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
@@ -185,7 +193,7 @@ _INSERT = """
              - 2147483648)::integer)
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
-    CROSS JOIN LATERAL jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS u(item, i)
+    CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i)
     RETURNING e.stream_type, e.version, e.position"""
 
 
@@ -201,10 +209,18 @@ WITH appended AS ({insert}
 SELECT stream_type, version, position FROM appended"""
 
 
-_APPEND_AT = _INSERT.format(head=_HEAD_AT)  # never a stream's first append
-_APPEND_KNOWN = _INSERT.format(head=_HEAD_GIVEN)  # nor this
-_APPEND_NEW = _registering(_INSERT.format(head=_HEAD_GIVEN))
-_APPEND_LATEST = _registering(_INSERT.format(head=_HEAD_LATEST))
+# (head, events) -> statement. AT and KNOWN never write a stream's first event.
+_APPEND = {
+    (head_name, events_name): (
+        _INSERT.format(head=head, events=events)
+        if head_name in {"at", "known"}
+        else _registering(_INSERT.format(head=head, events=events))
+    )
+    for head_name, head in (
+        ("at", _HEAD_AT), ("known", _HEAD_GIVEN), ("new", _HEAD_GIVEN), ("latest", _HEAD_LATEST)
+    )
+    for events_name, events in (("one", _ONE_EVENT), ("batch", _EVENT_BATCH))
+}
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -237,16 +253,27 @@ def append_query(
     `reached`: the caller knows the stream has reached `expected_version` (>= 1) and that
     `stream_type` is the stream's type, so the statement skips looking that up.
     """
-    request = {
+    request: dict[str, Any] = {
         "stream": stream_id, "kind": stream_type or "default", "expected": expected_version,
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
-        "events": _events_json(rows),
     }
+    if len(rows) == 1:
+        row = rows[0]
+        request.update(
+            id=row.id, type=row.event_type, schema_version=row.schema_version,
+            payload=row.payload_json, metadata=row.metadata_json,
+        )
+        events = "one"
+    else:
+        request["events"] = _events_json(rows)
+        events = "batch"
     if expected_version is None:
-        return _APPEND_LATEST, request
-    if not expected_version:
-        return _APPEND_NEW, request
-    return (_APPEND_KNOWN if reached else _APPEND_AT), request
+        head = "latest"
+    elif not expected_version:
+        head = "new"
+    else:
+        head = "known" if reached else "at"
+    return _APPEND[head, events], request
 
 
 _decode_json = json.JSONDecoder().decode
