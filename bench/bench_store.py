@@ -467,7 +467,7 @@ class Settings:
     seconds: float = 5.0  # time cap for the 1/tx and concurrent cases
     max_seconds: float = 120.0  # time cap for any single timed loop (batch append, populate)
     writers: int = 4
-    repeats: int = 3
+    repeats: int = 5
     backends: tuple[str, ...] = BACKENDS
     implementations: tuple[str, ...] = IMPLEMENTATIONS
     pg_url: str = DEFAULT_PG_URL
@@ -712,7 +712,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--max-seconds", type=float, default=120.0,
                         help="time cap for batch append and populating reads (default 120)")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writers (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--impl", action="append", dest="impls",
                         choices=[*IMPLEMENTATIONS, *OPTIONAL_IMPLEMENTATIONS],
