@@ -120,6 +120,9 @@ def fresh_location(backend: str, workdir: Path, pg_url: str) -> Iterator[Locatio
         finally:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+            # Let the file system finish with this run's files (writeback, freeing blocks)
+            # now, not during the next implementation's measurement.
+            os.sync()
         return
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     with _pg_connect(pg_url, autocommit=True) as connection:
