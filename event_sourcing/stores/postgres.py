@@ -375,7 +375,8 @@ class PostgresRecorder:
         self._appenders_lock = threading.Lock()
         # Stream id -> (its type, a version it has reached). Versions are contiguous and
         # events are never deleted, so a stream that reached v keeps every version up to v:
-        # an append expecting one of them needs no lookup (~30 us of server CPU).
+        # an append expecting one of them needs no lookup (~30 us of server CPU). This
+        # holds unless the schema is dropped and recreated under a running store.
         self._reached: dict[str, tuple[str, int]] = {}
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
