@@ -17,6 +17,7 @@ import pytest
 
 import event_sourcing as es
 from event_sourcing.catalog import TrainingProgress, TrainingStarted
+from event_sourcing.events import new_event_id
 
 SHA = "a" * 64
 
@@ -85,6 +86,20 @@ def test_generated_ids_are_time_ordered_uuid7(loose: es.EventStore) -> None:
     later = loose.append("s", [ev()])[0].id
     assert uuid.UUID(first).version == 7
     assert first[:13] <= later[:13]  # the millisecond timestamp leads the id
+
+
+def test_new_event_id_is_an_rfc_9562_uuid7() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(10_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # 48 bits of Unix milliseconds lead
+    assert {text[19] for text in ids} == set("89ab")  # the variant digit carries 2 random bits
+    assert len({text[15:18] for text in ids}) > 3000  # rand_a is random
 
 
 def test_positions_are_global_and_versions_per_stream(loose: es.EventStore) -> None:
