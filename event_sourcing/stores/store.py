@@ -181,13 +181,20 @@ class EventStore:
             raise EventValidationError(
                 f"metadata must be a mapping, got {type(metadata).__name__}"
             )
-        if isinstance(events, (NewEvent, DomainEvent)) or not isinstance(events, Iterable):
-            raise EventValidationError("events must be a sequence of events (wrap one in [...])")
-        rows, payloads, metadatas = self._encode(list(events), metadata)
+        if type(events) is not list:  # a list is the usual case: no copy, no ABC checks
+            if isinstance(events, (NewEvent, DomainEvent)) or not isinstance(events, Iterable):
+                raise EventValidationError(
+                    "events must be a sequence of events (wrap one in [...])"
+                )
+            events = list(events)
+        rows, payloads, metadatas = self._encode(events, metadata)
         created_at = self.clock()
-        if created_at.tzinfo is None:
-            raise EventValidationError("the store's clock returned a naive datetime; use UTC")
-        created_at = created_at.astimezone(UTC)
+        if created_at.tzinfo is not UTC:
+            if created_at.tzinfo is None:
+                raise EventValidationError(
+                    "the store's clock returned a naive datetime; use UTC"
+                )
+            created_at = created_at.astimezone(UTC)
         try:
             kind, version, positions = self.recorder.append(
                 stream_id, stream_type, expected_version, rows, created_at, correlation,
@@ -253,7 +260,15 @@ class EventStore:
                         dict(raw_payload), f"payload of events[{index}] ({event_type})", limit
                     )
                     schema_version, payload = 1, json.loads(payload_json)
-                event_id = _event_id(event.id) if event.id is not None else new_event_id()
+                if event.id is None:
+                    event_id = new_event_id()  # fresh ids never collide; given ones may
+                else:
+                    event_id = _event_id(event.id)
+                    if event_id in seen:
+                        raise EventValidationError(
+                            f"event id {event_id} appears twice in one batch"
+                        )
+                    seen.add(event_id)
                 event_metadata = event.metadata
                 if (
                     event_metadata is not None
@@ -275,9 +290,6 @@ class EventStore:
                     f"events[{index}] is a {type(event).__name__}; expected es.NewEvent or a "
                     "typed catalog event"
                 )
-            if event_id in seen:
-                raise EventValidationError(f"event id {event_id} appears twice in one batch")
-            seen.add(event_id)
             if event_metadata:
                 merged = {**batch_metadata, **event_metadata}
                 metadata_json = _encode_json(merged, f"metadata of events[{index}]", limit)
