@@ -470,6 +470,9 @@ def test_unknown_types_rejected_unless_registered_or_relaxed(
     with pytest.raises(es.UnknownEventTypeError, match="validate=False"):
         store.append("s", [es.NewEvent("drift_detected", {"psi": 0.3})])
     assert store.head_position() == 0
+    with pytest.raises(es.UnknownEventTypeError, match="did you mean 'training_progress'"):
+        store.append("s", [es.NewEvent("training_progres", {"step": 1})])
+    assert store.head_position() == 0
 
     registry = es.default_registry.copy()
 

@@ -137,13 +137,14 @@ class EventRegistry:
     def model_for(self, event_type: str) -> type[DomainEvent]:
         model = self._models.get(event_type)
         if model is None:
-            raise self._unknown(event_type)
+            raise self.unknown_type_error(event_type)
         return model
 
     def current_version(self, event_type: str) -> int:
         return self.model_for(event_type).schema_version
 
-    def _unknown(self, event_type: str) -> UnknownEventTypeError:
+    def unknown_type_error(self, event_type: str) -> UnknownEventTypeError:
+        """The error for a type name no model is registered for, with the closest name."""
         close = difflib.get_close_matches(event_type, self._models, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return UnknownEventTypeError(
@@ -168,7 +169,7 @@ class EventRegistry:
         """
         model = self._models.get(event_type)
         if model is None:
-            raise self._unknown(event_type)
+            raise self.unknown_type_error(event_type)
         try:
             # model_validate without its wrapper: this runs once per appended event
             instance = model.__pydantic_validator__.validate_python(payload)

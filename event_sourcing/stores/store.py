@@ -18,7 +18,6 @@ from event_sourcing.errors import (
     DuplicateEventError,
     EventValidationError,
     PayloadTooLargeError,
-    UnknownEventTypeError,
 )
 from event_sourcing.events import NewEvent, RecordedEvent, new_event_id
 from event_sourcing.stores.recorder import (
@@ -240,10 +239,7 @@ class EventStore:
                 if not registered:
                     _check_name(event_type, f"events[{index}].type")
                     if self.validate:
-                        raise UnknownEventTypeError(
-                            f"event type {event_type!r} is not registered; register a model "
-                            "for it (registry.register) or open the store with validate=False"
-                        )
+                        raise registry.unknown_type_error(event_type)
                 raw_payload = event.payload
                 # `type(...) is dict` first: an ABC isinstance check costs more than the rest
                 if type(raw_payload) is not dict and not isinstance(raw_payload, Mapping):
