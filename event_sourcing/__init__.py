@@ -5,6 +5,7 @@
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, EventTypes, default_registry
 from event_sourcing.errors import (
+    AccessDeniedError,
     ConcurrencyError,
     ConfigurationError,
     DuplicateEventError,
@@ -12,6 +13,7 @@ from event_sourcing.errors import (
     EventValidationError,
     PayloadTooLargeError,
     SchemaVersionError,
+    StoreNotFoundError,
     StoreUnavailableError,
     UnknownEventTypeError,
 )
@@ -21,6 +23,7 @@ from event_sourcing.stores import EventStore, connect, default_url
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "ConcurrencyError",
     "ConfigurationError",
     "DomainEvent",
@@ -34,6 +37,7 @@ __all__ = [
     "PayloadTooLargeError",
     "RecordedEvent",
     "SchemaVersionError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "UnknownEventTypeError",
     "__version__",

@@ -49,3 +49,11 @@ class StoreUnavailableError(EventStoreError, ConnectionError):
 
 class ConfigurationError(EventStoreError, ValueError):
     """A store URL or option is malformed or unsupported."""
+
+
+class StoreNotFoundError(EventStoreError, LookupError):
+    """A read-only open found no event store at the URL (create one with `mlevents init`)."""
+
+
+class AccessDeniedError(EventStoreError, PermissionError):
+    """The database role may not do what was asked (see `mlevents grant`)."""

@@ -11,11 +11,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.catalog import EventRegistry
-from event_sourcing.errors import ConfigurationError
+from event_sourcing.errors import ConfigurationError, StoreNotFoundError
+from event_sourcing.stores.identifiers import check_schema_name
 from event_sourcing.stores.recorder import Recorder, redact_url
 from event_sourcing.stores.store import DEFAULT_MAX_PAYLOAD_BYTES, Clock, EventStore, utc_now
 
 DEFAULT_SQLITE_PATH = Path(".mlevents") / "events.db"
+DEFAULT_SCHEMA = "mlevents"
 __all__ = ["EventStore", "connect", "default_url"]
 
 
@@ -24,7 +26,7 @@ def default_url() -> str:
     return os.environ.get("MLEVENTS_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
-def _recorder(url: str, options: dict[str, Any]) -> Recorder:
+def _recorder(url: str, options: dict[str, Any], create: bool) -> Recorder:
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite":
@@ -33,7 +35,7 @@ def _recorder(url: str, options: dict[str, Any]) -> Recorder:
         path, _, query = rest.partition("?")
         if not path.startswith("/") or path == "/":
             raise ConfigurationError(
-                f"bad SQLite URL {url!r}: use sqlite:///relative/path.db, "
+                f"bad SQLite URL {redact_url(url)!r}: use sqlite:///relative/path.db, "
                 "sqlite:////absolute/path.db or sqlite:///:memory:"
             )
         params = dict(parse_qsl(query))
@@ -43,21 +45,22 @@ def _recorder(url: str, options: dict[str, Any]) -> Recorder:
         if options:
             raise ConfigurationError(f"unknown SQLite option(s): {', '.join(options)}")
         try:
-            return SQLiteRecorder(path[1:], synchronous=synchronous)
+            return SQLiteRecorder(path[1:], synchronous=synchronous, create=create)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
     if scheme in {"postgresql", "postgres", "postgresql+psycopg"}:
         from event_sourcing.stores.postgres import PostgresRecorder
 
-        parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query))
-        schema = options.pop("schema", None) or params.pop("schema", None) or "mlevents"
-        if not schema.replace("_", "").isalnum() or len(schema) > 63:
-            raise ConfigurationError(
-                f"schema {schema!r} must be 1-63 letters, digits or underscores"
-            )
+        try:
+            parts = urlsplit(url)
+            params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad PostgreSQL URL {redact_url(url)!r}: {exc}") from None
+        schema = options.pop("schema", params.pop("schema", DEFAULT_SCHEMA))
         libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
-        return PostgresRecorder(libpq_url, schema=schema, **options)
+        return PostgresRecorder(
+            libpq_url, schema=check_schema_name(schema), create=create, **options
+        )
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; use sqlite:///path/to/events.db"
         ", sqlite:///:memory: or postgresql://user@host:5432/database"
@@ -71,25 +74,36 @@ def connect(
     validate: bool = True,
     clock: Clock = utc_now,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    create: bool = True,
     **options: Any,
 ) -> EventStore:
-    """Open (and create if missing) the event store at `url` (default: `default_url()`).
+    """Open the event store at `url` (default: `default_url()`), creating it if missing.
 
-    SQLite option: `synchronous` (FULL by default). PostgreSQL options: `schema` (default
-    `mlevents`, also `?schema=` in the URL), `pool_size`, `connect_timeout`.
-    `validate=False` accepts event types that no model is registered for.
+    `create=False` opens only an existing store: no file, folder or schema is made, and a
+    missing store raises StoreNotFoundError. SQLite option: `synchronous` (FULL by
+    default). PostgreSQL options: `schema` (default `mlevents`, also `?schema=` in the
+    URL), `pool_size`, `connect_timeout`. `validate=False` accepts event types that no
+    model is registered for.
     """
     if url is None:
         url = default_url()
     if not isinstance(url, str) or "://" not in url:
+        shown = redact_url(url) if isinstance(url, str) else url
         raise ConfigurationError(
-            f"store URL {url!r} is not a URL; use sqlite:///path/to/events.db or "
+            f"store URL {shown!r} is not a URL; use sqlite:///path/to/events.db or "
             "postgresql://user@host:5432/database"
         )
     if max_payload_bytes <= 0:
         raise ConfigurationError("max_payload_bytes must be positive")
+    try:
+        recorder = _recorder(url, dict(options), create)
+    except StoreNotFoundError:
+        shown = redact_url(url)
+        raise StoreNotFoundError(
+            f"no event store at {shown} (create it with `mlevents init {shown}`)"
+        ) from None
     return EventStore(
-        _recorder(url, dict(options)),
+        recorder,
         registry=registry,
         validate=validate,
         clock=clock,

@@ -32,11 +32,23 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
+from event_sourcing.errors import (
+    AccessDeniedError,
+    ConcurrencyError,
+    SchemaVersionError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+)
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
+from event_sourcing.stores.recorder import (
+    AlreadyRecorded,
+    Appended,
+    EventRow,
+    redact_text,
+    redact_url,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -59,7 +71,7 @@ CREATE TABLE IF NOT EXISTS event_store (
     stream_id      text NOT NULL,
     stream_type    text NOT NULL,
     version        bigint NOT NULL CHECK (version >= 1),
-    position       bigint NOT NULL UNIQUE DEFAULT nextval('event_position_seq'),
+    position       bigint NOT NULL UNIQUE,  -- set by mlevents_assign_position()
     event_type     text NOT NULL,
     schema_version integer NOT NULL,
     payload        jsonb NOT NULL,
@@ -90,6 +102,23 @@ FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 DROP TRIGGER IF EXISTS event_store_no_truncate ON event_store;
 CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
+
+-- Only the store hands out positions: an insert (or COPY) that names one is refused, for
+-- every role, the table's owner included. The sequence is named with its schema, so no
+-- session can shadow it (e.g. with a temporary sequence of the same name).
+CREATE OR REPLACE FUNCTION mlevents_assign_position() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.position IS NOT NULL THEN
+        RAISE EXCEPTION 'event_store positions are set by the store: an insert may not name one'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.position := nextval('{schema}.event_position_seq');
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS event_store_assign_position ON event_store;
+CREATE TRIGGER event_store_assign_position BEFORE INSERT ON event_store
+FOR EACH ROW EXECUTE FUNCTION mlevents_assign_position();
 
 -- The advisory-lock key (first half) of in-flight markers, per schema.
 CREATE OR REPLACE FUNCTION mlevents_inflight_key() RETURNS integer
@@ -145,11 +174,22 @@ _MIGRATIONS = {
     DROP FUNCTION IF EXISTS mlevents_append(jsonb);
     ALTER TABLE streams DROP COLUMN IF EXISTS version, DROP COLUMN IF EXISTS updated_at;
     """,
+    # v3: positions come from the mlevents_assign_position trigger (created by _SCHEMA),
+    # which refuses inserts that name one, instead of a column default anyone could override.
+    2: "ALTER TABLE event_store ALTER COLUMN position DROP DEFAULT;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
     2: "streams without a version counter; appends are one INSERT statement",
+    3: "positions are assigned by a trigger; inserts naming one are refused",
 }
+# (current user, USAGE on the store's schema, whether it holds mlevents_schema), or no row
+# when the schema does not exist.
+_PROBE = """
+    SELECT current_user::text, has_schema_privilege(n.oid, 'USAGE'),
+        CASE WHEN has_schema_privilege(n.oid, 'USAGE')
+            THEN to_regclass(format('%%I.mlevents_schema', n.nspname)) IS NOT NULL END
+    FROM pg_namespace AS n WHERE n.nspname = %s"""
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
@@ -350,22 +390,24 @@ class PostgresRecorder:
         schema: str = "mlevents",
         pool_size: int = 8,
         connect_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         self.url = url
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
-        options = f"-c search_path={schema} -c timezone=UTC"
+        # The schema name was checked (stores.identifiers): quoted, it is exactly itself.
+        options = f'-c search_path="{schema}" -c timezone=UTC'
         kwargs: dict[str, Any] = {"autocommit": True, "options": options}
         try:
             with psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
             ) as connection:
-                self._create_schema(connection)
+                self._create_schema(connection, create)
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: "
-                f"{str(exc).strip().splitlines()[0]}. Check that the server is running and the "
-                "URL (host, port, user, database) is right."
+                f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
+                "is running and the URL (host, port, user, database) is right."
             ) from None
         self._url = url
         self._kwargs = kwargs
@@ -390,36 +432,76 @@ class PostgresRecorder:
                 f"cannot open a connection pool to {redact_url(url)}"
             ) from None
 
-    def _create_schema(self, connection: psycopg.Connection[Any]) -> None:
-        with connection.transaction():
-            # Serialize concurrent first connects: CREATE ... IF NOT EXISTS is not race-free.
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            connection.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+    def _found_version(self, connection: psycopg.Connection[Any]) -> int | None:
+        """The store's schema version; None if there is no store, -1 if there is not even
+        its schema (AccessDeniedError if the role may not look)."""
+        row = connection.execute(_PROBE, (self.schema,)).fetchone()
+        if row is None:
+            return -1
+        user, usage, exists = row
+        if not usage:
+            raise AccessDeniedError(
+                f"role {user!r} has no USAGE on schema {self.schema!r} of {self.description}; "
+                f"as its owner, run `mlevents grant {user} --reader` (or --appender, "
+                "--projector) with --apply"
             )
-            found = SCHEMA_VERSION
-            row = connection.execute(
-                "SELECT to_regclass('mlevents_schema') IS NOT NULL"
-            ).fetchone()
-            if row and row[0]:
-                latest = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()
-                if latest and latest[0] is not None:
-                    found = int(latest[0])
-                    if found > SCHEMA_VERSION:
-                        raise SchemaVersionError(
-                            f"schema {self.schema} has version {found}, newer than this "
-                            f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
-                        )
-                    if found == SCHEMA_VERSION:
-                        return
-            for version in range(found, SCHEMA_VERSION):
-                connection.execute(_MIGRATIONS[version])
-            connection.execute(_SCHEMA)
-            connection.execute(
-                "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
+        if not exists:
+            return None
+        try:
+            latest = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()
+        except pg_errors.InsufficientPrivilege:
+            raise AccessDeniedError(
+                f"role {user!r} may not read the event store in {self.description}; as its "
+                f"owner, run `mlevents grant {user} --reader` (or --appender, --projector) "
+                "with --apply"
+            ) from None
+        return None if not latest or latest[0] is None else int(latest[0])
+
+    def _create_schema(self, connection: psycopg.Connection[Any], create: bool) -> None:
+        """Bring the schema to SCHEMA_VERSION. A store already there costs two reads and
+        takes no lock, so roles without CREATE (see `mlevents grant`) can connect."""
+        found = self._found_version(connection)
+        if found == SCHEMA_VERSION:
+            return
+        if (found is None or found < 0) and not create:
+            raise StoreNotFoundError(f"no event store at {self.description}")
+        try:
+            with connection.transaction():
+                # Serialize concurrent first connects: CREATE ... IF NOT EXISTS is not
+                # race-free.
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                found = self._found_version(connection)
+                if found == SCHEMA_VERSION:
+                    return
+                if found is not None and found > SCHEMA_VERSION:
+                    raise SchemaVersionError(
+                        f"schema {self.schema} has version {found}, newer than this "
+                        f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
+                    )
+                if found == -1:
+                    connection.execute(
+                        sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema))
+                    )
+                    found = None
+                for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
+                    connection.execute(_MIGRATIONS[version])
+                connection.execute(_SCHEMA.replace("{schema}", f'"{self.schema}"'))
+                connection.execute(
+                    "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
+                )
+        except pg_errors.InsufficientPrivilege as exc:
+            what = (
+                "create" if found is None or found < 0
+                else f"migrate (to schema version {SCHEMA_VERSION})"
             )
+            raise AccessDeniedError(
+                f"this role may not {what} the event store in {self.description} "
+                f"({str(exc).strip().splitlines()[0]}); run `mlevents init` once as a role "
+                "that may (the database owner, or the schema's owner), then grant this role "
+                "what it needs with `mlevents grant`"
+            ) from None
 
     def close(self) -> None:
         with self._appenders_lock:
@@ -451,7 +533,7 @@ class PostgresRecorder:
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact_url(self._url)}: "
-                f"{str(exc).strip().splitlines()[0]}"
+                f"{redact_text(str(exc).strip().splitlines()[0], self._url)}"
             ) from None
         _configure(connection)
         holder = self._appender.holder = _Holder(connection)

@@ -5,11 +5,12 @@ Domain code never sees SQL; the EventStore talks only to this contract.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from event_sourcing.events import RecordedEvent
 
@@ -122,13 +123,58 @@ def iter_pages(
             return
 
 
+# Connection parameters whose values are secrets (libpq: password, sslpassword).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+# `key=value` in a URL query (`&`-separated) or a libpq DSN (space-separated, maybe quoted).
+_PARAMETER = re.compile(r"([^\s&?=]+)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+
+
+def _authority(url: str) -> tuple[str, str, str] | None:
+    """(before, userinfo, after) of a URL with a user:password userinfo, else None.
+
+    As libpq does: the userinfo ends at the first `@` before the first `/` of the authority.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return None
+    authority = rest.partition("/")[0]
+    userinfo, at, _ = authority.partition("@")
+    if not at or ":" not in userinfo:
+        return None
+    return scheme + separator, userinfo, rest[len(userinfo):]
+
+
+def _secret_values(url: str) -> set[str]:
+    values = set()
+    found = _authority(url)
+    if found:
+        values.add(found[1].partition(":")[2])
+    for match in _PARAMETER.finditer(url):
+        if unquote(match[1]).lower() in _SECRET_KEYS:
+            values.add(match[3])
+    values |= {unquote(value) for value in values} | {value.strip("'") for value in values}
+    return {value for value in values if value}
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password, if any, replaced by *** (safe for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable URL>"
-    if not password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@")))
+    """`url` (or a libpq `key=value` string) with every credential replaced by *** : the
+    password of its userinfo and `password=` / `sslpassword=` parameters, however spelled.
+
+    The one place secrets are taken out of store URLs before they reach messages and logs.
+    """
+    text = _PARAMETER.sub(
+        lambda m: f"{m[1]}{m[2]}***" if unquote(m[1]).lower() in _SECRET_KEYS else m[0], url
+    )
+    found = _authority(text)
+    if found:
+        before, userinfo, after = found
+        text = f"{before}{userinfo.partition(':')[0]}:***{after}"
+    return text
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` (e.g. a driver's error message about `url`) without `url`'s secrets."""
+    text = text.replace(url, redact_url(url))
+    for secret in sorted(_secret_values(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -15,11 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
+from event_sourcing.errors import (
+    ConcurrencyError,
+    SchemaVersionError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+)
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -60,6 +65,17 @@ CREATE TRIGGER IF NOT EXISTS event_store_no_delete BEFORE DELETE ON event_store
 BEGIN
     SELECT RAISE(ABORT, 'event_store is append-only: events cannot be deleted');
 END;
+-- REPLACE (INSERT OR REPLACE, REPLACE INTO, an upsert) deletes the rows an insert collides
+-- with and fires no DELETE trigger: refuse any insert that collides, or that would slip an
+-- event in below the head (positions only grow). Three index seeks per event.
+CREATE TRIGGER IF NOT EXISTS event_store_no_replace BEFORE INSERT ON event_store
+WHEN NEW.position <= (SELECT max(position) FROM event_store)
+    OR EXISTS (SELECT 1 FROM event_store WHERE id = NEW.id)
+    OR EXISTS (SELECT 1 FROM event_store
+               WHERE stream_id = NEW.stream_id AND version = NEW.version)
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: an insert may not replace an event');
+END;
 """
 
 _COLUMNS = (
@@ -73,10 +89,13 @@ _MIGRATIONS = {
     ALTER TABLE streams DROP COLUMN version;
     ALTER TABLE streams DROP COLUMN updated_at;
     """,
+    # v3: the event_store_no_replace trigger (created by _SCHEMA).
+    2: "",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, append-only triggers",
     2: "streams without a version counter",
+    3: "inserts cannot replace events or precede the head",
 }
 
 
@@ -149,7 +168,14 @@ class SQLiteRecorder:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000):
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 30000,
+        create: bool = True,
+    ) -> None:
         self.path = path
         self.description = f"sqlite:///{path}"
         self._memory = path == ":memory:"
@@ -162,6 +188,9 @@ class SQLiteRecorder:
         self._connections: list[sqlite3.Connection] = []
         self._shared: sqlite3.Connection | None = None
         self._closed = False
+        self._create = create
+        if not create and (self._memory or not Path(path).is_file()):
+            raise StoreNotFoundError(f"no event store at {self.description}")
         if not self._memory:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +198,12 @@ class SQLiteRecorder:
                 raise StoreUnavailableError(
                     f"cannot create the folder for sqlite:///{path}: {exc}"
                 ) from exc
-        with self._connection() as connection:
-            self._create_schema(connection)
+        try:
+            with self._connection() as connection:
+                self._create_schema(connection)
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections --------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -217,14 +250,24 @@ class SQLiteRecorder:
                 raise
             connection.execute("COMMIT")
 
+    def _found_version(self, connection: sqlite3.Connection) -> int | None:
+        if connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mlevents_schema'"
+        ).fetchone():
+            found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
+            return None if found is None else int(found)
+        return None
+
     def _create_schema(self, connection: sqlite3.Connection) -> None:
+        """Bring the database to SCHEMA_VERSION; no write at all when it is there already."""
         try:
+            if self._found_version(connection) == SCHEMA_VERSION:
+                return
             connection.execute("BEGIN IMMEDIATE")
-            found = None
-            if connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'mlevents_schema'"
-            ).fetchone():
-                found = connection.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
+            found = self._found_version(connection)
+            if found is None and not self._create:
+                connection.execute("ROLLBACK")
+                raise StoreNotFoundError(f"no event store at {self.description}")
             if found is not None and found > SCHEMA_VERSION:
                 connection.execute("ROLLBACK")
                 raise SchemaVersionError(
