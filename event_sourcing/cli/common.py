@@ -69,9 +69,11 @@ def resolve_url(args: argparse.Namespace) -> str:
     return str(positional or option or es.default_url())
 
 
-def open_store(args: argparse.Namespace, **options: Any) -> es.EventStore:
-    """`es.connect` on the URL the user asked for (creates the store if missing)."""
-    return es.connect(resolve_url(args), **options)
+def open_store(args: argparse.Namespace, *, create: bool = False, **options: Any) -> es.EventStore:
+    """`es.connect` on the URL the user asked for. Only commands that write pass
+    `create=True`; for every other a missing store is a StoreNotFoundError (exit 2), and no
+    file, folder or schema is made."""
+    return es.connect(resolve_url(args), create=create, **options)
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def _add_type_filter(parser: argparse.ArgumentParser) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the event store at URL if it does not exist yet; harmless if it does."""
-    with open_store(args) as store:
+    with open_store(args, create=True) as store:
         print(
             f"event store ready: {store.recorder.description} "
             f"({store.dialect}, head position {store.head_position()})"
@@ -167,7 +167,7 @@ def cmd_append(args: argparse.Namespace) -> int:
     payload = parse_json_object(args.payload, "--payload")
     metadata = None if args.metadata is None else parse_json_object(args.metadata, "--metadata")
     event = es.NewEvent(type=args.event_type, payload=payload, id=args.event_id)
-    with open_store(args, validate=not args.no_validate) as store:
+    with open_store(args, create=True, validate=not args.no_validate) as store:
         try:
             recorded = store.append(
                 args.stream,

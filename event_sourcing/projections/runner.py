@@ -17,6 +17,7 @@ from typing import Any
 from event_sourcing.catalog import DomainEvent, EventRegistry
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.identifiers import check_table_name, quote
 from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
@@ -116,6 +117,12 @@ class Projection:
             )
         if not self.handlers:
             raise ProjectionError(f"projection {self.name!r} has no handlers")
+        if isinstance(self.tables, str):
+            raise ProjectionError(
+                f"projection {self.name!r}: tables must be a list of names, not one string"
+            )
+        for table in self.tables:
+            check_table_name(table, f"projection {self.name!r}: table name", ProjectionError)
 
     @property
     def event_types(self) -> list[str]:
@@ -129,7 +136,7 @@ class Projection:
     def drop(self, tx: SqlTransaction) -> None:
         """Drop the read model's tables."""
         for table in self.tables:
-            tx.execute(f"DROP TABLE IF EXISTS {table}")
+            tx.execute(f"DROP TABLE IF EXISTS {quote(table)}")
 
 
 @dataclass(frozen=True)

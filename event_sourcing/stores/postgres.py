@@ -363,6 +363,18 @@ class _Holder:
         self.cursor = connection.cursor()
 
 
+class _OneStatementCursor(psycopg.Cursor[Any]):
+    """Sends every query with the extended protocol, which runs exactly one statement: a
+    read-model query holding `; DROP TABLE ...` fails instead of running it (as on SQLite).
+    psycopg would use the simple protocol, which runs several, for a query without
+    parameters."""
+
+    def _execute_send(
+        self, query: Any, *, force_extended: bool = False, binary: bool | None = None
+    ) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
 class _Transaction:
     dialect = "postgresql"
 
@@ -370,7 +382,7 @@ class _Transaction:
         self._connection = connection
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self._connection.execute(query.replace("?", "%s"), params)
+        return _OneStatementCursor(self._connection).execute(query.replace("?", "%s"), params)
 
     def executemany(self, query: str, params: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cursor = self._connection.cursor()
