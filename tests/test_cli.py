@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import event_sourcing as es
@@ -201,6 +202,7 @@ def test_status_shows_head_counts_and_streams(
 def test_status_of_an_empty_store_says_so(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert run(capsys, "init", store_url)[0] == 0
     code, out, _ = run(capsys, "status", store_url)
     assert code == 0
     assert "head position: 0" in out and "no events yet" in out
@@ -217,9 +219,10 @@ def test_url_defaults_to_mlevents_url_then_a_local_sqlite_file(
 
     other = tmp_path / "other.db"
     monkeypatch.setenv("MLEVENTS_URL", f"sqlite:///{other}")
-    code, out, _ = run(capsys, "read", "--stream", "run-1")
-    assert (code, out) == (0, "")  # $MLEVENTS_URL wins: a different, empty store
-    assert other.exists()
+    code, out, err = run(capsys, "read", "--stream", "run-1")
+    assert (code, out) == (2, "")  # $MLEVENTS_URL wins: a different store, which is missing
+    assert f"no event store at sqlite:///{other}" in err
+    assert not other.exists()
 
 
 def test_schema_without_options_prints_every_registered_type(
@@ -439,3 +442,77 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert json.loads(result.stdout)["counts_by_type"] == {"training_progress": 1}
+
+
+READ_ONLY_COMMANDS = [
+    ["status"],
+    ["read"],
+    ["read", "--stream", "run-1"],
+    ["tail", "--timeout", "0.01"],
+    ["project"],
+    ["models"],
+    ["trainings"],
+    ["deployments"],
+    ["models", "--as-of", "1"],
+    ["lineage", "some-model"],
+    ["impact", "some-dataset"],
+    ["explain", "some-inference"],
+    ["grant", "someone", "--reader"],
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=" ".join)
+def test_read_only_commands_on_a_missing_store_fail_and_create_nothing(
+    command: list[str],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sqlite_url = f"sqlite:///{tmp_path / 'nonexistent' / 'dir' / 'e.db'}"
+    pg_url = str(request.getfixturevalue("pg_schema_url"))  # its schema does not exist yet
+    for url in (sqlite_url, pg_url):
+        argv = [*command[:2], url, *command[2:]] if command[0] in {
+            "lineage", "impact", "explain", "grant"} else [command[0], url, *command[1:]]
+        code, out, err = run(capsys, *argv)
+        assert code == 2, (url, out, err)
+        assert f"no event store at {url} (create it with `mlevents init {url}`)" in err
+    assert not (tmp_path / "nonexistent").exists()
+    schema = pg_url.partition("?schema=")[2]
+    with psycopg.connect(pg_url.partition("?")[0]) as connection:
+        found = connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
+
+
+def test_predict_on_a_missing_store_fails_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = tmp_path / "batch.csv"
+    batch.write_text("a,b\n1,2\n")
+    url = f"sqlite:///{tmp_path / 'missing.db'}"
+    code, _, err = run(capsys, "predict", "--csv", str(batch), "--url", url)
+    assert code == 2 and "no event store at" in err
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_init_and_append_create_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'a' / 'e.db'}"
+    assert run(capsys, "append", url, "run-1", "-t", "training_progress", "-p",
+               '{"step": 1}')[0] == 0
+    assert run(capsys, "status", url)[0] == 0
+    other = f"sqlite:///{tmp_path / 'b' / 'e.db'}"
+    assert run(capsys, "init", other)[0] == 0
+    assert run(capsys, "read", other)[0:2] == (0, "")
+
+
+def test_init_output_hides_every_credential(
+    pg_schema_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = pg_schema_url.removeprefix("postgresql://").partition("@")[2]
+    user = pg_schema_url.removeprefix("postgresql://").partition("@")[0]
+    url = f"postgresql://{user}:hunter2@{host}&password=s3cret&sslpassword=k3y"
+    code, out, err = run(capsys, "init", url)
+    assert code == 0 and "event store ready" in out
+    for secret in ("hunter2", "s3cret", "k3y"):
+        assert secret not in out + err
