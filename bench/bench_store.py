@@ -319,7 +319,10 @@ class EventSourcingLib:
 # The store's own DDL up to its triggers and functions: the same tables, columns,
 # constraints and indexes, with the position from a sequence / INTEGER PRIMARY KEY at insert.
 _RAW_SQLITE_SCHEMA = sqlite_store._SCHEMA.split("CREATE TRIGGER")[0]
-_RAW_PG_SCHEMA = postgres_store._SCHEMA.split("CREATE OR REPLACE FUNCTION")[0]
+_RAW_PG_SCHEMA = postgres_store._SCHEMA.split("CREATE OR REPLACE FUNCTION")[0] + (
+    # (the store's trigger assigns positions; raw SQL takes them from a column default)
+    "ALTER TABLE event_store ALTER COLUMN position SET DEFAULT nextval('event_position_seq');"
+)
 
 _RAW_INSERT = (
     "INSERT INTO event_store (id, stream_id, stream_type, version, event_type, schema_version,"
