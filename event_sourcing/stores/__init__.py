@@ -56,7 +56,10 @@ def _recorder(url: str, options: dict[str, Any], create: bool) -> Recorder:
             params = dict(parse_qsl(parts.query, keep_blank_values=True))
         except ValueError as exc:
             raise ConfigurationError(f"bad PostgreSQL URL {redact_url(url)!r}: {exc}") from None
-        schema = options.pop("schema", params.pop("schema", DEFAULT_SCHEMA))
+        schema = options.pop("schema", None)
+        if schema is None:  # the URL's ?schema= (an empty one is an error, not the default)
+            schema = params.pop("schema", DEFAULT_SCHEMA)
+        params.pop("schema", None)
         libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
         return PostgresRecorder(
             libpq_url, schema=check_schema_name(schema), create=create, **options
