@@ -306,7 +306,8 @@ def test_a_password_in_the_query_never_shows(
 
 
 @pytest.mark.parametrize(
-    "url", ["host=h password=s3cret", "sqlite:/x.db?password=s3cret", "sqlite://"]
+    "url",
+    ["host=h password=s3cret", "sqlite:/x.db?password=s3cret", "sqlite://u:s3cret@host/x.db"],
 )
 def test_configuration_errors_hide_passwords(url: str) -> None:
     with pytest.raises(es.ConfigurationError) as caught:
