@@ -17,6 +17,7 @@ from typing import Any
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
 SCHEMA_VERSION = 2
@@ -157,9 +158,9 @@ class SQLiteRecorder:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        # A connection per thread, closed when its thread ends (or the store is closed).
+        self._per_thread = PerThread(self._open, sqlite3.Connection.close)
         self._lock = threading.RLock()  # only used for :memory:, which has one connection
-        self._connections: list[sqlite3.Connection] = []
         self._shared: sqlite3.Connection | None = None
         self._closed = False
         if not self._memory:
@@ -174,6 +175,7 @@ class SQLiteRecorder:
 
     # -- connections --------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = None
         try:
             connection = sqlite3.connect(
                 # Each thread uses its own connection; close() may run on another thread.
@@ -184,11 +186,12 @@ class SQLiteRecorder:
                 connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
+            if connection is not None:
+                connection.close()
             raise StoreUnavailableError(
                 f"cannot open SQLite database sqlite:///{self.path}: {exc}; check the path "
                 "exists and is writable"
             ) from exc
-        self._connections.append(connection)
         return connection
 
     @contextmanager
@@ -201,10 +204,7 @@ class SQLiteRecorder:
                     self._shared = self._open()
                 yield self._shared
             return
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self._open()
-        yield connection
+        yield self._per_thread.get()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -251,11 +251,10 @@ class SQLiteRecorder:
 
     def close(self) -> None:
         self._closed = True
-        for connection in self._connections:
-            connection.close()
-        self._connections.clear()
-        self._shared = None
-        self._local = threading.local()
+        self._per_thread.close_all()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     # -- writing ------------------------------------------------------------------------
     def append(
