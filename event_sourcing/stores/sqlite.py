@@ -89,8 +89,9 @@ _INSERT = (
 
 
 def _ts(value: datetime) -> str:
-    # Fixed-width ISO 8601 in UTC sorts as text, which `until` filters rely on.
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
+    # `until` filters rely on; strftime("%Y") would not pad years before 1000.
+    return value.isoformat(timespec="microseconds")
 
 
 def _event(row: tuple[Any, ...]) -> RecordedEvent:
