@@ -5,6 +5,7 @@
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, EventTypes, default_registry
 from event_sourcing.errors import (
+    AccessDeniedError,
     ConcurrencyError,
     ConfigurationError,
     DuplicateEventError,
@@ -12,6 +13,8 @@ from event_sourcing.errors import (
     EventValidationError,
     PayloadTooLargeError,
     SchemaVersionError,
+    StoreNotFoundError,
+    StoreTimeoutError,
     StoreUnavailableError,
     UnknownEventTypeError,
 )
@@ -21,6 +24,7 @@ from event_sourcing.stores import EventStore, connect, default_url
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "ConcurrencyError",
     "ConfigurationError",
     "DomainEvent",
@@ -34,6 +38,8 @@ __all__ = [
     "PayloadTooLargeError",
     "RecordedEvent",
     "SchemaVersionError",
+    "StoreNotFoundError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "UnknownEventTypeError",
     "__version__",

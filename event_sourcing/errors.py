@@ -47,5 +47,18 @@ class StoreUnavailableError(EventStoreError, ConnectionError):
     """The database behind a store URL cannot be reached or opened."""
 
 
+class StoreTimeoutError(StoreUnavailableError, TimeoutError):
+    """An operation ran out of time (statement_timeout, lock_timeout, or no pooled
+    connection became free) and was cancelled; an append that times out writes nothing."""
+
+
 class ConfigurationError(EventStoreError, ValueError):
     """A store URL or option is malformed or unsupported."""
+
+
+class StoreNotFoundError(EventStoreError, LookupError):
+    """A read-only open found no event store at the URL (create one with `mlevents init`)."""
+
+
+class AccessDeniedError(EventStoreError, PermissionError):
+    """The database role may not do what was asked (see `mlevents grant`)."""

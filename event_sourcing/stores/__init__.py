@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError
@@ -56,7 +56,9 @@ def _recorder(url: str, options: dict[str, Any]) -> Recorder:
             raise ConfigurationError(
                 f"schema {schema!r} must be 1-63 letters, digits or underscores"
             )
-        libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
+        # %20, not +, for spaces: libpq does not read + as a space (e.g. in ?options=)
+        query = urlencode(params, quote_via=quote)
+        libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=query))
         return PostgresRecorder(libpq_url, schema=schema, **options)
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; use sqlite:///path/to/events.db"

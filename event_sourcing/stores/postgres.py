@@ -19,23 +19,36 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Collection, Iterator, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
+from event_sourcing.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    EventStoreError,
+    SchemaVersionError,
+    StoreUnavailableError,
+)
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.per_thread import PerThread
+from event_sourcing.stores.postgres_errors import broken, store_error
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
 
+T = TypeVar("T")
 SCHEMA_VERSION = 2
+# How long an append waits for a lock before it fails (writing nothing): a blocked append
+# holds its in-flight marker, so this bounds how long it can hold readers back.
+APPEND_LOCK_TIMEOUT = "10s"
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -294,6 +307,21 @@ def _close_cursor(cursor: psycopg.Cursor[Any]) -> None:
     cursor.connection.close()
 
 
+# Settings the store's correctness needs, after (so overriding) the URL's own `options`:
+# reads inside a store.transaction() rely on each statement taking a fresh snapshot.
+_PINNED_OPTIONS = r"-c default_transaction_isolation=read\ committed"
+
+
+def _session_options(url: str, store_options: str) -> str:
+    """libpq `options` for every connection: the URL's own (e.g. statement_timeout,
+    lock_timeout), then the store's, which win where both set the same thing."""
+    try:
+        given = conninfo_to_dict(url).get("options") or ""
+    except psycopg.Error as exc:
+        raise ConfigurationError(f"bad PostgreSQL URL {redact_url(url)!r}: {exc}") from None
+    return f"{given} {_PINNED_OPTIONS} {store_options}".strip()
+
+
 def page_query(
     after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
 ) -> tuple[str, list[Any]]:
@@ -342,12 +370,13 @@ class PostgresRecorder:
         schema: str = "mlevents",
         pool_size: int = 8,
         connect_timeout: float = 5.0,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
         options = f"-c search_path={schema} -c timezone=UTC"
-        kwargs: dict[str, Any] = {"autocommit": True, "options": options}
+        kwargs: dict[str, Any] = {"autocommit": True, "options": _session_options(url, options)}
         try:
             with psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
@@ -360,7 +389,11 @@ class PostgresRecorder:
                 "URL (host, port, user, database) is right."
             ) from None
         self._url = url
-        self._kwargs = kwargs
+        # Append connections wait at most APPEND_LOCK_TIMEOUT for a lock (the URL's own
+        # lock_timeout, coming later, wins): see docs/ordering.md, "a stuck append".
+        self._kwargs = {
+            **kwargs, "options": f"-c lock_timeout={APPEND_LOCK_TIMEOUT} {kwargs['options']}"
+        }
         self._connect_timeout = max(1, int(connect_timeout))
         # Each thread's append connection (its cursor: reusing one saves ~15 us an append).
         self._appenders = PerThread(self._open_appender, _close_cursor)
@@ -369,9 +402,12 @@ class PostgresRecorder:
         # an append expecting one of them needs no lookup (~30 us of server CPU). This
         # holds unless the schema is dropped and recreated under a running store.
         self._reached: dict[str, tuple[str, int]] = {}
+        # The connection of this thread's open transaction(), if any: reads inside it use
+        # it rather than a second pooled one (so pool_size=1 cannot deadlock).
+        self._in_transaction = threading.local()
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
-            name=f"mlevents-{schema}", configure=_configure,
+            name=f"mlevents-{schema}", configure=_configure, timeout=pool_timeout,
         )
         try:
             self._pool.wait(timeout=connect_timeout)
@@ -467,12 +503,13 @@ class PostgresRecorder:
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
             causation_id, reached=reached,
         )
+        what = f"append to {stream_id!r}"
         cursor = self._append_cursor()
         try:
             appended = self._append_on(cursor, statement, request, rows, expected_version)
-        except psycopg.OperationalError as exc:
-            if not cursor.connection.closed:
-                raise
+        except psycopg.Error as exc:
+            if not broken(cursor.connection):
+                raise self._error(exc, what) from exc
             # The connection broke (a server restart, an idle timeout): the batch may or may
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
@@ -480,11 +517,8 @@ class PostgresRecorder:
                 appended = self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
-            except psycopg.OperationalError as again:
-                raise StoreUnavailableError(
-                    f"append to {stream_id!r} failed twice on {self.description}: "
-                    f"{str(again).strip().splitlines()[0]}"
-                ) from exc
+            except psycopg.Error as again:
+                raise self._error(again, f"{what} (sent twice: the connection was lost)") from exc
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
         self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
@@ -539,6 +573,38 @@ class PostgresRecorder:
         return int(row[0]) if row else 0
 
     # -- reading ------------------------------------------------------------------------
+    def _error(self, exc: psycopg.Error, what: str) -> EventStoreError:
+        if isinstance(exc, PoolClosed):
+            return StoreUnavailableError(f"the store {self.description} is closed")
+        return store_error(exc, what, self.description)
+
+    def _read(self, what: str, read: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`read(connection)` on this thread's open transaction's connection, else on a
+        pooled one. A pooled connection found lost (a restarted server, a terminated
+        backend) is discarded and the read sent again on another: reads are idempotent, and
+        a read_all iterator thus resumes after the last page it delivered."""
+        inner: psycopg.Connection[Any] | None = getattr(self._in_transaction, "connection", None)
+        if inner is not None:
+            try:
+                return read(inner)
+            except psycopg.Error as exc:
+                raise self._error(exc, what) from exc
+        attempts = (self._pool.max_size or 1) + 1  # each lost one is dropped from the pool
+        for attempt in range(1, attempts + 1):
+            try:
+                connection = self._pool.getconn()
+            except psycopg.Error as exc:
+                raise self._error(exc, what) from exc
+            try:
+                return read(connection)
+            except psycopg.Error as exc:
+                if broken(connection) and attempt < attempts:
+                    continue
+                raise self._error(exc, what) from exc
+            finally:
+                self._pool.putconn(connection)  # a lost connection is closed, not reused
+        raise AssertionError("unreachable")
+
     @staticmethod
     def _select_on(
         connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
@@ -546,14 +612,14 @@ class PostgresRecorder:
         cursor = connection.execute(query, params)
         return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
-    def _select(self, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
-        with self._pool.connection() as connection:
-            return self._select_on(connection, query, params)
+    def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
+        return self._read(what, lambda connection: self._select_on(connection, query, params))
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
     ) -> list[RecordedEvent]:
         return self._select(
+            f"read_stream({stream_id!r})",
             f"SELECT {_COLUMNS} FROM event_store WHERE stream_id = %s AND version >= %s "
             "AND version <= %s ORDER BY version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
@@ -567,44 +633,88 @@ class PostgresRecorder:
         limit: int,
     ) -> list[RecordedEvent]:
         query, params = page_query(after, event_types, until, limit)
-        with self._pool.connection() as connection:
+
+        def read(connection: psycopg.Connection[Any]) -> list[RecordedEvent]:
             # Two statements, in this order: the scan's snapshot must be taken after the
-            # horizon was computed (autocommit gives each statement its own snapshot).
+            # horizon was computed (each statement takes its own snapshot: autocommit, or
+            # READ COMMITTED inside a transaction()).
             row = connection.execute("SELECT mlevents_horizon()").fetchone()
             horizon = int(row[0]) if row else 0
             page = self._select_on(connection, query, params)
-        settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
-        return page if settled == len(page) else page[:settled]
+            settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
+            return page if settled == len(page) else page[:settled]
+
+        return self._read(f"read_all(after={after})", read)
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
+            "read_correlated",
             f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
 
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
+            "reading events by id",
             f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
             (list(ids),),
         )
 
     def stream_version(self, stream_id: str) -> int:
-        with self._pool.connection() as connection:
-            return self._version(connection, stream_id)
+        return self._read(
+            f"stream_version({stream_id!r})",
+            lambda connection: self._version(connection, stream_id),
+        )
 
     def head_position(self) -> int:
-        with self._pool.connection() as connection:
+        def read(connection: psycopg.Connection[Any]) -> int:
             row = connection.execute("SELECT mlevents_head()").fetchone()
-        return int(row[0]) if row else 0
+            return int(row[0]) if row else 0
+
+        return self._read("head_position", read)
 
     def counts_by_type(self) -> dict[str, int]:
-        with self._pool.connection() as connection:
+        def read(connection: psycopg.Connection[Any]) -> dict[str, int]:
             rows = connection.execute(
                 "SELECT event_type, count(*) FROM event_store GROUP BY event_type ORDER BY 1"
             ).fetchall()
-        return {name: int(count) for name, count in rows}
+            return {name: int(count) for name, count in rows}
+
+        return self._read("counts_by_type", read)
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        with self._pool.connection() as connection, connection.transaction():
-            yield _Transaction(connection)
+        """A transaction on a pooled connection checked alive first (a lost one is replaced
+        before any work). Reads of the store on this thread inside it run on its
+        connection. A driver error escaping it is raised as an EventStoreError."""
+        what = "store.transaction()"
+        connection = self._live_connection(what)
+        outer = getattr(self._in_transaction, "connection", None)
+        self._in_transaction.connection = connection
+        try:
+            with connection.transaction():
+                yield _Transaction(connection)
+        except psycopg.Error as exc:
+            raise self._error(exc, what) from exc
+        finally:
+            self._in_transaction.connection = outer
+            self._pool.putconn(connection)
+
+    def _live_connection(self, what: str) -> psycopg.Connection[Any]:
+        for _ in range((self._pool.max_size or 1) + 1):
+            try:
+                connection = self._pool.getconn()
+            except psycopg.Error as exc:
+                raise self._error(exc, what) from exc
+            try:
+                ConnectionPool.check_connection(connection)
+            except psycopg.Error as exc:
+                self._pool.putconn(connection)
+                if not broken(connection):
+                    raise self._error(exc, what) from exc
+                continue
+            return connection
+        raise StoreUnavailableError(
+            f"{what} on {self.description}: every pooled connection was lost; check that "
+            "the server is running"
+        )
