@@ -202,8 +202,8 @@ def test_a_transaction_whose_connection_is_lost_raises_a_store_error(pg_url: str
     store.close()
 
 
-def test_an_error_escaping_a_transaction_is_a_store_error(pg_url: str) -> None:
-    store = es.connect(pg_url, validate=False)
+def test_an_error_escaping_a_transaction_is_a_store_error(store_url: str) -> None:
+    store = es.connect(store_url, validate=False)
     store.append("s", [ev()])
     with pytest.raises(es.AccessDeniedError, match="append-only"), store.transaction() as tx:
         tx.execute("UPDATE event_store SET event_type = 'rewritten'")
@@ -381,4 +381,28 @@ def test_the_projection_runner_works_with_a_pool_of_one(pg_url: str) -> None:
     assert runner.rebuild("seen").applied == 5
     with store.transaction() as tx:
         assert tx.execute("SELECT count(*) FROM seen_events").fetchone() == (5,)
+    store.close()
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_a_timeout_error(tmp_path: Any) -> None:
+    """SQLite's counterpart of lock_timeout: another connection holds the write lock."""
+    import sqlite3
+
+    from event_sourcing.stores.sqlite import SQLiteRecorder
+
+    path = tmp_path / "events.db"
+    store = es.EventStore(SQLiteRecorder(str(path), busy_timeout_ms=200), validate=False)
+    store.append("s", [ev()])
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(es.StoreTimeoutError, match="locked"):
+            store.append("s", [ev()])
+        with pytest.raises(es.StoreTimeoutError, match="locked"), store.transaction():
+            pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.stream_version("s") == 1
+    assert store.append("s", [ev()], expected_version=1)[0].version == 2
     store.close()

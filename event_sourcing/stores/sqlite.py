@@ -15,7 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
+from event_sourcing.errors import (
+    AccessDeniedError,
+    ConcurrencyError,
+    EventStoreError,
+    SchemaVersionError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
@@ -99,6 +106,32 @@ def _event(row: tuple[Any, ...]) -> RecordedEvent:
         row[0], row[1], row[2], row[3], row[4], row[5], row[6],
         json.loads(row[7]), json.loads(row[8]), datetime.fromisoformat(row[9]),
         row[10], row[11], row[6],
+    )
+
+
+def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
+    """The EventStoreError a user sees for a sqlite3 error on `where` (as on PostgreSQL:
+    event_sourcing.stores.postgres_errors)."""
+    detail = str(exc)
+    if "append-only" in detail:  # the immutability triggers
+        return AccessDeniedError(f"{where} refused a statement: {detail}")
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in detail or "busy" in detail):
+        return StoreTimeoutError(
+            f"{where} stayed locked by another connection past the busy timeout ({detail}); "
+            "nothing was written. Retry; find the process holding a long write transaction."
+        )
+    if "no such table" in detail:
+        return StoreUnavailableError(
+            f"{where} found no such object ({detail}): was the file replaced or the table "
+            "dropped while the store was open?"
+        )
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailableError(
+            f"{where} failed: {detail}. Check the file, its folder's permissions and free "
+            "disk space."
+        )
+    return EventStoreError(
+        f"{where} failed with a database error ({type(exc).__name__}): {detail}"
     )
 
 
@@ -197,15 +230,20 @@ class SQLiteRecorder:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection (`:memory:`: the one shared, under a lock). A sqlite3
+        error escaping the block is raised as an EventStoreError."""
         if self._closed:
             raise StoreUnavailableError(f"the store {self.description} is closed")
-        if self._memory:
-            with self._lock:
-                if self._shared is None:
-                    self._shared = self._open()
-                yield self._shared
-            return
-        yield self._per_thread.get()
+        try:
+            if self._memory:
+                with self._lock:
+                    if self._shared is None:
+                        self._shared = self._open()
+                    yield self._shared
+            else:
+                yield self._per_thread.get()
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.description) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -214,7 +252,8 @@ class SQLiteRecorder:
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # SQLite may have rolled back already
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
 
