@@ -406,3 +406,32 @@ def test_a_write_lock_held_past_the_busy_timeout_is_a_timeout_error(tmp_path: An
     assert store.stream_version("s") == 1
     assert store.append("s", [ev()], expected_version=1)[0].version == 2
     store.close()
+
+
+def test_reads_inside_a_transaction_refuse_an_isolation_that_could_skip(pg_url: str) -> None:
+    store = es.connect(pg_url, validate=False, pool_size=1)
+    recorded = store.append("s", [ev()])
+    with store.transaction():
+        assert list(store.read_all()) == recorded  # its connection: READ COMMITTED
+    with pytest.raises(es.EventStoreError, match="READ COMMITTED"), store.transaction() as tx:
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        list(store.read_all())
+    assert list(store.read_all()) == recorded
+    store.close()
+
+
+def test_a_schema_dropped_under_a_running_store_gives_a_store_error(pg_url: str) -> None:
+    store = es.connect(pg_url, validate=False)
+    store.append("s", [ev()])
+    schema = pg_url.partition("schema=")[2].partition("&")[0]
+    with psycopg.connect(_admin_url(pg_url), autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    for call in (
+        lambda: list(store.read_all()),
+        lambda: store.read_stream("s"),
+        lambda: store.head_position(),
+        lambda: store.append("s", [ev()]),
+    ):
+        with pytest.raises(es.StoreUnavailableError, match="dropped"):
+            call()
+    store.close()

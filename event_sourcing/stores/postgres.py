@@ -29,6 +29,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
@@ -638,8 +639,17 @@ class PostgresRecorder:
             # Two statements, in this order: the scan's snapshot must be taken after the
             # horizon was computed (each statement takes its own snapshot: autocommit, or
             # READ COMMITTED inside a transaction()).
-            row = connection.execute("SELECT mlevents_horizon()").fetchone()
-            horizon = int(row[0]) if row else 0
+            row = connection.execute(
+                "SELECT mlevents_horizon(), current_setting('transaction_isolation')"
+            ).fetchone()
+            horizon, isolation = (int(row[0]), row[1]) if row else (0, "read committed")
+            in_transaction = connection.info.transaction_status != TransactionStatus.IDLE
+            if isolation != "read committed" and in_transaction:
+                raise EventStoreError(
+                    f"read_all inside a store.transaction() needs READ COMMITTED, not "
+                    f"{isolation}: a snapshot older than the read horizon could skip events. "
+                    "Read before the transaction, or do not change its isolation level."
+                )
             page = self._select_on(connection, query, params)
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
             return page if settled == len(page) else page[:settled]
