@@ -19,37 +19,29 @@ from __future__ import annotations
 
 import bisect
 import json
-import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from event_sourcing.errors import (
     ConcurrencyError,
-    ConfigurationError,
     EventStoreError,
     SchemaVersionError,
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.per_thread import PerThread
-from event_sourcing.stores.postgres_errors import broken, store_error
+from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
 
-T = TypeVar("T")
 SCHEMA_VERSION = 2
-# How long an append waits for a lock before it fails (writing nothing): a blocked append
-# holds its in-flight marker, so this bounds how long it can hold readers back.
-APPEND_LOCK_TIMEOUT = "10s"
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -304,25 +296,6 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
     set_json_loads(_load_json, connection)
 
 
-def _close_cursor(cursor: psycopg.Cursor[Any]) -> None:
-    cursor.connection.close()
-
-
-# Settings the store's correctness needs, after (so overriding) the URL's own `options`:
-# reads inside a store.transaction() rely on each statement taking a fresh snapshot.
-_PINNED_OPTIONS = r"-c default_transaction_isolation=read\ committed"
-
-
-def _session_options(url: str, store_options: str) -> str:
-    """libpq `options` for every connection: the URL's own (e.g. statement_timeout,
-    lock_timeout), then the store's, which win where both set the same thing."""
-    try:
-        given = conninfo_to_dict(url).get("options") or ""
-    except psycopg.Error as exc:
-        raise ConfigurationError(f"bad PostgreSQL URL {redact_url(url)!r}: {exc}") from None
-    return f"{given} {_PINNED_OPTIONS} {store_options}".strip()
-
-
 def page_query(
     after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
 ) -> tuple[str, list[Any]]:
@@ -377,7 +350,7 @@ class PostgresRecorder:
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
         options = f"-c search_path={schema} -c timezone=UTC"
-        kwargs: dict[str, Any] = {"autocommit": True, "options": _session_options(url, options)}
+        kwargs: dict[str, Any] = {"autocommit": True, "options": session_options(url, options)}
         try:
             with psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
@@ -389,34 +362,16 @@ class PostgresRecorder:
                 f"{str(exc).strip().splitlines()[0]}. Check that the server is running and the "
                 "URL (host, port, user, database) is right."
             ) from None
-        self._url = url
-        # Append connections wait at most APPEND_LOCK_TIMEOUT for a lock (the URL's own
-        # lock_timeout, coming later, wins): see docs/ordering.md, "a stuck append".
-        self._kwargs = {
-            **kwargs, "options": f"-c lock_timeout={APPEND_LOCK_TIMEOUT} {kwargs['options']}"
-        }
-        self._connect_timeout = max(1, int(connect_timeout))
-        # Each thread's append connection (its cursor: reusing one saves ~15 us an append).
-        self._appenders = PerThread(self._open_appender, _close_cursor)
         # Stream id -> (its type, a version it has reached). Versions are contiguous and
         # events are never deleted, so a stream that reached v keeps every version up to v:
         # an append expecting one of them needs no lookup (~30 us of server CPU). This
         # holds unless the schema is dropped and recreated under a running store.
         self._reached: dict[str, tuple[str, int]] = {}
-        # The connection of this thread's open transaction(), if any: reads inside it use
-        # it rather than a second pooled one (so pool_size=1 cannot deadlock).
-        self._in_transaction = threading.local()
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
-            name=f"mlevents-{schema}", configure=_configure, timeout=pool_timeout,
+        self._connections = Connections(
+            url, kwargs, name=f"mlevents-{schema}", description=self.description,
+            configure=_configure,
+            pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
         )
-        try:
-            self._pool.wait(timeout=connect_timeout)
-        except PoolTimeout:
-            self._pool.close()
-            raise StoreUnavailableError(
-                f"cannot open a connection pool to {redact_url(url)}"
-            ) from None
 
     def _create_schema(self, connection: psycopg.Connection[Any]) -> None:
         with connection.transaction():
@@ -450,39 +405,10 @@ class PostgresRecorder:
             )
 
     def close(self) -> None:
-        self._appenders.close_all()
-        self._pool.close()
+        self._connections.close()
 
     def _append_cursor(self) -> psycopg.Cursor[Any]:
-        """A cursor on this thread's connection for appends, opened on first use, reopened
-        if broken.
-
-        Appends skip the pool: a checkout and return cost more client CPU than the append
-        statement itself under load (4 writer processes: 2,967-3,614 events/s through the
-        pool, 3,835-4,268 on a connection of their own). An append never runs inside
-        another operation, so one connection per thread is enough; it is closed when
-        the store is closed or when its thread ends.
-        """
-        cursor = self._appenders.get()
-        if cursor.connection.closed:
-            self._appenders.discard()
-            cursor = self._appenders.get()
-        return cursor
-
-    def _open_appender(self) -> psycopg.Cursor[Any]:
-        if self._pool.closed:
-            raise StoreUnavailableError(f"the store {self.description} is closed")
-        try:
-            connection = psycopg.connect(
-                self._url, connect_timeout=self._connect_timeout, **self._kwargs
-            )
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {redact_url(self._url)}: "
-                f"{str(exc).strip().splitlines()[0]}"
-            ) from None
-        _configure(connection)
-        return connection.cursor()
+        return self._connections.append_cursor()
 
     # -- writing ------------------------------------------------------------------------
     def append(
@@ -510,7 +436,7 @@ class PostgresRecorder:
             appended = self._append_on(cursor, statement, request, rows, expected_version)
         except psycopg.Error as exc:
             if not broken(cursor.connection):
-                raise self._error(exc, what) from exc
+                raise self._connections.error(exc, what) from exc
             # The connection broke (a server restart, an idle timeout): the batch may or may
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
@@ -519,7 +445,8 @@ class PostgresRecorder:
                     self._append_cursor(), statement, request, rows, expected_version
                 )
             except psycopg.Error as again:
-                raise self._error(again, f"{what} (sent twice: the connection was lost)") from exc
+                again_what = f"{what} (sent twice: the connection was lost)"
+                raise self._connections.error(again, again_what) from exc
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
         self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
@@ -574,38 +501,6 @@ class PostgresRecorder:
         return int(row[0]) if row else 0
 
     # -- reading ------------------------------------------------------------------------
-    def _error(self, exc: psycopg.Error, what: str) -> EventStoreError:
-        if isinstance(exc, PoolClosed):
-            return StoreUnavailableError(f"the store {self.description} is closed")
-        return store_error(exc, what, self.description)
-
-    def _read(self, what: str, read: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """`read(connection)` on this thread's open transaction's connection, else on a
-        pooled one. A pooled connection found lost (a restarted server, a terminated
-        backend) is discarded and the read sent again on another: reads are idempotent, and
-        a read_all iterator thus resumes after the last page it delivered."""
-        inner: psycopg.Connection[Any] | None = getattr(self._in_transaction, "connection", None)
-        if inner is not None:
-            try:
-                return read(inner)
-            except psycopg.Error as exc:
-                raise self._error(exc, what) from exc
-        attempts = (self._pool.max_size or 1) + 1  # each lost one is dropped from the pool
-        for attempt in range(1, attempts + 1):
-            try:
-                connection = self._pool.getconn()
-            except psycopg.Error as exc:
-                raise self._error(exc, what) from exc
-            try:
-                return read(connection)
-            except psycopg.Error as exc:
-                if broken(connection) and attempt < attempts:
-                    continue
-                raise self._error(exc, what) from exc
-            finally:
-                self._pool.putconn(connection)  # a lost connection is closed, not reused
-        raise AssertionError("unreachable")
-
     @staticmethod
     def _select_on(
         connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
@@ -614,7 +509,9 @@ class PostgresRecorder:
         return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
-        return self._read(what, lambda connection: self._select_on(connection, query, params))
+        return self._connections.read(
+            what, lambda connection: self._select_on(connection, query, params)
+        )
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
@@ -654,7 +551,7 @@ class PostgresRecorder:
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
             return page if settled == len(page) else page[:settled]
 
-        return self._read(f"read_all(after={after})", read)
+        return self._connections.read(f"read_all(after={after})", read)
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
@@ -671,7 +568,7 @@ class PostgresRecorder:
         )
 
     def stream_version(self, stream_id: str) -> int:
-        return self._read(
+        return self._connections.read(
             f"stream_version({stream_id!r})",
             lambda connection: self._version(connection, stream_id),
         )
@@ -681,7 +578,7 @@ class PostgresRecorder:
             row = connection.execute("SELECT mlevents_head()").fetchone()
             return int(row[0]) if row else 0
 
-        return self._read("head_position", read)
+        return self._connections.read("head_position", read)
 
     def counts_by_type(self) -> dict[str, int]:
         def read(connection: psycopg.Connection[Any]) -> dict[str, int]:
@@ -690,41 +587,12 @@ class PostgresRecorder:
             ).fetchall()
             return {name: int(count) for name, count in rows}
 
-        return self._read("counts_by_type", read)
+        return self._connections.read("counts_by_type", read)
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        """A transaction on a pooled connection checked alive first (a lost one is replaced
-        before any work). Reads of the store on this thread inside it run on its
-        connection. A driver error escaping it is raised as an EventStoreError."""
-        what = "store.transaction()"
-        connection = self._live_connection(what)
-        outer = getattr(self._in_transaction, "connection", None)
-        self._in_transaction.connection = connection
-        try:
-            with connection.transaction():
-                yield _Transaction(connection)
-        except psycopg.Error as exc:
-            raise self._error(exc, what) from exc
-        finally:
-            self._in_transaction.connection = outer
-            self._pool.putconn(connection)
-
-    def _live_connection(self, what: str) -> psycopg.Connection[Any]:
-        for _ in range((self._pool.max_size or 1) + 1):
-            try:
-                connection = self._pool.getconn()
-            except psycopg.Error as exc:
-                raise self._error(exc, what) from exc
-            try:
-                ConnectionPool.check_connection(connection)
-            except psycopg.Error as exc:
-                self._pool.putconn(connection)
-                if not broken(connection):
-                    raise self._error(exc, what) from exc
-                continue
-            return connection
-        raise StoreUnavailableError(
-            f"{what} on {self.description}: every pooled connection was lost; check that "
-            "the server is running"
-        )
+        """A transaction on a connection checked alive first; reads of the store on this
+        thread inside it use its connection. A driver error escaping it is raised as an
+        EventStoreError (inside, `execute` raises the driver's own)."""
+        with self._connections.transaction("store.transaction()") as connection:
+            yield _Transaction(connection)
