@@ -435,3 +435,15 @@ def test_a_schema_dropped_under_a_running_store_gives_a_store_error(pg_url: str)
         with pytest.raises(es.StoreUnavailableError, match="dropped"):
             call()
     store.close()
+
+
+@pytest.mark.parametrize("bad", REFUSED_TIMES[:3], ids=repr)
+def test_as_of_refuses_times_the_store_cannot_hold(
+    make_store: Callable[..., es.EventStore], bad: Any
+) -> None:
+    from event_sourcing.projections import as_of
+
+    store = make_store(validate=False)
+    store.append("s", [ev()])
+    with pytest.raises(es.EventValidationError):
+        as_of(store, "deployments", bad)
