@@ -14,6 +14,7 @@ from event_sourcing.errors import (
     PayloadTooLargeError,
     SchemaVersionError,
     StoreNotFoundError,
+    StoreTimeoutError,
     StoreUnavailableError,
     UnknownEventTypeError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RecordedEvent",
     "SchemaVersionError",
     "StoreNotFoundError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "UnknownEventTypeError",
     "__version__",

@@ -47,6 +47,11 @@ class StoreUnavailableError(EventStoreError, ConnectionError):
     """The database behind a store URL cannot be reached or opened."""
 
 
+class StoreTimeoutError(StoreUnavailableError, TimeoutError):
+    """An operation ran out of time (statement_timeout, lock_timeout, or no pooled
+    connection became free) and was cancelled; an append that times out writes nothing."""
+
+
 class ConfigurationError(EventStoreError, ValueError):
     """A store URL or option is malformed or unsupported."""
 

@@ -79,7 +79,7 @@ def iso(value: datetime | None) -> str | None:
     datetime.fromisoformat."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")  # years padded to 4
 
 
 def table_exists(tx: SqlTransaction, table: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError, StoreNotFoundError
@@ -60,7 +60,9 @@ def _recorder(url: str, options: dict[str, Any], create: bool) -> Recorder:
         if schema is None:  # the URL's ?schema= (an empty one is an error, not the default)
             schema = params.pop("schema", DEFAULT_SCHEMA)
         params.pop("schema", None)
-        libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(params)))
+        # %20, not +, for spaces: libpq does not read + as a space (e.g. in ?options=)
+        query = urlencode(params, quote_via=quote)
+        libpq_url = urlunsplit(parts._replace(scheme="postgresql", query=query))
         return PostgresRecorder(
             libpq_url, schema=check_schema_name(schema), create=create, **options
         )

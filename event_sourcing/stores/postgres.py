@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import threading
-import weakref
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -29,17 +27,20 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from event_sourcing.errors import (
     AccessDeniedError,
     ConcurrencyError,
+    EventStoreError,
     SchemaVersionError,
     StoreNotFoundError,
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import (
     AlreadyRecorded,
     Appended,
@@ -352,17 +353,6 @@ def page_query(
     return f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s", params
 
 
-class _Holder:
-    """A thread's append connection and its cursor (reusing one saves ~15 us an append);
-    when the thread ends, the holder is collected and a finalizer closes the connection."""
-
-    __slots__ = ("__weakref__", "connection", "cursor")
-
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self.connection = connection
-        self.cursor = connection.cursor()
-
-
 class _OneStatementCursor(psycopg.Cursor[Any]):
     """Sends every query with the extended protocol, which runs exactly one statement: a
     read-model query holding `; DROP TABLE ...` fails instead of running it (as on SQLite).
@@ -403,13 +393,14 @@ class PostgresRecorder:
         pool_size: int = 8,
         connect_timeout: float = 5.0,
         create: bool = True,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
         # The schema name was checked (stores.identifiers): quoted, it is exactly itself.
         options = f'-c search_path="{schema}" -c timezone=UTC'
-        kwargs: dict[str, Any] = {"autocommit": True, "options": options}
+        kwargs: dict[str, Any] = {"autocommit": True, "options": session_options(url, options)}
         try:
             with psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
@@ -421,28 +412,16 @@ class PostgresRecorder:
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
-        self._url = url
-        self._kwargs = kwargs
-        self._connect_timeout = max(1, int(connect_timeout))
-        self._appender = threading.local()
-        self._appenders: list[weakref.finalize[Any, Any]] = []
-        self._appenders_lock = threading.Lock()
         # Stream id -> (its type, a version it has reached). Versions are contiguous and
         # events are never deleted, so a stream that reached v keeps every version up to v:
         # an append expecting one of them needs no lookup (~30 us of server CPU). This
         # holds unless the schema is dropped and recreated under a running store.
         self._reached: dict[str, tuple[str, int]] = {}
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
-            name=f"mlevents-{schema}", configure=_configure,
+        self._connections = Connections(
+            url, kwargs, name=f"mlevents-{schema}", description=self.description,
+            configure=_configure,
+            pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
         )
-        try:
-            self._pool.wait(timeout=connect_timeout)
-        except PoolTimeout:
-            self._pool.close()
-            raise StoreUnavailableError(
-                f"cannot open a connection pool to {redact_url(url)}"
-            ) from None
 
     def _found_version(self, connection: psycopg.Connection[Any]) -> int | None:
         """The store's schema version; None if there is no store, -1 if there is not even
@@ -516,43 +495,10 @@ class PostgresRecorder:
             ) from None
 
     def close(self) -> None:
-        with self._appenders_lock:
-            for close_connection in self._appenders:
-                close_connection()
-            self._appenders.clear()
-        self._pool.close()
+        self._connections.close()
 
     def _append_cursor(self) -> psycopg.Cursor[Any]:
-        """A cursor on this thread's connection for appends, opened on first use, reopened
-        if broken.
-
-        Appends skip the pool: a checkout and return cost more client CPU than the append
-        statement itself under load (4 writer processes: 2,967-3,614 events/s through the
-        pool, 3,835-4,268 on a connection of their own). An append never runs inside
-        another operation, so one connection per thread is enough; it is closed when
-        the store is closed or when its thread ends.
-        """
-        holder = getattr(self._appender, "holder", None)
-        if holder is not None and not holder.connection.closed:
-            cursor: psycopg.Cursor[Any] = holder.cursor
-            return cursor
-        if self._pool.closed:
-            raise StoreUnavailableError(f"the store {self.description} is closed")
-        try:
-            connection = psycopg.connect(
-                self._url, connect_timeout=self._connect_timeout, **self._kwargs
-            )
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {redact_url(self._url)}: "
-                f"{redact_text(str(exc).strip().splitlines()[0], self._url)}"
-            ) from None
-        _configure(connection)
-        holder = self._appender.holder = _Holder(connection)
-        with self._appenders_lock:
-            self._appenders = [alive for alive in self._appenders if alive.alive]
-            self._appenders.append(weakref.finalize(holder, connection.close))
-        return holder.cursor
+        return self._connections.append_cursor()
 
     # -- writing ------------------------------------------------------------------------
     def append(
@@ -574,12 +520,13 @@ class PostgresRecorder:
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
             causation_id, reached=reached,
         )
+        what = f"append to {stream_id!r}"
         cursor = self._append_cursor()
         try:
             appended = self._append_on(cursor, statement, request, rows, expected_version)
-        except psycopg.OperationalError as exc:
-            if not cursor.connection.closed:
-                raise
+        except psycopg.Error as exc:
+            if not broken(cursor.connection):
+                raise self._connections.error(exc, what) from exc
             # The connection broke (a server restart, an idle timeout): the batch may or may
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
@@ -587,11 +534,9 @@ class PostgresRecorder:
                 appended = self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
-            except psycopg.OperationalError as again:
-                raise StoreUnavailableError(
-                    f"append to {stream_id!r} failed twice on {self.description}: "
-                    f"{str(again).strip().splitlines()[0]}"
-                ) from exc
+            except psycopg.Error as again:
+                again_what = f"{what} (sent twice: the connection was lost)"
+                raise self._connections.error(again, again_what) from exc
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
         self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
@@ -653,14 +598,16 @@ class PostgresRecorder:
         cursor = connection.execute(query, params)
         return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
-    def _select(self, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
-        with self._pool.connection() as connection:
-            return self._select_on(connection, query, params)
+    def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
+        return self._connections.read(
+            what, lambda connection: self._select_on(connection, query, params)
+        )
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
     ) -> list[RecordedEvent]:
         return self._select(
+            f"read_stream({stream_id!r})",
             f"SELECT {_COLUMNS} FROM event_store WHERE stream_id = %s AND version >= %s "
             "AND version <= %s ORDER BY version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
@@ -674,44 +621,68 @@ class PostgresRecorder:
         limit: int,
     ) -> list[RecordedEvent]:
         query, params = page_query(after, event_types, until, limit)
-        with self._pool.connection() as connection:
+
+        def read(connection: psycopg.Connection[Any]) -> list[RecordedEvent]:
             # Two statements, in this order: the scan's snapshot must be taken after the
-            # horizon was computed (autocommit gives each statement its own snapshot).
-            row = connection.execute("SELECT mlevents_horizon()").fetchone()
-            horizon = int(row[0]) if row else 0
+            # horizon was computed (each statement takes its own snapshot: autocommit, or
+            # READ COMMITTED inside a transaction()).
+            row = connection.execute(
+                "SELECT mlevents_horizon(), current_setting('transaction_isolation')"
+            ).fetchone()
+            horizon, isolation = (int(row[0]), row[1]) if row else (0, "read committed")
+            in_transaction = connection.info.transaction_status != TransactionStatus.IDLE
+            if isolation != "read committed" and in_transaction:
+                raise EventStoreError(
+                    f"read_all inside a store.transaction() needs READ COMMITTED, not "
+                    f"{isolation}: a snapshot older than the read horizon could skip events. "
+                    "Read before the transaction, or do not change its isolation level."
+                )
             page = self._select_on(connection, query, params)
-        settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
-        return page if settled == len(page) else page[:settled]
+            settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
+            return page if settled == len(page) else page[:settled]
+
+        return self._connections.read(f"read_all(after={after})", read)
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(
+            "read_correlated",
             f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
 
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
+            "reading events by id",
             f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
             (list(ids),),
         )
 
     def stream_version(self, stream_id: str) -> int:
-        with self._pool.connection() as connection:
-            return self._version(connection, stream_id)
+        return self._connections.read(
+            f"stream_version({stream_id!r})",
+            lambda connection: self._version(connection, stream_id),
+        )
 
     def head_position(self) -> int:
-        with self._pool.connection() as connection:
+        def read(connection: psycopg.Connection[Any]) -> int:
             row = connection.execute("SELECT mlevents_head()").fetchone()
-        return int(row[0]) if row else 0
+            return int(row[0]) if row else 0
+
+        return self._connections.read("head_position", read)
 
     def counts_by_type(self) -> dict[str, int]:
-        with self._pool.connection() as connection:
+        def read(connection: psycopg.Connection[Any]) -> dict[str, int]:
             rows = connection.execute(
                 "SELECT event_type, count(*) FROM event_store GROUP BY event_type ORDER BY 1"
             ).fetchall()
-        return {name: int(count) for name, count in rows}
+            return {name: int(count) for name, count in rows}
+
+        return self._connections.read("counts_by_type", read)
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        with self._pool.connection() as connection, connection.transaction():
+        """A transaction on a connection checked alive first; reads of the store on this
+        thread inside it use its connection. A driver error escaping it is raised as an
+        EventStoreError (inside, `execute` raises the driver's own)."""
+        with self._connections.transaction("store.transaction()") as connection:
             yield _Transaction(connection)

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from event_sourcing.errors import (
+    AccessDeniedError,
     ConcurrencyError,
+    EventStoreError,
     SchemaVersionError,
     StoreNotFoundError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
 SCHEMA_VERSION = 3
@@ -107,8 +111,9 @@ _INSERT = (
 
 
 def _ts(value: datetime) -> str:
-    # Fixed-width ISO 8601 in UTC sorts as text, which `until` filters rely on.
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
+    # `until` filters rely on; strftime("%Y") would not pad years before 1000.
+    return value.isoformat(timespec="microseconds")
 
 
 def _event(row: tuple[Any, ...]) -> RecordedEvent:
@@ -116,6 +121,32 @@ def _event(row: tuple[Any, ...]) -> RecordedEvent:
         row[0], row[1], row[2], row[3], row[4], row[5], row[6],
         json.loads(row[7]), json.loads(row[8]), datetime.fromisoformat(row[9]),
         row[10], row[11], row[6],
+    )
+
+
+def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
+    """The EventStoreError a user sees for a sqlite3 error on `where` (as on PostgreSQL:
+    event_sourcing.stores.postgres_errors)."""
+    detail = str(exc)
+    if "append-only" in detail:  # the immutability triggers
+        return AccessDeniedError(f"{where} refused a statement: {detail}")
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in detail or "busy" in detail):
+        return StoreTimeoutError(
+            f"{where} stayed locked by another connection past the busy timeout ({detail}); "
+            "nothing was written. Retry; find the process holding a long write transaction."
+        )
+    if "no such table" in detail:
+        return StoreUnavailableError(
+            f"{where} found no such object ({detail}): was the file replaced or the table "
+            "dropped while the store was open?"
+        )
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailableError(
+            f"{where} failed: {detail}. Check the file, its folder's permissions and free "
+            "disk space."
+        )
+    return EventStoreError(
+        f"{where} failed with a database error ({type(exc).__name__}): {detail}"
     )
 
 
@@ -183,9 +214,9 @@ class SQLiteRecorder:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        # A connection per thread, closed when its thread ends (or the store is closed).
+        self._per_thread = PerThread(self._open, sqlite3.Connection.close)
         self._lock = threading.RLock()  # only used for :memory:, which has one connection
-        self._connections: list[sqlite3.Connection] = []
         self._shared: sqlite3.Connection | None = None
         self._closed = False
         self._create = create
@@ -207,6 +238,7 @@ class SQLiteRecorder:
 
     # -- connections --------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = None
         try:
             connection = sqlite3.connect(
                 # Each thread uses its own connection; close() may run on another thread.
@@ -217,27 +249,30 @@ class SQLiteRecorder:
                 connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
+            if connection is not None:
+                connection.close()
             raise StoreUnavailableError(
                 f"cannot open SQLite database sqlite:///{self.path}: {exc}; check the path "
                 "exists and is writable"
             ) from exc
-        self._connections.append(connection)
         return connection
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection (`:memory:`: the one shared, under a lock). A sqlite3
+        error escaping the block is raised as an EventStoreError."""
         if self._closed:
             raise StoreUnavailableError(f"the store {self.description} is closed")
-        if self._memory:
-            with self._lock:
-                if self._shared is None:
-                    self._shared = self._open()
-                yield self._shared
-            return
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self._open()
-        yield connection
+        try:
+            if self._memory:
+                with self._lock:
+                    if self._shared is None:
+                        self._shared = self._open()
+                    yield self._shared
+            else:
+                yield self._per_thread.get()
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.description) from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -246,7 +281,8 @@ class SQLiteRecorder:
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # SQLite may have rolled back already
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
 
@@ -294,11 +330,10 @@ class SQLiteRecorder:
 
     def close(self) -> None:
         self._closed = True
-        for connection in self._connections:
-            connection.close()
-        self._connections.clear()
-        self._shared = None
-        self._local = threading.local()
+        self._per_thread.close_all()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     # -- writing ------------------------------------------------------------------------
     def append(

@@ -27,6 +27,7 @@ from event_sourcing.stores.recorder import (
     SqlTransaction,
     iter_pages,
 )
+from event_sourcing.stores.times import utc_time
 
 MAX_STREAM_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
@@ -187,13 +188,7 @@ class EventStore:
                 )
             events = list(events)
         rows, payloads, metadatas = self._encode(events, metadata)
-        created_at = self.clock()
-        if created_at.tzinfo is not UTC:
-            if created_at.tzinfo is None:
-                raise EventValidationError(
-                    "the store's clock returned a naive datetime; use UTC"
-                )
-            created_at = created_at.astimezone(UTC)
+        created_at = utc_time(self.clock(), "the time the store's clock returned")
         try:
             kind, version, positions = self.recorder.append(
                 stream_id, stream_type, expected_version, rows, created_at, correlation,
@@ -365,9 +360,7 @@ class EventStore:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise EventValidationError(f"limit must be None or an int >= 0, got {limit!r}")
         if until is not None:
-            if until.tzinfo is None:
-                raise EventValidationError("until must be timezone-aware (UTC)")
-            until = until.astimezone(UTC)
+            until = utc_time(until, "until")
         if isinstance(event_types, str):
             event_types = [event_types]
         types = None if event_types is None else list(event_types)
