@@ -13,7 +13,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError
 from event_sourcing.stores.recorder import Recorder, redact_url
-from event_sourcing.stores.store import DEFAULT_MAX_PAYLOAD_BYTES, Clock, EventStore, utc_now
+from event_sourcing.stores.store import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Clock,
+    EventStore,
+    check_max_payload_bytes,
+    utc_now,
+)
 
 DEFAULT_SQLITE_PATH = Path(".mlevents") / "events.db"
 __all__ = ["EventStore", "connect", "default_url"]
@@ -86,8 +92,7 @@ def connect(
             f"store URL {url!r} is not a URL; use sqlite:///path/to/events.db or "
             "postgresql://user@host:5432/database"
         )
-    if max_payload_bytes <= 0:
-        raise ConfigurationError("max_payload_bytes must be positive")
+    check_max_payload_bytes(max_payload_bytes)
     return EventStore(
         _recorder(url, dict(options)),
         registry=registry,
