@@ -51,18 +51,17 @@ def describe_errors(exc: ValidationError) -> str:
     return text
 
 
-def _serialize(event_type: str, event: DomainEvent) -> tuple[dict[str, Any], str]:
-    """A validated event as (JSON-mode dict, JSON text), both straight from pydantic."""
-    serializer = type(event).__pydantic_serializer__
+def _serialize(event_type: str, event: DomainEvent) -> dict[str, Any]:
+    """A validated event as a JSON-mode dict (the store encodes it to text itself)."""
     try:
-        return (
-            serializer.to_python(event, mode="json"),
-            serializer.to_json(event).decode(),
+        payload: dict[str, Any] = type(event).__pydantic_serializer__.to_python(
+            event, mode="json"
         )
-    except PydanticSerializationError as exc:
+    except (PydanticSerializationError, ValueError) as exc:  # ValueError: nested too deep
         raise EventValidationError(
             f"{event_type} payload cannot be encoded as JSON: {exc}"
         ) from exc
+    return payload
 
 
 class EventRegistry:
@@ -157,16 +156,6 @@ class EventRegistry:
 
     def encode(self, event_type: str, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Validate `payload`; return (schema_version, normalized JSON-ready payload)."""
-        schema_version, normalized, _ = self.encode_json(event_type, payload)
-        return schema_version, normalized
-
-    def encode_json(
-        self, event_type: str, payload: Mapping[str, Any]
-    ) -> tuple[int, dict[str, Any], str]:
-        """Validate `payload`; return (schema_version, normalized payload, its JSON text).
-
-        The store's write path: pydantic serializes straight to JSON, no second encoder.
-        """
         model = self._models.get(event_type)
         if model is None:
             raise self.unknown_type_error(event_type)
@@ -177,15 +166,10 @@ class EventRegistry:
             raise EventValidationError(
                 f"{event_type} payload invalid: {describe_errors(exc)}"
             ) from exc
-        return (model.schema_version, *_serialize(event_type, instance))
+        return model.schema_version, _serialize(event_type, instance)
 
     def encode_model(self, event: DomainEvent) -> tuple[str, int, dict[str, Any]]:
         """(event_type, schema_version, JSON payload) of a typed event of a registered class."""
-        name, schema_version, payload, _ = self.encode_model_json(event)
-        return name, schema_version, payload
-
-    def encode_model_json(self, event: DomainEvent) -> tuple[str, int, dict[str, Any], str]:
-        """(event_type, schema_version, JSON payload, its JSON text) of a typed event."""
         cls = type(event)
         name = getattr(cls, "event_type", None)
         if not isinstance(name, str) or self._models.get(name) is not cls:
@@ -194,7 +178,7 @@ class EventRegistry:
                 "register it with registry.register, or append a plain payload with "
                 "validate=False"
             )
-        return (name, cls.schema_version, *_serialize(name, event))
+        return name, cls.schema_version, _serialize(name, event)
 
     # -- read path ---------------------------------------------------------------------------
 

@@ -14,7 +14,13 @@ from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError, StoreNotFoundError
 from event_sourcing.stores.identifiers import check_schema_name
 from event_sourcing.stores.recorder import Recorder, redact_url
-from event_sourcing.stores.store import DEFAULT_MAX_PAYLOAD_BYTES, Clock, EventStore, utc_now
+from event_sourcing.stores.store import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Clock,
+    EventStore,
+    check_max_payload_bytes,
+    utc_now,
+)
 
 DEFAULT_SQLITE_PATH = Path(".mlevents") / "events.db"
 DEFAULT_SCHEMA = "mlevents"
@@ -98,8 +104,7 @@ def connect(
             f"store URL {shown!r} is not a URL; use sqlite:///path/to/events.db or "
             "postgresql://user@host:5432/database"
         )
-    if max_payload_bytes <= 0:
-        raise ConfigurationError("max_payload_bytes must be positive")
+    check_max_payload_bytes(max_payload_bytes)
     try:
         recorder = _recorder(url, dict(options), create)
     except StoreNotFoundError:

@@ -6,7 +6,6 @@ to a Recorder (SQLite or PostgreSQL) that owns the SQL.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -15,6 +14,7 @@ from typing import Any
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, default_registry
 from event_sourcing.errors import (
+    ConfigurationError,
     DuplicateEventError,
     EventValidationError,
     PayloadTooLargeError,
@@ -28,10 +28,22 @@ from event_sourcing.stores.recorder import (
     iter_pages,
 )
 from event_sourcing.stores.times import utc_time
+from event_sourcing.stores.values import (
+    decode,
+    encode,
+    encode_exact,
+    refuse_lone_surrogates,
+    same,
+)
 
-MAX_STREAM_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
-DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_INT64 = 2**63 - 1  # versions, positions and limits are 64-bit on both backends
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # per event: payload and metadata together
+MAX_BATCH_EVENTS = 10_000
+# Per append, payloads and metadata together. PostgreSQL receives a batch as one jsonb
+# array, which must stay under 256 MB in its binary form (up to 4x the text).
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_EVENT_TYPES = 1_000  # names in one read_all(event_types=...) filter
 READ_PAGE_SIZE = 2000
 
 Clock = Callable[[], datetime]
@@ -41,42 +53,21 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-# Built once: json.dumps(**kwargs) would construct an encoder per call on the hot path.
-_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-
-
-def _encode_json(value: Any, what: str, max_bytes: int) -> str:
-    try:
-        text = _JSON.encode(value)
-    except TypeError as exc:
-        raise EventValidationError(
-            f"{what} is not JSON-serialisable ({exc}); use lists instead of sets, "
-            "base64 text or an artifact reference instead of bytes"
-        ) from None
-    except ValueError as exc:
-        raise EventValidationError(
-            f"{what} is not valid JSON ({exc}); NaN and Infinity have no JSON form, "
-            "record them as null or as a string"
-        ) from None
-    _raise_if_too_large(text, what, max_bytes)
-    return text
-
-
-def _check_size(payload_json: str, index: int, event_type: str, max_bytes: int) -> None:
-    # len() first: a str is never longer than its UTF-8 bytes, so small payloads stop here
-    if len(payload_json) * 4 > max_bytes:
-        _raise_if_too_large(payload_json, f"payload of events[{index}] ({event_type})", max_bytes)
-
-
-def _raise_if_too_large(text: str, what: str, max_bytes: int) -> None:
-    size = len(text) if text.isascii() else len(text.encode())
-    if size > max_bytes:
-        raise PayloadTooLargeError(
-            f"{what} is {size:,} bytes, over the store's limit of {max_bytes:,} bytes. "
-            "Events must stay small: put the data in the artifact store "
-            "(event_sourcing.artifacts.ArtifactStore.put_bytes) and record its URI and "
-            "sha256 in the event instead."
+def check_max_payload_bytes(value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_BATCH_BYTES:
+        raise ConfigurationError(
+            f"max_payload_bytes must be an int from 1 to {MAX_BATCH_BYTES:,} (32 MiB), "
+            f"got {value!r}"
         )
+
+
+def _too_large(what: str, size: int, max_bytes: int, scope: str) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"{what} is {size:,} bytes, over the store's limit of {max_bytes:,} bytes {scope}. "
+        "Events must stay small: put the data in the artifact store "
+        "(event_sourcing.artifacts.ArtifactStore.put_bytes) and record its URI and "
+        "sha256 in the event instead."
+    )
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -86,7 +77,34 @@ def _check_name(value: Any, what: str) -> str:
         raise EventValidationError(
             f"{what} is {len(value)} characters; at most {MAX_NAME_LENGTH} are allowed"
         )
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise EventValidationError(
+                f"{what} {value!r} contains a lone surrogate, which is not Unicode text; "
+                "use a valid string"
+            ) from None
+    if "\x00" in value:
+        raise EventValidationError(
+            f"{what} {value!r} contains a NUL character, which PostgreSQL cannot store; "
+            "remove it"
+        )
     return value
+
+
+def _check_int(value: Any, what: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not (
+        minimum <= value <= MAX_INT64
+    ):
+        raise EventValidationError(
+            f"{what} must be an int from {minimum} to 2**63 - 1, got {value!r}"
+        )
+    return int(value)
+
+
+def _optional_int(value: Any, what: str, minimum: int) -> int | None:
+    return None if value is None else _check_int(value, what, minimum)
 
 
 def _optional_id(value: Any, what: str) -> str | None:
@@ -109,6 +127,27 @@ def _event_id(value: Any) -> str:
         ) from None
 
 
+def _event_types(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if isinstance(names, Mapping) or not isinstance(names, Iterable):
+        raise EventValidationError(
+            f"event_types must be None, a type name or a collection of them, got {value!r}"
+        )
+    types = list(dict.fromkeys(_check_name(name, "event_types item") for name in names))
+    if len(types) > MAX_EVENT_TYPES:
+        raise EventValidationError(
+            f"event_types names {len(types):,} types; at most {MAX_EVENT_TYPES:,} are "
+            "allowed: read without the filter and select the types yourself"
+        )
+    return types
+
+
+def _until(value: Any) -> datetime | None:
+    return None if value is None else utc_time(value, "until")
+
+
 class EventStore:
     """An append-only event log. Use `event_sourcing.connect(url)` to open one.
 
@@ -124,6 +163,7 @@ class EventStore:
         clock: Clock = utc_now,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
+        check_max_payload_bytes(max_payload_bytes)
         self.recorder = recorder
         self.registry = registry if registry is not None else default_registry
         self.validate = validate
@@ -165,14 +205,7 @@ class EventStore:
         already, with the same content, returns the recorded events and writes nothing.
         """
         _check_name(stream_id, "stream_id")
-        if expected_version is not None and (
-            not isinstance(expected_version, int)
-            or isinstance(expected_version, bool)
-            or expected_version < 0
-        ):
-            raise EventValidationError(
-                f"expected_version must be None or an int >= 0, got {expected_version!r}"
-            )
+        _optional_int(expected_version, "expected_version", 0)
         if stream_type is not None:
             _check_name(stream_type, "stream_type")
         correlation = _optional_id(correlation_id, "correlation_id")
@@ -182,11 +215,18 @@ class EventStore:
                 f"metadata must be a mapping, got {type(metadata).__name__}"
             )
         if type(events) is not list:  # a list is the usual case: no copy, no ABC checks
-            if isinstance(events, (NewEvent, DomainEvent)) or not isinstance(events, Iterable):
+            if isinstance(events, (NewEvent, DomainEvent, str, Mapping)) or not isinstance(
+                events, Iterable
+            ):
                 raise EventValidationError(
                     "events must be a sequence of events (wrap one in [...])"
                 )
             events = list(events)
+        if len(events) > MAX_BATCH_EVENTS:
+            raise EventValidationError(
+                f"a batch of {len(events):,} events is over the limit of {MAX_BATCH_EVENTS:,} "
+                "events per append; append it in several batches"
+            )
         rows, payloads, metadatas = self._encode(events, metadata)
         created_at = utc_time(self.clock(), "the time the store's clock returned")
         try:
@@ -218,18 +258,21 @@ class EventStore:
         registry = self.registry
         limit = self.max_payload_bytes
         batch_metadata = dict(metadata) if metadata else {}
-        batch_metadata_json = (
-            _encode_json(batch_metadata, "metadata", limit) if batch_metadata else "{}"
+        batch_metadata_json, batch_metadata_size, batch_metadata = (
+            encode_exact(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {})
         )
         rows: list[EventRow] = []
         payloads: list[dict[str, Any]] = []
         metadatas: list[dict[str, Any]] = []
         seen: set[str] = set()
-        encode_json = registry.encode_json
+        total = 0
         for index, event in enumerate(events):
             event_metadata: Mapping[str, Any] | None = None
+            what = f"payload of events[{index}]"
             if type(event) is NewEvent or isinstance(event, NewEvent):
                 event_type = event.type
+                if type(event_type) is not str:
+                    _check_name(event_type, f"events[{index}].type")
                 registered = registry.is_registered(event_type)
                 if not registered:
                     _check_name(event_type, f"events[{index}].type")
@@ -242,15 +285,15 @@ class EventStore:
                         f"events[{index}].payload must be a mapping, "
                         f"got {type(raw_payload).__name__}"
                     )
+                what = f"{what} ({event_type})"
                 if registered:
-                    # pydantic's output is plain JSON already: no decode needed
-                    schema_version, payload, payload_json = encode_json(event_type, raw_payload)
-                    _check_size(payload_json, index, event_type, limit)
+                    schema_version, payload = registry.encode(event_type, raw_payload)
+                    payload_json, size = encode(payload, what)
+                    if "\ufffd" in payload_json:
+                        refuse_lone_surrogates(raw_payload, what)
                 else:
-                    payload_json = _encode_json(
-                        dict(raw_payload), f"payload of events[{index}] ({event_type})", limit
-                    )
-                    schema_version, payload = 1, json.loads(payload_json)
+                    schema_version = 1
+                    payload_json, size, payload = encode_exact(dict(raw_payload), what)
                 if event.id is None:
                     event_id = new_event_id()  # fresh ids never collide; given ones may
                 else:
@@ -271,10 +314,11 @@ class EventStore:
                         f"got {type(event_metadata).__name__}"
                     )
             elif isinstance(event, DomainEvent):
-                event_type, schema_version, payload, payload_json = registry.encode_model_json(
-                    event
-                )
-                _check_size(payload_json, index, event_type, limit)
+                event_type, schema_version, payload = registry.encode_model(event)
+                what = f"{what} ({event_type})"
+                payload_json, size = encode(payload, what)
+                if "\ufffd" in payload_json:
+                    refuse_lone_surrogates(event.model_dump(), what)
                 event_id = new_event_id()
             else:
                 raise EventValidationError(
@@ -282,14 +326,23 @@ class EventStore:
                     "typed catalog event"
                 )
             if event_metadata:
-                merged = {**batch_metadata, **event_metadata}
-                metadata_json = _encode_json(merged, f"metadata of events[{index}]", limit)
-                metadatas.append(json.loads(metadata_json))
+                metadata_json, metadata_size, merged = encode_exact(
+                    {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
+                )
+                metadatas.append(merged)
             else:
-                metadata_json = batch_metadata_json
-                metadatas.append(json.loads(metadata_json) if batch_metadata else {})
+                metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
+                metadatas.append(decode(metadata_json) if batch_metadata else {})
+            size += metadata_size
+            if size > limit:
+                raise _too_large(f"{what} with its metadata", size, limit, "per event")
+            total += size
             payloads.append(payload)
             rows.append(EventRow(event_id, event_type, schema_version, payload_json, metadata_json))
+        if total > MAX_BATCH_BYTES:
+            raise _too_large(
+                f"this batch of {len(rows):,} events", total, MAX_BATCH_BYTES, "per append"
+            )
         return rows, payloads, metadatas
 
     def _idempotent_result(
@@ -306,7 +359,7 @@ class EventStore:
             if (
                 old.stream_id != stream_id
                 or old.event_type != row.event_type
-                or old.payload != json.loads(row.payload_json)
+                or not same(old.payload, decode(row.payload_json))
             ):
                 raise DuplicateEventError(
                     f"event id {row.id} is already recorded with different content "
@@ -339,9 +392,29 @@ class EventStore:
     def read_stream(
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> list[RecordedEvent]:
-        """Events of one stream in version order, upcast to the current schemas."""
+        """Events of one stream in version order, upcast to the current schemas (a list:
+        use `iter_stream` for a stream too long to hold in memory)."""
+        return list(self.iter_stream(stream_id, from_version, to_version))
+
+    def iter_stream(
+        self, stream_id: str, from_version: int = 1, to_version: int | None = None
+    ) -> Iterator[RecordedEvent]:
+        """`read_stream` as an iterator that reads READ_PAGE_SIZE events at a time."""
         _check_name(stream_id, "stream_id")
-        return self._upcaster()(self.recorder.read_stream(stream_id, from_version, to_version))
+        first = _check_int(from_version, "from_version", 1)
+        last = _optional_int(to_version, "to_version", 0)
+        return self._iter_stream(stream_id, first, MAX_INT64 if last is None else last)
+
+    def _iter_stream(self, stream_id: str, first: int, last: int) -> Iterator[RecordedEvent]:
+        upcast = self._upcaster()
+        # A stream's versions are contiguous from 1, so a short page is its end.
+        while first <= last:
+            end = min(last, first + READ_PAGE_SIZE - 1)
+            page = self.recorder.read_stream(stream_id, first, end)
+            yield from upcast(page)
+            if len(page) < end - first + 1:
+                return
+            first = end + 1
 
     def read_all(
         self,
@@ -353,17 +426,19 @@ class EventStore:
         """Every event after global position `after`, in position order.
 
         `event_types` keeps only those type names; `until` keeps events created at or
-        before that (tz-aware) time; `limit` caps how many are returned.
+        before that (tz-aware) time; `limit` caps how many are returned. Arguments are
+        checked when called; the events are read page by page as they are iterated.
         """
-        if not isinstance(after, int) or after < 0:
-            raise EventValidationError(f"after must be an int >= 0, got {after!r}")
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise EventValidationError(f"limit must be None or an int >= 0, got {limit!r}")
-        if until is not None:
-            until = utc_time(until, "until")
-        if isinstance(event_types, str):
-            event_types = [event_types]
-        types = None if event_types is None else list(event_types)
+        return self._iter_all(
+            _check_int(after, "after", 0),
+            _event_types(event_types),
+            _until(until),
+            _optional_int(limit, "limit", 0),
+        )
+
+    def _iter_all(
+        self, after: int, types: list[str] | None, until: datetime | None, limit: int | None
+    ) -> Iterator[RecordedEvent]:
         upcast = self._upcaster()
         for page in iter_pages(self.recorder, after, types, until, limit, READ_PAGE_SIZE):
             yield from upcast(page)
@@ -371,11 +446,14 @@ class EventStore:
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event sharing a correlation id, in position order."""
         correlation = _optional_id(correlation_id, "correlation_id")
-        assert correlation is not None
+        if correlation is None:
+            raise EventValidationError("correlation_id must be a non-empty string, got None")
         return self._upcaster()(self.recorder.read_correlated(correlation))
 
     def get_event(self, event_id: str) -> RecordedEvent | None:
         """One event by id, or None."""
+        if event_id is None:
+            raise EventValidationError("event_id must be a UUID, got None")
         found = self._upcaster()(self.recorder.read_ids([_event_id(event_id)]))
         return found[0] if found else None
 

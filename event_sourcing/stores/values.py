@@ -1,0 +1,168 @@
+"""Payload and metadata values as JSON text: one canonical form, checked and sized once.
+
+Every backend stores this text as given, so what is accepted reads back equal, type included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from event_sourcing.errors import EventValidationError
+
+MAX_NESTING_DEPTH = 100
+"""Objects and arrays nest at most this deep (the payload or metadata object is level 1)."""
+
+# Built once: json.dumps(**kwargs) would construct an encoder per call on the hot path.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+decode = json.JSONDecoder().decode
+_LENIENT = json.JSONEncoder(ensure_ascii=False, default=str)
+
+# A JSON string, or a number PostgreSQL's jsonb would not read back as the same float:
+# jsonb keeps numbers as `numeric`, which prints 1e+23 as 100000000000000000000000 (an int
+# to a reader) and has no negative zero. (Python writes positive exponents as e+NN.)
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_JSONB_UNSAFE = re.compile(rf"{_STRING}|(-?\d+(?:\.\d+)?e\+\d+|-0\.0(?=[,\]}}]))")
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + u0000
+_STRINGS = re.compile(_STRING)
+_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
+
+
+def _jsonb_safe(match: re.Match[str]) -> str:
+    number = match.group(1)
+    if number is None:
+        return match.group(0)  # a string: unchanged
+    if number == "-0.0":
+        return "0.0"
+    # A float of 16+ integer digits, written out with a decimal point so that it stays a
+    # float (the same decimal value, so it parses back to exactly the same float).
+    return f"{Decimal(number):f}.0"
+
+
+def _depth(text: str) -> int:
+    """How deep the objects and arrays of `text` nest (strings skipped)."""
+    depth = deepest = 0
+    for char in _STRINGS.sub("", text).translate(_BRACKETS):
+        if char == "(":
+            depth += 1
+            deepest = max(depth, deepest)
+        elif char == ")":
+            depth -= 1
+    return deepest
+
+
+def encode(value: Any, what: str) -> tuple[str, int]:
+    """`value` as canonical JSON text and its size in UTF-8 bytes.
+
+    Refused (EventValidationError, saying what to do): values JSON cannot carry (sets,
+    bytes, objects, NaN and Infinity), nesting deeper than MAX_NESTING_DEPTH, integers of
+    more than 4,300 digits, and strings or keys holding NUL or a lone surrogate, which
+    neither UTF-8 nor PostgreSQL text can hold. -0.0 is written as 0.0 (PostgreSQL has no
+    negative zero; the two compare equal).
+    """
+    try:
+        text = _ENCODER.encode(value)
+    except TypeError as exc:
+        raise EventValidationError(
+            f"{what} is not JSON-serialisable ({exc}); use lists instead of sets, "
+            "base64 text or an artifact reference instead of bytes"
+        ) from None
+    except RecursionError:
+        raise _too_deep(what) from None
+    except ValueError as exc:
+        if "Circular" in str(exc):
+            advice = "a value contains itself; pass a tree, not a graph"
+        elif "digits" in str(exc):
+            advice = "integers have at most 4,300 digits; record a huge number as a string"
+        else:
+            advice = "NaN and Infinity have no JSON form, record them as null or as a string"
+        raise EventValidationError(f"{what} is not valid JSON ({exc}); {advice}") from None
+    if "e+" in text or "-0.0" in text:
+        text = _JSONB_UNSAFE.sub(_jsonb_safe, text)
+    if (text.count("{") + text.count("[") > MAX_NESTING_DEPTH
+            and _depth(text) > MAX_NESTING_DEPTH):
+        raise _too_deep(what)
+    if "\\u0000" in text and _NUL.search(text):
+        raise EventValidationError(
+            f"{what} contains a NUL character (\\u0000) in a string or key; PostgreSQL "
+            "cannot store it. Remove it, or encode binary data as base64 text"
+        )
+    if text.isascii():
+        return text, len(text)
+    try:
+        return text, len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise _surrogate(what, exc) from None
+
+
+def refuse_lone_surrogates(source: Any, what: str) -> None:
+    """Refuse `source` if it holds a lone surrogate anywhere (run when a typed payload's
+    text holds U+FFFD: pydantic's JSON mode silently puts it in place of one in a key)."""
+    try:
+        _LENIENT.encode(source).encode()
+    except UnicodeEncodeError as exc:
+        raise _surrogate(what, exc) from None
+    except (TypeError, ValueError, RecursionError):
+        return  # not plain enough to check; pydantic validated it
+
+
+def encode_exact(value: Any, what: str) -> tuple[str, int, Any]:
+    """`encode`, plus the value as every reader will decode it, refusing values that would
+    read back different: keys that are not strings, tuples (JSON turns them into lists)."""
+    text, size = encode(value, what)
+    decoded = decode(text)
+    if decoded != value:
+        raise EventValidationError(
+            f"{what} would not read back as written: {_difference(value)}"
+        )
+    return text, size, decoded
+
+
+def _difference(value: Any, path: str = "") -> str:
+    """Where `value` stops being plain JSON (keys that are not str, tuples)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (
+                    f"key {key!r} at {path or 'top level'} is a {type(key).__name__}, which "
+                    "JSON turns into a string; use string keys"
+                )
+            found = _difference(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        if isinstance(value, tuple):
+            return f"{path or 'a value'} is a tuple, which reads back as a list; use a list"
+        for index, item in enumerate(value):
+            found = _difference(item, f"{path}[{index}]")
+            if found:
+                return found
+    return "" if path else "use plain JSON values (dict with str keys, list, str, int, float)"
+
+
+def _surrogate(what: str, exc: UnicodeEncodeError) -> EventValidationError:
+    return EventValidationError(
+        f"{what} contains a lone surrogate ({exc.object[exc.start]!r}) in a string or "
+        "key, which is not Unicode text; decode bytes with errors='replace' or "
+        "encode them as base64 before recording them"
+    )
+
+
+def _too_deep(what: str) -> EventValidationError:
+    return EventValidationError(
+        f"{what} nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep; "
+        "flatten it, or put the document in the artifact store and record its URI"
+    )
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal JSON values of the same types (1, 1.0 and True differ), key order aside."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(item, b[key]) for key, item in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
