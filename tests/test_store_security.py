@@ -379,12 +379,14 @@ def test_a_read_only_open_of_a_missing_sqlite_store_creates_nothing(tmp_path: Pa
 
 
 def test_a_read_only_open_of_a_file_without_a_store_writes_no_schema(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    sqlite3.connect(path).close()
+    path = tmp_path / "other file #1.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE theirs (x)")
+    before = path.read_bytes()
     with pytest.raises(es.StoreNotFoundError):
         es.connect(f"sqlite:///{path}", create=False)
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    assert path.read_bytes() == before  # not even its journal mode changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_a_read_only_open_of_a_missing_schema_creates_nothing(pg_schema_url: str) -> None:
