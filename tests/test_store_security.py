@@ -494,6 +494,7 @@ def test_each_role_can_do_its_job_and_nothing_more(
     with pytest.raises(es.AccessDeniedError, match=f"role '{role}'.*mlevents grant {role}"):
         es.connect(url)
     _grant(pg_schema_url, role, kind)
+    assert main(["status", url]) == 0
     with es.connect(url, validate=False) as store:
         assert len(list(store.read_all())) == 1 and store.head_position() == 1
         if kind == "appender":
@@ -510,6 +511,7 @@ def test_each_role_can_do_its_job_and_nothing_more(
             runner = ProjectionRunner(store, [SEEN, *builtin_projections()])
             assert runner.rebuild("seen").applied == 1
             assert all(stats.checkpoint == store_head for stats in runner.run().values())
+            assert main(["project", url]) == 0
         else:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 raw(url, "DROP TABLE seen")
