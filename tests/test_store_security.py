@@ -380,12 +380,14 @@ def test_a_read_only_open_of_a_missing_sqlite_store_creates_nothing(tmp_path: Pa
 
 
 def test_a_read_only_open_of_a_file_without_a_store_writes_no_schema(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    sqlite3.connect(path).close()
+    path = tmp_path / "other file #1.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE theirs (x)")
+    before = path.read_bytes()
     with pytest.raises(es.StoreNotFoundError):
         es.connect(f"sqlite:///{path}", create=False)
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+    assert path.read_bytes() == before  # not even its journal mode changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_a_read_only_open_of_a_missing_schema_creates_nothing(pg_schema_url: str) -> None:
@@ -493,6 +495,7 @@ def test_each_role_can_do_its_job_and_nothing_more(
     with pytest.raises(es.AccessDeniedError, match=f"role '{role}'.*mlevents grant {role}"):
         es.connect(url)
     _grant(pg_schema_url, role, kind)
+    assert main(["status", url]) == 0
     with es.connect(url, validate=False) as store:
         assert len(list(store.read_all())) == 1 and store.head_position() == 1
         if kind == "appender":
@@ -509,6 +512,7 @@ def test_each_role_can_do_its_job_and_nothing_more(
             runner = ProjectionRunner(store, [SEEN, *builtin_projections()])
             assert runner.rebuild("seen").applied == 1
             assert all(stats.checkpoint == store_head for stats in runner.run().values())
+            assert main(["project", url]) == 0
         else:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 raw(url, "DROP TABLE seen")

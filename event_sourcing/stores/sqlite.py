@@ -161,6 +161,25 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
+def _holds_a_store(path: str) -> bool:
+    """Whether the file at `path` exists and holds a store, looked at read-only (so a file
+    that is not a store is left exactly as it was). Unreadable: let the real open say why."""
+    if not Path(path).is_file():
+        return False
+    try:
+        probe = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return True
+    try:
+        return probe.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mlevents_schema'"
+        ).fetchone() is not None
+    except sqlite3.Error:
+        return True
+    finally:
+        probe.close()
+
+
 def page_query(
     after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
 ) -> tuple[str, list[Any]]:
@@ -220,7 +239,7 @@ class SQLiteRecorder:
         self._shared: sqlite3.Connection | None = None
         self._closed = False
         self._create = create
-        if not create and (self._memory or not Path(path).is_file()):
+        if not create and (self._memory or not _holds_a_store(path)):
             raise StoreNotFoundError(f"no event store at {self.description}")
         if not self._memory:
             try:
