@@ -1,8 +1,5 @@
-"""The store's time range and the one check every time (clock, `until`, as-of) goes through.
-
-Both backends accept exactly the instants Python can hold in UTC, and store them so they
-read back equal and compare in time order.
-"""
+"""The store's time range (every instant Python holds in UTC, on both backends alike) and
+the one check every time (the clock's, `until`, as-of) goes through before any I/O."""
 
 from __future__ import annotations
 
