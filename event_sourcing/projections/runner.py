@@ -9,10 +9,10 @@ import logging
 import threading
 import time
 import traceback as traceback_module
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from event_sourcing.catalog import DomainEvent, EventRegistry
 from event_sourcing.errors import EventStoreError
@@ -31,7 +31,9 @@ __all__ = [
     "ReadModelMissingError",
     "RunStats",
     "apply_event",
+    "apply_page",
     "iso",
+    "on",
     "table_exists",
 ]
 
@@ -39,8 +41,9 @@ log = logging.getLogger("event_sourcing.projections")
 
 Handler = Callable[[SqlTransaction, RecordedEvent, DomainEvent | None], None]
 """A projection handler: (transaction, recorded envelope, typed upcast event or None)."""
+E = TypeVar("E", bound=DomainEvent)
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 2000
 DEFAULT_MAX_ATTEMPTS = 3
 _SETUP_LOCK = 0x6D6C7072  # advisory lock key ("mlpr"): serializes concurrent DDL on PostgreSQL
 
@@ -83,13 +86,25 @@ def iso(value: datetime | None) -> str | None:
 
 def table_exists(tx: SqlTransaction, table: str) -> bool:
     """Whether `table` exists where unqualified names resolve (store schema on PostgreSQL)."""
-    if tx.dialect == "postgresql":
-        row = tx.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
-    else:
-        row = tx.execute(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
-    return bool(row and row[0])
+    return tx.table_exists(table)
+
+
+def on(
+    model: type[E], handler: Callable[[SqlTransaction, RecordedEvent, E], None]
+) -> tuple[str, Handler]:
+    """`(event type, handler)` for a handler of one typed event: it receives `model`'s
+    instance, already parsed and upcast; an event that did not parse as `model` (its type
+    is not registered so in the store's registry) fails visibly instead."""
+
+    def typed_handler(tx: SqlTransaction, event: RecordedEvent, typed: DomainEvent | None) -> None:
+        if not isinstance(typed, model):
+            raise ProjectionError(
+                f"event {event.id} ({event.event_type}) did not parse as {model.__name__}; "
+                "is the event type registered in the store's registry?"
+            )
+        handler(tx, event, typed)
+
+    return model.event_type, typed_handler
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,10 @@ class Projection:
     tables: Sequence[str] = ()
     version: int | str = 1
     description: str = ""
+    superseded: Mapping[str, Callable[[RecordedEvent], Hashable]] = field(default_factory=dict)
+    """Event types whose effect a later event of the same type and key (key function of the
+    envelope) overwrites entirely: within a batch only the last of them is applied, so a
+    catch-up writes each such row once per batch (e.g. training progress, by run)."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -191,6 +210,59 @@ class ApplyOutcome:
     trace: str = ""
 
 
+def _parse(registry: EventRegistry, event: RecordedEvent) -> DomainEvent | None:
+    return registry.parse(event) if registry.is_registered(event.event_type) else None
+
+
+def _latest(projection: Projection, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+    """`events` without those a later event of the batch supersedes."""
+    if not projection.superseded:
+        return list(events)
+    seen: set[tuple[str, Hashable]] = set()
+    kept: list[RecordedEvent] = []
+    for event in reversed(events):
+        key_of = projection.superseded.get(event.event_type)
+        if key_of is not None:
+            key = (event.event_type, key_of(event))
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(event)
+    kept.reverse()
+    return kept
+
+
+def apply_page(
+    tx: SqlTransaction,
+    projection: Projection,
+    events: Sequence[RecordedEvent],
+    registry: EventRegistry,
+    max_attempts: int,
+) -> list[tuple[RecordedEvent, ApplyOutcome]]:
+    """Apply a page of events in one go (one savepoint for the whole page); if any fails,
+    undo the page and apply it event by event (`apply_event`), so only the bad events fail.
+    Returns the failed events with their outcomes (to park)."""
+    events = _latest(projection, events)
+    handlers = projection.handlers
+    tx.execute("SAVEPOINT projection_page")
+    try:
+        for event in events:
+            handler = handlers.get(event.event_type)
+            if handler is not None:
+                handler(tx, event, _parse(registry, event))
+    except Exception:  # some event of the page failed: find it, one savepoint per event
+        tx.execute("ROLLBACK TO SAVEPOINT projection_page")
+        tx.execute("RELEASE SAVEPOINT projection_page")
+        failed = []
+        for event in events:
+            outcome = apply_event(tx, projection, event, registry, max_attempts)
+            if outcome.error is not None:
+                failed.append((event, outcome))
+        return failed
+    tx.execute("RELEASE SAVEPOINT projection_page")
+    return []
+
+
 def apply_event(
     tx: SqlTransaction,
     projection: Projection,
@@ -211,8 +283,7 @@ def apply_event(
         outcome.attempts = attempt
         tx.execute("SAVEPOINT projection_event")
         try:
-            typed = registry.parse(event) if registry.is_registered(event.event_type) else None
-            handler(tx, event, typed)
+            handler(tx, event, _parse(registry, event))
         except Exception as exc:  # a handler bug or bad event: retry, then park
             tx.execute("ROLLBACK TO SAVEPOINT projection_event")
             tx.execute("RELEASE SAVEPOINT projection_event")
@@ -267,8 +338,7 @@ class ProjectionRunner:
         return iso(self.store.clock()) or ""
 
     def _lock_ddl(self, tx: SqlTransaction) -> None:
-        if tx.dialect == "postgresql":  # CREATE TABLE IF NOT EXISTS races between sessions
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
+        tx.lock(_SETUP_LOCK)  # CREATE TABLE IF NOT EXISTS races between sessions
         for statement in _RUNNER_DDL:
             tx.execute(statement)
 
@@ -328,9 +398,10 @@ class ProjectionRunner:
         head = self.store.head_position()
         registry = self.store.registry
         with self.store.transaction() as tx:
-            lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+            # Claiming the row (a no-op update) serializes runners of one projection.
             row = tx.execute(
-                f"SELECT position FROM projection_checkpoints WHERE name = ?{lock}",
+                "UPDATE projection_checkpoints SET position = position WHERE name = ? "
+                "RETURNING position",
                 (projection.name,),
             ).fetchone()
             if row is None:
@@ -344,12 +415,10 @@ class ProjectionRunner:
                     after=checkpoint, event_types=projection.event_types, limit=batch_size
                 )
             )
-            parked = 0
-            for event in events:
-                outcome = apply_event(tx, projection, event, registry, self.max_attempts)
-                if outcome.error is not None:
-                    self._park(tx, projection, event, outcome)
-                    parked += 1
+            failed = apply_page(tx, projection, events, registry, self.max_attempts)
+            for event, outcome in failed:
+                self._park(tx, projection, event, outcome)
+            parked = len(failed)
             full = len(events) == batch_size
             last = events[-1].position if events else checkpoint
             position = last if full else max(last, head, checkpoint)
@@ -435,8 +504,8 @@ class ProjectionRunner:
     def checkpoint(self, name: str) -> int:
         """The position `name` has applied up to (0 if it never ran)."""
         self.get(name)
-        with self.store.transaction() as tx:
-            if not table_exists(tx, "projection_checkpoints"):
+        with self.store.transaction(read_only=True) as tx:
+            if not tx.table_exists("projection_checkpoints"):
                 return 0
             row = tx.execute(
                 "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
@@ -452,8 +521,8 @@ class ProjectionRunner:
         head = self.store.head_position()
         rows: dict[str, tuple[Any, ...]] = {}
         parked: dict[str, int] = {}
-        with self.store.transaction() as tx:
-            if table_exists(tx, "projection_checkpoints"):
+        with self.store.transaction(read_only=True) as tx:
+            if tx.table_exists("projection_checkpoints"):
                 for row in tx.execute(
                     "SELECT name, position, version, updated_at FROM projection_checkpoints"
                 ).fetchall():
@@ -484,8 +553,8 @@ class ProjectionRunner:
         """Parked events of `name` (or of every projection), in position order."""
         if name is not None:
             self.get(name)
-        with self.store.transaction() as tx:
-            if not table_exists(tx, "projection_dead_letters"):
+        with self.store.transaction(read_only=True) as tx:
+            if not tx.table_exists("projection_dead_letters"):
                 return []
             sql = (
                 "SELECT projection, event_id, position, event_type, error, traceback, attempts, "

@@ -23,7 +23,7 @@ from event_sourcing.projections.runner import (
     DeadLetter,
     Projection,
     ProjectionError,
-    apply_event,
+    apply_page,
     iso,
 )
 from event_sourcing.stores import connect
@@ -36,6 +36,9 @@ __all__ = [
     "model_catalog_at",
     "training_summary_at",
 ]
+
+
+_PAGE = 1000  # events applied per savepoint
 
 
 class ReadModelSnapshot:
@@ -120,22 +123,22 @@ def as_of(
     created at or before a datetime, or at or below a global position."""
     projection = _projection(projection)
     memory = connect("sqlite:///:memory:", registry=store.registry, validate=False)
-    position, applied, parked = 0, 0, []
+    position, applied = 0, 0
+    parked: list[DeadLetter] = []
     try:
         with memory.transaction() as tx:
             projection.setup(tx)
-            for event in _events(store, projection, at):
-                outcome = apply_event(tx, projection, event, store.registry, max_attempts)
-                position = event.position
-                if outcome.error is None:
-                    applied += 1
-                    continue
-                parked.append(
+            events = _events(store, projection, at)
+            while page := list(itertools.islice(events, _PAGE)):
+                failed = apply_page(tx, projection, page, store.registry, max_attempts)
+                position, applied = page[-1].position, applied + len(page) - len(failed)
+                parked.extend(
                     DeadLetter(
                         projection.name, event.id, event.position, event.event_type,
                         f"{type(outcome.error).__name__}: {outcome.error}", outcome.trace,
                         outcome.attempts, iso(store.clock()) or "",
                     )
+                    for event, outcome in failed
                 )
     except BaseException:
         memory.close()

@@ -337,6 +337,13 @@ class _Transaction:
         cursor.executemany(query.replace("?", "%s"), params)
         return cursor
 
+    def table_exists(self, table: str) -> bool:
+        row = self._connection.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        return bool(row and row[0])
+
+    def lock(self, key: int) -> None:
+        self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
 
 class PostgresRecorder:
     """Events in a PostgreSQL schema (default `mlevents`), through a connection pool."""
@@ -554,9 +561,12 @@ class PostgresRecorder:
     # -- reading ------------------------------------------------------------------------
     @staticmethod
     def _select_on(
-        connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
+        connection: psycopg.Connection[Any],
+        query: str,
+        params: Sequence[Any],
+        prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        cursor = connection.execute(query, params)
+        cursor = connection.execute(query, params, prepare=prepare)
         return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
     def _select(self, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
@@ -585,7 +595,10 @@ class PostgresRecorder:
             # horizon was computed (autocommit gives each statement its own snapshot).
             row = connection.execute("SELECT mlevents_horizon()").fetchone()
             horizon = int(row[0]) if row else 0
-            page = self._select_on(connection, query, params)
+            # Never prepared: a prepared page query may switch to a generic plan after five
+            # runs, one that walks the position index filtering every row (a reset cursor
+            # with a type filter); an unnamed statement is planned for its own values.
+            page = self._select_on(connection, query, params, prepare=False)
         settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
         return page if settled == len(page) else page[:settled]
 
@@ -618,6 +631,8 @@ class PostgresRecorder:
         return {name: int(count) for name, count in rows}
 
     @contextmanager
-    def transaction(self) -> Iterator[_Transaction]:
+    def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
         with self._pool.connection() as connection, connection.transaction():
+            if read_only:
+                connection.execute("SET TRANSACTION READ ONLY")
             yield _Transaction(connection)
