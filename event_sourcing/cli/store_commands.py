@@ -235,20 +235,26 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_report(store: es.EventStore) -> dict[str, Any]:
+    """The store's backend, head position, number of streams and event counts by type."""
+    counts = dict(sorted(store.counts_by_type().items()))
+    with store.transaction(read_only=True) as tx:
+        row = tx.execute("SELECT COUNT(*) FROM streams").fetchone()
+    return {
+        "store": store.recorder.description,
+        "backend": store.dialect,
+        "head_position": store.head_position(),
+        "events": sum(counts.values()),
+        "streams": int(row[0]) if row else 0,
+        "counts_by_type": counts,
+    }
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the store's backend, head position, number of streams and event counts by type."""
     with open_store(args) as store:
-        counts = dict(sorted(store.counts_by_type().items()))
-        with store.transaction() as tx:
-            row = tx.execute("SELECT COUNT(*) FROM streams").fetchone()
-        report: dict[str, Any] = {
-            "store": store.recorder.description,
-            "backend": store.dialect,
-            "head_position": store.head_position(),
-            "events": sum(counts.values()),
-            "streams": int(row[0]) if row else 0,
-            "counts_by_type": counts,
-        }
+        report = status_report(store)
+        counts = report["counts_by_type"]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -41,6 +41,8 @@ log = logging.getLogger("event_sourcing.projections")
 
 Handler = Callable[[SqlTransaction, RecordedEvent, DomainEvent | None], None]
 """A projection handler: (transaction, recorded envelope, typed upcast event or None)."""
+BatchHandler = Callable[[SqlTransaction, Sequence[tuple[RecordedEvent, DomainEvent | None]]], None]
+"""A projection's handler of a page of events at once."""
 E = TypeVar("E", bound=DomainEvent)
 
 DEFAULT_BATCH_SIZE = 2000
@@ -123,6 +125,10 @@ class Projection:
     tables: Sequence[str] = ()
     version: int | str = 1
     description: str = ""
+    batch: BatchHandler | None = None
+    """Applies a whole page of (event, typed event) pairs at once (e.g. folding it in memory
+    and writing each row once); it must do what the handlers do one event at a time, which
+    the runner falls back to, with a savepoint per event, when the page fails."""
     superseded: Mapping[str, Callable[[RecordedEvent], Hashable]] = field(default_factory=dict)
     """Event types whose effect a later event of the same type and key (key function of the
     envelope) overwrites entirely: within a batch only the last of them is applied, so a
@@ -246,10 +252,15 @@ def apply_page(
     handlers = projection.handlers
     tx.execute("SAVEPOINT projection_page")
     try:
-        for event in events:
-            handler = handlers.get(event.event_type)
-            if handler is not None:
-                handler(tx, event, _parse(registry, event))
+        if projection.batch is not None:
+            projection.batch(
+                tx, [(e, _parse(registry, e)) for e in events if e.event_type in handlers]
+            )
+        else:
+            for event in events:
+                handler = handlers.get(event.event_type)
+                if handler is not None:
+                    handler(tx, event, _parse(registry, event))
     except Exception:  # some event of the page failed: find it, one savepoint per event
         tx.execute("ROLLBACK TO SAVEPOINT projection_page")
         tx.execute("RELEASE SAVEPOINT projection_page")

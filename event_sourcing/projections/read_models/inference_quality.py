@@ -5,16 +5,18 @@ handlers and query.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from event_sourcing.catalog import InferenceCompleted, InferenceFeedback
+from event_sourcing.catalog import DomainEvent, InferenceCompleted, InferenceFeedback
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.read_models.common import (
     Queryable,
     query_read_model,
     to_json,
 )
-from event_sourcing.projections.runner import Handler, Projection, ProjectionError, iso, on
+from event_sourcing.projections.runner import Projection, ProjectionError, iso
 from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
@@ -64,41 +66,87 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _ensure_quality_row(
-    tx: SqlTransaction, model_id: str, version: int, window: int
-) -> None:
-    tx.execute(
-        "INSERT INTO inference_quality (model_id, model_version, predictions, feedback, "
-        "window_size, window_count) VALUES (?, ?, 0, 0, ?, 0) "
-        "ON CONFLICT (model_id, model_version) DO NOTHING",
-        (model_id, version, window),
-    )
+Pair = tuple[RecordedEvent, DomainEvent | None]
+_CHUNK = 500
 
 
-def _quality_handlers(window: int) -> dict[str, Handler]:
-    def completed(tx: SqlTransaction, e: RecordedEvent, t: InferenceCompleted) -> None:
-        _ensure_quality_row(tx, t.model_id, t.model_version, window)
-        tx.execute(
-            "UPDATE inference_quality SET predictions = predictions + 1, last_prediction_at = ? "
-            "WHERE model_id = ? AND model_version = ?",
-            (iso(e.created_at), t.model_id, t.model_version),
-        )
-        tx.execute(
-            "INSERT INTO inference_quality_predictions (inference_id, model_id, model_version, "
-            "prediction) VALUES (?, ?, ?, ?) ON CONFLICT (inference_id) DO UPDATE SET "
-            "model_id = excluded.model_id, model_version = excluded.model_version, "
-            "prediction = excluded.prediction",
-            (e.stream_id, t.model_id, t.model_version, to_json(t.prediction)),
-        )
+@dataclass
+class _Quality:
+    """One model version's row, loaded once per batch and written once."""
 
-    def feedback(tx: SqlTransaction, e: RecordedEvent, t: InferenceFeedback) -> None:
-        row = tx.execute(
-            "SELECT model_id, model_version, prediction FROM inference_quality_predictions "
-            "WHERE inference_id = ?",
-            (t.inference_id,),
-        ).fetchone()
-        if row is not None:
-            model_id, version, prediction = row[0], int(row[1]), json.loads(row[2] or "null")
+    predictions: int = 0
+    feedback: int = 0
+    window_size: int = 0
+    rolling_accuracy: float | None = None
+    rolling_mae: float | None = None
+    last_prediction_at: str | None = None
+    last_feedback_at: str | None = None
+    judged: list[tuple[int, int | None, float | None]] | None = None  # (seq, correct, error)
+    first_new_seq: int = 0
+
+
+def _mean(values: list[Any]) -> float | None:
+    known = [float(v) for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+class _Batch:
+    """A batch of predictions and feedback folded in memory over the rows it touches, then
+    written once: each quality row once, the prediction and window rows in bulk."""
+
+    def __init__(self, tx: SqlTransaction, window: int) -> None:
+        self.tx, self.window = tx, window
+        self.rows: dict[tuple[str, int], _Quality] = {}
+        self.predictions: dict[str, tuple[str, int, str | None]] = {}
+        self.stored: dict[str, tuple[str, int, str | None]] = {}
+
+    def row(self, key: tuple[str, int]) -> _Quality:
+        row = self.rows.get(key)
+        if row is None:
+            found = self.tx.execute(
+                "SELECT predictions, feedback, window_size, rolling_accuracy, rolling_mae, "
+                "last_prediction_at, last_feedback_at FROM inference_quality "
+                "WHERE model_id = ? AND model_version = ?",
+                key,
+            ).fetchone()
+            row = _Quality(*found) if found else _Quality(window_size=self.window)
+            self.rows[key] = row
+        return row
+
+    def judged(self, key: tuple[str, int], row: _Quality) -> list[tuple[int, Any, Any]]:
+        if row.judged is None:
+            row.judged = [
+                (int(seq), correct, error)
+                for seq, correct, error in self.tx.execute(
+                    "SELECT seq, correct, abs_error FROM inference_quality_window "
+                    "WHERE model_id = ? AND model_version = ? ORDER BY seq",
+                    key,
+                ).fetchall()
+            ]
+            row.first_new_seq = row.feedback + 1
+        return row.judged
+
+    def load_predictions(self, inference_ids: list[str]) -> None:
+        for start in range(0, len(inference_ids), _CHUNK):
+            chunk = inference_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for inference_id, model_id, version, prediction in self.tx.execute(
+                "SELECT inference_id, model_id, model_version, prediction FROM "
+                f"inference_quality_predictions WHERE inference_id IN ({marks})",
+                chunk,
+            ).fetchall():
+                self.stored[inference_id] = (model_id, int(version), prediction)
+
+    def completed(self, e: RecordedEvent, t: InferenceCompleted) -> None:
+        row = self.row((t.model_id, t.model_version))
+        row.predictions += 1
+        row.last_prediction_at = iso(e.created_at)
+        self.predictions[e.stream_id] = (t.model_id, t.model_version, to_json(t.prediction))
+
+    def feedback(self, e: RecordedEvent, t: InferenceFeedback) -> None:
+        seen = self.predictions.get(t.inference_id) or self.stored.get(t.inference_id)
+        if seen is not None:
+            model_id, version, prediction = seen[0], seen[1], json.loads(seen[2] or "null")
         elif t.model_id is not None and t.model_version is not None:
             model_id, version, prediction = t.model_id, t.model_version, None
         else:
@@ -110,41 +158,75 @@ def _quality_handlers(window: int) -> dict[str, Handler]:
         abs_error = None
         if predicted is not None and actual is not None:
             abs_error = abs(predicted - actual)
-        _ensure_quality_row(tx, model_id, version, window)
-        tx.execute(
-            "UPDATE inference_quality SET feedback = feedback + 1, last_feedback_at = ? "
-            "WHERE model_id = ? AND model_version = ?",
-            (iso(e.created_at), model_id, version),
-        )
-        seq = int(
-            tx.execute(
-                "SELECT feedback FROM inference_quality WHERE model_id = ? AND model_version = ?",
-                (model_id, version),
-            ).fetchone()[0]
-        )
-        tx.execute(
-            "INSERT INTO inference_quality_window (model_id, model_version, seq, correct, "
-            "abs_error) VALUES (?, ?, ?, ?, ?)",
-            (model_id, version, seq, None if t.correct is None else int(t.correct), abs_error),
-        )
-        tx.execute(
-            "DELETE FROM inference_quality_window WHERE model_id = ? AND model_version = ? "
-            "AND seq <= ?",
-            (model_id, version, seq - window),
-        )
-        count, accuracy, mae = tx.execute(
-            "SELECT count(*), avg(CAST(correct AS DOUBLE PRECISION)), "
-            "avg(CAST(abs_error AS DOUBLE PRECISION)) FROM inference_quality_window "
-            "WHERE model_id = ? AND model_version = ?",
-            (model_id, version),
-        ).fetchone()
-        tx.execute(
-            "UPDATE inference_quality SET window_count = ?, rolling_accuracy = ?, "
-            "rolling_mae = ? WHERE model_id = ? AND model_version = ?",
-            (int(count), accuracy, mae, model_id, version),
-        )
+        key = (model_id, version)
+        row = self.row(key)
+        judged = self.judged(key, row)
+        row.feedback += 1
+        row.last_feedback_at = iso(e.created_at)
+        judged.append((row.feedback, None if t.correct is None else int(t.correct), abs_error))
+        del judged[: max(0, len(judged) - self.window)]
+        row.rolling_accuracy = _mean([correct for _, correct, _ in judged])
+        row.rolling_mae = _mean([error for _, _, error in judged])
 
-    return dict((on(InferenceCompleted, completed), on(InferenceFeedback, feedback)))
+    def write(self) -> None:
+        tx = self.tx
+        if self.predictions:
+            tx.executemany(
+                "INSERT INTO inference_quality_predictions (inference_id, model_id, "
+                "model_version, prediction) VALUES (?, ?, ?, ?) ON CONFLICT (inference_id) DO "
+                "UPDATE SET model_id = excluded.model_id, model_version = excluded.model_version, "
+                "prediction = excluded.prediction",
+                [(inference_id, *seen) for inference_id, seen in self.predictions.items()],
+            )
+        for (model_id, version), row in self.rows.items():
+            window_count = len(row.judged) if row.judged is not None else None
+            tx.execute(
+                "INSERT INTO inference_quality (model_id, model_version, predictions, feedback, "
+                "window_size, window_count, rolling_accuracy, rolling_mae, last_prediction_at, "
+                "last_feedback_at) VALUES (?, ?, ?, ?, ?, coalesce(?, 0), ?, ?, ?, ?) "
+                "ON CONFLICT (model_id, model_version) DO UPDATE SET "
+                "predictions = excluded.predictions, feedback = excluded.feedback, "
+                "window_count = coalesce(?, inference_quality.window_count), "
+                "rolling_accuracy = excluded.rolling_accuracy, "
+                "rolling_mae = excluded.rolling_mae, "
+                "last_prediction_at = excluded.last_prediction_at, "
+                "last_feedback_at = excluded.last_feedback_at",
+                (
+                    model_id, version, row.predictions, row.feedback, row.window_size,
+                    window_count, row.rolling_accuracy, row.rolling_mae, row.last_prediction_at,
+                    row.last_feedback_at, window_count,
+                ),
+            )
+            if row.judged is None:
+                continue
+            tx.execute(
+                "DELETE FROM inference_quality_window WHERE model_id = ? AND model_version = ? "
+                "AND seq <= ?",
+                (model_id, version, row.feedback - self.window),
+            )
+            tx.executemany(
+                "INSERT INTO inference_quality_window (model_id, model_version, seq, correct, "
+                "abs_error) VALUES (?, ?, ?, ?, ?)",
+                [(model_id, version, *j) for j in row.judged if j[0] >= row.first_new_seq],
+            )
+
+
+def _apply(tx: SqlTransaction, pairs: Sequence[Pair], window: int) -> None:
+    batch = _Batch(tx, window)
+    batch.load_predictions(
+        sorted({t.inference_id for _, t in pairs if isinstance(t, InferenceFeedback)})
+    )
+    for e, t in pairs:
+        if isinstance(t, InferenceCompleted):
+            batch.completed(e, t)
+        elif isinstance(t, InferenceFeedback):
+            batch.feedback(e, t)
+        else:
+            raise ProjectionError(
+                f"event {e.id} ({e.event_type}) did not parse as an inference event; is the "
+                "event type registered in the store's registry?"
+            )
+    batch.write()
 
 
 def inference_quality_projection(window: int = DEFAULT_INFERENCE_WINDOW) -> Projection:
@@ -158,7 +240,11 @@ def inference_quality_projection(window: int = DEFAULT_INFERENCE_WINDOW) -> Proj
         version=f"1/window={window}",
         ddl=_quality_ddl(),
         tables=("inference_quality", "inference_quality_predictions", "inference_quality_window"),
-        handlers=_quality_handlers(window),
+        handlers=dict.fromkeys(
+            (InferenceCompleted.event_type, InferenceFeedback.event_type),
+            lambda tx, e, t: _apply(tx, [(e, t)], window),
+        ),
+        batch=lambda tx, pairs: _apply(tx, pairs, window),
         description=f"per model version: predictions, feedback, rolling quality (last {window})",
     )
 
