@@ -301,3 +301,27 @@ def test_a_page_at_once_gives_what_one_event_at_a_time_gives(
     for projection in builtin_projections():
         runner.rebuild(projection.name, batch_size=1)
     assert read_all_models(store) == paged
+
+
+def test_serving_answers_from_the_read_model_as_fresh_as_the_log(make_store: MakeStore) -> None:
+    """serving.current_deployment catches the deployments read model up on every question,
+    so a deployment or retirement just appended is already the answer."""
+    from event_sourcing.catalog import ModelDeployed, ModelRetired
+    from event_sourcing.serving import current_deployment as serving_now
+    from event_sourcing.serving import deployments
+
+    store = make_store()
+    assert serving_now(store) is None
+    [first] = store.append("d", [ModelDeployed(model_id="m1", model_name="clf", version=1)])
+    now = serving_now(store)
+    assert now is not None and (now.model_id, now.deployed_event.id) == ("m1", first.id)
+    store.append("d", [ModelDeployed(model_id="m2", model_name="clf", version=2)])
+    store.append("d", [ModelDeployed(model_id="s1", model_name="clf", version=1,
+                                     environment="staging")])
+    assert {k: d.model_id for k, d in deployments(store).items()} == {
+        ("production", "clf"): "m2", ("staging", "clf"): "s1"
+    }
+    store.append("d", [ModelRetired(model_id="m2", model_name="clf", version=2)])
+    assert serving_now(store) is None
+    staging = serving_now(store, "staging", "clf")
+    assert staging is not None and staging.model_id == "s1"

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import traceback as traceback_module
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ __all__ = [
     "RunStats",
     "apply_event",
     "apply_page",
+    "catch_up",
     "iso",
     "on",
     "table_exists",
@@ -608,3 +610,18 @@ class ProjectionRunner:
                     self._park(tx, projection, event, outcome)
                     stats.failed += 1
         return stats
+
+
+_RUNNERS: weakref.WeakKeyDictionary[EventStore, dict[str, ProjectionRunner]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def catch_up(store: EventStore, projection: Projection) -> None:
+    """Bring one read model up to the head of the log before it is read, for queries that
+    must be as fresh as the log (one short batch when nothing new arrived)."""
+    runners = _RUNNERS.setdefault(store, {})
+    runner = runners.get(projection.name)
+    if runner is None:
+        runner = runners[projection.name] = ProjectionRunner(store, [projection])
+    runner.run()

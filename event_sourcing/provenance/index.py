@@ -7,7 +7,6 @@ A query walks the edges from its root, then folds only the events of the nodes i
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
@@ -20,7 +19,8 @@ from event_sourcing.catalog import (
     TrainingStarted,
 )
 from event_sourcing.events import RecordedEvent
-from event_sourcing.projections.runner import Projection, ProjectionRunner
+from event_sourcing.projections.runner import Projection
+from event_sourcing.projections.runner import catch_up as catch_up_projection
 from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
@@ -177,15 +177,9 @@ def provenance_index_projection() -> Projection:
     )
 
 
-_RUNNERS: weakref.WeakKeyDictionary[EventStore, ProjectionRunner] = weakref.WeakKeyDictionary()
-
-
 def catch_up(store: EventStore) -> None:
     """Bring the store's provenance index up to the head of its log."""
-    runner = _RUNNERS.get(store)
-    if runner is None:
-        runner = _RUNNERS[store] = ProjectionRunner(store, [provenance_index_projection()])
-    runner.run()
+    catch_up_projection(store, provenance_index_projection())
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -32,6 +32,9 @@ _DEPLOYMENTS_DDL = (
         replaced_by_model_id TEXT,
         position             BIGINT NOT NULL
     )""",
+    # What serves now: deploying closes these, serving reads them.
+    "CREATE INDEX IF NOT EXISTS deployments_open ON deployments (environment, model_name) "
+    "WHERE retired_at IS NULL",
 )
 
 
