@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-_PAGE = 1000  # events applied per savepoint
+_PAGE = 200  # events read per query, applied per savepoint
 
 
 class ReadModelSnapshot:
@@ -109,7 +109,19 @@ def _events(
         raise EventValidationError(
             f"as-of must be a timezone-aware datetime or a position >= 0, got {at!r}"
         )
-    return itertools.takewhile(lambda e: e.position <= at, store.read_all(event_types=types))
+    return _up_to(store, types, at)
+
+
+def _up_to(store: EventStore, types: list[str], at: int) -> Iterator[RecordedEvent]:
+    """The events of `types` at or below position `at`, read in short pages so that what
+    lies beyond `at` is never read (the cost is that of the events before it)."""
+    after = 0
+    while True:
+        page = list(store.read_all(after=after, event_types=types, limit=_PAGE))
+        yield from itertools.takewhile(lambda e: e.position <= at, page)
+        if len(page) < _PAGE or page[-1].position >= at:
+            return
+        after = page[-1].position
 
 
 def as_of(
