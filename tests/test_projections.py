@@ -313,3 +313,29 @@ def test_log_counts_count_only_what_is_new(raw: es.EventStore) -> None:
         assert tx.execute("SELECT position FROM event_counts_through").fetchone()[0] == (
             raw.head_position()
         )
+
+
+def test_a_caught_up_runner_writes_nothing(tmp_path: Any) -> None:
+    """Catching up when nothing is new (every serving or provenance question does) opens no
+    write transaction: it goes through while another connection holds SQLite's write lock,
+    on a store that waits for no lock (busy timeout 0)."""
+    import sqlite3
+
+    from event_sourcing.stores.sqlite import SQLiteRecorder
+
+    path = str(tmp_path / "events.db")
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        ticks(store, range(10))
+        ProjectionRunner(store, [counter_projection()]).run()
+    impatient = es.EventStore(SQLiteRecorder(path, busy_timeout_ms=0), validate=False)
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        stats = ProjectionRunner(impatient, [counter_projection()]).run()["counter"]
+        assert (stats.read, stats.checkpoint) == (0, impatient.head_position())
+        with impatient.transaction(read_only=True) as tx:
+            assert tx.execute("SELECT n, total FROM counter_totals").fetchone() == (10, 45)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        impatient.close()

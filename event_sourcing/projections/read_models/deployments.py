@@ -72,7 +72,8 @@ def deployments_projection() -> Projection:
     NULL). Deploying a model closes the open deployment of the same name in that environment."""
     return Projection(
         name="deployments",
-        version=1,
+        # 2: the index of open deployments.
+        version=2,
         ddl=_DEPLOYMENTS_DDL,
         tables=("deployments",),
         handlers=dict((on(ModelDeployed, _deployed), on(ModelRetired, _retired))),
