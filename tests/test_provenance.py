@@ -379,3 +379,20 @@ def test_provenance_reads_the_index_not_the_log(history: History) -> None:
     assert runner.lag(PROVENANCE_INDEX) == 0
     with store.transaction(read_only=True) as tx:
         assert tx.execute("SELECT count(*) FROM provenance_edges").fetchone()[0] > 0
+
+
+def test_provenance_and_serving_on_a_single_connection(pg_schema_url: str) -> None:
+    """Nothing here holds a connection while asking for another: a store with a pool of one
+    connection answers lineage, impact, explain and serving, and catches projections up."""
+    from event_sourcing.projections import ProjectionRunner, builtin_projections
+    from event_sourcing.serving import current_deployment as serving_now
+
+    with es.connect(pg_schema_url, clock=SteppingClock(), pool_size=1) as store:
+        events = build_ml_history(store)
+        assert lineage(store, "m1").root == "model:m1"
+        assert impact(store, RAW).root == f"dataset:{RAW}"
+        assert explain(store, events["inference_2"].stream_id).root.startswith("inference:")
+        now = serving_now(store, "production", "wine-clf")
+        assert now is not None and now.model_id == "m2"
+        stats = ProjectionRunner(store, builtin_projections()).run()
+        assert all(s.parked == 0 for s in stats.values())

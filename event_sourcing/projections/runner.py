@@ -216,13 +216,23 @@ class ProjectionRunner:
         return results
 
     def _batch(self, projection: Projection, batch_size: int, stats: RunStats) -> bool:
-        """Apply one batch in one transaction; True if a full batch was read (more may wait)."""
+        """Apply one batch in one transaction; True if a full batch was read (more may wait).
+
+        The events are read before the transaction (which stays short, and needs no second
+        connection); it then claims the checkpoint and applies them only if no other runner
+        moved the checkpoint meanwhile (otherwise it reads again)."""
         # Every position up to this head is visible now (positions become visible in order),
         # so once a filtered read comes back short, the checkpoint may move up to it.
         head = self.store.head_position()
-        registry = self.store.registry
-        if self._caught_up(projection, head, stats):
+        checkpoint = self._checkpoint_of(projection)
+        if checkpoint >= head:
+            stats.checkpoint = checkpoint
             return False  # nothing to do: no write transaction (no fsync, no lock)
+        events = list(
+            self.store.read_all(
+                after=max(checkpoint, 0), event_types=projection.event_types, limit=batch_size
+            )
+        )
         with self.store.transaction() as tx:
             # Claiming the row (a no-op update) serializes runners of one projection.
             row = tx.execute(
@@ -235,13 +245,9 @@ class ProjectionRunner:
                     f"projection {projection.name!r} lost its checkpoint row (rebuilt or dropped "
                     "by another process?); run it again"
                 )
-            checkpoint = int(row[0])
-            events = list(
-                self.store.read_all(
-                    after=checkpoint, event_types=projection.event_types, limit=batch_size
-                )
-            )
-            failed = apply_page(tx, projection, events, registry, self.max_attempts)
+            if int(row[0]) != checkpoint:
+                return True  # another runner applied a batch meanwhile: read from its checkpoint
+            failed = apply_page(tx, projection, events, self.store.registry, self.max_attempts)
             for event, outcome in failed:
                 self._park(tx, projection, event, outcome)
             parked = len(failed)
@@ -261,15 +267,13 @@ class ProjectionRunner:
         stats.checkpoint = position
         return full
 
-    def _caught_up(self, projection: Projection, head: int, stats: RunStats) -> bool:
+    def _checkpoint_of(self, projection: Projection) -> int:
+        """The checkpoint as last committed (-1 if the row is gone: the claim then says so)."""
         with self.store.transaction(read_only=True) as tx:
             row = tx.execute(
                 "SELECT position FROM projection_checkpoints WHERE name = ?", (projection.name,)
             ).fetchone()
-        if row is None or int(row[0]) < head:
-            return False
-        stats.checkpoint = int(row[0])
-        return True
+        return -1 if row is None else int(row[0])
 
     def _park(
         self,

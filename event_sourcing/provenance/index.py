@@ -216,11 +216,8 @@ def neighbours(tx: SqlTransaction, node: str, relation: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def events_of(
-    store: EventStore, tx: SqlTransaction, nodes: Iterable[str], until: datetime | None = None
-) -> list[tuple[RecordedEvent, DomainEvent]]:
-    """The events recording any of `nodes`, in position order, parsed (created at or before
-    `until`, if given)."""
+def event_ids(tx: SqlTransaction, nodes: Iterable[str]) -> list[str]:
+    """The ids of the events recording any of `nodes`, in position order."""
     wanted = sorted(set(nodes))
     ids: dict[int, str] = {}
     for chunk in _chunks(wanted):
@@ -230,9 +227,16 @@ def events_of(
             chunk,
         ).fetchall():
             ids[int(position)] = event_id
+    return [ids[position] for position in sorted(ids)]
+
+
+def read_events(
+    store: EventStore, ids: Sequence[str], until: datetime | None = None
+) -> list[tuple[RecordedEvent, DomainEvent]]:
+    """The events of `ids` in position order, parsed (created at or before `until`, if
+    given). Read outside the index's transaction: a store may have a single connection."""
     events: list[RecordedEvent] = []
-    ordered = [ids[position] for position in sorted(ids)]
-    for chunk in _chunks(ordered):
+    for chunk in _chunks(ids):
         events.extend(store.recorder.read_ids(chunk))
     events.sort(key=lambda event: event.position)
     registry = store.registry

@@ -40,13 +40,13 @@ from event_sourcing.provenance.graph import Edge, LineageGraph, Node
 from event_sourcing.provenance.index import (
     catch_up,
     datasets_with_prefix,
-    events_of,
+    event_ids,
     is_node,
     models_named,
     neighbours,
     reachable,
+    read_events,
 )
-from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
 __all__ = ["PROVENANCE_EVENT_TYPES", "ProvenanceError", "build_graph", "explain", "impact",
@@ -361,21 +361,26 @@ def _model_node(graph: LineageGraph, model: str) -> Node:
     )
 
 
-def _find_model(store: EventStore, tx: SqlTransaction, model: str) -> str:
-    if is_node(tx, f"model:{model}"):
-        return f"model:{model}"
-    name, _, version = model.rpartition("@")
-    candidates = models_named(tx, name if name and version.isdigit() else model)
-    return _model_node(_fold(events_of(store, tx, candidates)), model).id
+def _find_model(store: EventStore, model: str) -> str:
+    with store.transaction(read_only=True) as tx:
+        if is_node(tx, f"model:{model}"):
+            return f"model:{model}"
+        name, _, version = model.rpartition("@")
+        ids = event_ids(tx, models_named(tx, name if name and version.isdigit() else model))
+    return _model_node(_fold(read_events(store, ids)), model).id
+
+
+def _reached(store: EventStore, root: str, downstream: bool) -> list[str]:
+    with store.transaction(read_only=True) as tx:
+        return event_ids(tx, reachable(tx, [root], downstream))
 
 
 def lineage(store: EventStore, model: str) -> LineageGraph:
     """Upstream of a model: training run, feature versions, dataset versions, ingestion
     batches. `model` is a model id, `name@version`, or a name (its latest version)."""
     catch_up(store)
-    with store.transaction(read_only=True) as tx:
-        root = _find_model(store, tx, model)
-        graph = _fold(events_of(store, tx, reachable(tx, [root], downstream=False)))
+    root = _find_model(store, model)
+    graph = _fold(read_events(store, _reached(store, root, downstream=False)))
     return _subgraph(graph, root, "upstream")
 
 
@@ -393,7 +398,7 @@ def impact(store: EventStore, dataset_version: str) -> LineageGraph:
                 "give the dataset's content sha256 (data_ingested.dataset_version) or 6+ "
                 "leading characters of it",
             ).id
-        graph = _fold(events_of(store, tx, reachable(tx, [root], downstream=True)))
+    graph = _fold(read_events(store, _reached(store, root, downstream=True)))
     return _subgraph(graph, root, "downstream")
 
 
@@ -459,7 +464,8 @@ def explain(store: EventStore, inference: str) -> LineageGraph:
     with store.transaction(read_only=True) as tx:
         root = f"model:{model_id}"
         nodes = reachable(tx, [root], downstream=False) | set(neighbours(tx, root, "deployed"))
-        graph = _fold(events_of(store, tx, nodes, until=completed_at))
+        ids = event_ids(tx, nodes)
+    graph = _fold(read_events(store, ids, until=completed_at))
     model = graph.nodes.get(f"model:{model_id}")
     if model is None:
         raise ProvenanceError(
