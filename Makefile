@@ -10,7 +10,7 @@ PORT ?= 3000
 DAGSTER_HOME_DIR ?= dagster_home
 DAGSTER_YAML ?= dagster.sqlite.yaml
 
-.PHONY: run demo batch test lint bench schema clean
+.PHONY: run demo batch test lint bench bench-scale schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_store.py
+
+# Reads, projections and provenance at 100k and 1M events (EVENTS=... for another size).
+EVENTS ?= 1000000
+bench-scale: $(STAMP)
+	$(PY) bench/bench_scale.py --events $(EVENTS)
 
 schema: $(STAMP)
 	$(VENV)/bin/mlevents schema --markdown docs/event-catalog.md --json-dir docs/schemas

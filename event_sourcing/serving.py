@@ -2,9 +2,9 @@
 
 Predictions (and feedback, when labels are known) are logged through training.inference.
 
-The deployed model is found by folding model_deployed / model_retired events, so it is always
-as fresh as the log (no read model needs to be caught up first). The model itself comes from
-the artifact named by its model_created event, hash-checked on load.
+The deployed model is found in the deployments read model, caught up with the log on every
+question, so it is always as fresh as the log. The model itself comes from the artifact named
+by its model_created event, hash-checked on load.
 """
 
 from __future__ import annotations
@@ -79,23 +79,30 @@ class Deployment:
 
 
 def deployments(store: EventStore) -> dict[tuple[str, str], Deployment]:
-    """What serves now, by (environment, model name): model_deployed minus model_retired."""
-    serving: dict[tuple[str, str], Deployment] = {}
-    types = [EventTypes.MODEL_DEPLOYED, EventTypes.MODEL_RETIRED]
-    for event in store.read_all(event_types=types):
-        payload = event.payload
-        key = (str(payload.get("environment") or DEFAULT_ENVIRONMENT), str(payload["model_name"]))
-        if event.event_type == EventTypes.MODEL_DEPLOYED:
-            serving[key] = Deployment(
-                model_id=str(payload["model_id"]),
-                model_name=key[1],
-                version=int(payload["version"]),
-                environment=key[0],
-                deployed_event=event,
+    """What serves now, by (environment, model name): the open rows of the deployments read
+    model, caught up with the log first (so always as fresh as the log)."""
+    from event_sourcing.projections import deployments_projection, list_deployments
+    from event_sourcing.projections.runner import catch_up
+
+    catch_up(store, deployments_projection())
+    serving = {  # in position order: the latest deployment of a name wins
+        (row["environment"], row["model_name"]): row
+        for row in list_deployments(store, active_only=True)
+    }
+    found = {}
+    for key, row in serving.items():
+        event = store.get_event(row["deployment_id"])
+        if event is None:
+            raise ServingError(
+                f"deployment {row['deployment_id']} of the read model is not in the log; "
+                "is the read model from another store? Rebuild it (`mlevents project --rebuild "
+                "deployments`)"
             )
-        elif key in serving and serving[key].model_id == payload["model_id"]:
-            del serving[key]
-    return serving
+        found[key] = Deployment(
+            model_id=row["model_id"], model_name=row["model_name"], version=int(row["version"]),
+            environment=row["environment"], deployed_event=event,
+        )
+    return found
 
 
 def current_deployment(

@@ -286,3 +286,56 @@ def test_killed_runner_resumes_without_loss_or_duplication(store_url: str) -> No
         assert totals(store) == (3000, total)
     finally:
         store.close()
+
+
+def test_log_counts_count_only_what_is_new(raw: es.EventStore) -> None:
+    """`mlevents status` counts: kept beside the log, each call counts the events after the
+    position the previous one reached, and always equals a count of the whole log."""
+    from event_sourcing.projections.counts import log_counts
+
+    def streams() -> int:
+        with raw.transaction(read_only=True) as tx:
+            return int(tx.execute("SELECT count(*) FROM streams").fetchone()[0])
+
+    empty = log_counts(raw)
+    assert (empty.position, empty.streams, empty.by_type) == (0, 0, {})
+    ticks(raw, range(10), noise_every=3)
+    first = log_counts(raw)
+    assert first.by_type == raw.counts_by_type() and first.streams == streams() == 1
+    assert first.position == raw.head_position()
+    ticks(raw, range(5), stream="other")
+    raw.append("third", [es.NewEvent("noise", {})])
+    second = log_counts(raw)
+    assert second.by_type == raw.counts_by_type() == {"noise": 5, "tick": 15}
+    assert second.streams == streams() == 3 and second.position == raw.head_position()
+    with raw.transaction(read_only=True) as tx:
+        # What was counted is kept: the next call starts from the head it reached.
+        assert tx.execute("SELECT position FROM event_counts_through").fetchone()[0] == (
+            raw.head_position()
+        )
+
+
+def test_a_caught_up_runner_writes_nothing(tmp_path: Any) -> None:
+    """Catching up when nothing is new (every serving or provenance question does) opens no
+    write transaction: it goes through while another connection holds SQLite's write lock,
+    on a store that waits for no lock (busy timeout 0)."""
+    import sqlite3
+
+    from event_sourcing.stores.sqlite import SQLiteRecorder
+
+    path = str(tmp_path / "events.db")
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        ticks(store, range(10))
+        ProjectionRunner(store, [counter_projection()]).run()
+    impatient = es.EventStore(SQLiteRecorder(path, busy_timeout_ms=0), validate=False)
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        stats = ProjectionRunner(impatient, [counter_projection()]).run()["counter"]
+        assert (stats.read, stats.checkpoint) == (0, impatient.head_position())
+        with impatient.transaction(read_only=True) as tx:
+            assert tx.execute("SELECT n, total FROM counter_totals").fetchone() == (10, 45)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        impatient.close()

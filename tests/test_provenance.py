@@ -25,10 +25,12 @@ from event_sourcing.provenance import (
     LineageGraph,
     Node,
     ProvenanceError,
+    build_graph,
     explain,
     impact,
     lineage,
 )
+from event_sourcing.provenance.lineage import _subgraph
 from event_sourcing.training import TrainingService, log_prediction
 
 MakeStore = Callable[..., es.EventStore]
@@ -348,3 +350,49 @@ def test_cli_project_and_read_models(history: History, store_url: str, mlevents:
     assert status == 0 and len(out.splitlines()) == 5
     status, _, err = mlevents("models", store_url, "--as-of", "2025-01-01T00:00:00")
     assert status == 2 and "has no timezone" in err
+
+
+def test_indexed_answers_are_the_whole_log_answers(history: History) -> None:
+    """Lineage and impact fold only the events the provenance index finds for them; the
+    result is what walking the graph of the whole log gives, for every model and dataset."""
+    store, _ = history
+    whole = build_graph(store)
+    models = [node.id for node in whole.of_kind("model")]
+    datasets = [node.id for node in whole.of_kind("dataset_version")]
+    assert models and datasets
+    for model in models:
+        expected = _subgraph(whole, model, "upstream").to_dict()
+        assert lineage(store, model.removeprefix("model:")).to_dict() == expected
+    for dataset in datasets:
+        expected = _subgraph(whole, dataset, "downstream").to_dict()
+        assert impact(store, dataset.removeprefix("dataset:")).to_dict() == expected
+
+
+def test_provenance_reads_the_index_not_the_log(history: History) -> None:
+    """The index is a projection: caught up on demand, then only new events are read."""
+    from event_sourcing.projections import ProjectionRunner
+    from event_sourcing.provenance.index import PROVENANCE_INDEX, provenance_index_projection
+
+    store, _ = history
+    lineage(store, "m1")
+    runner = ProjectionRunner(store, [provenance_index_projection()])
+    assert runner.lag(PROVENANCE_INDEX) == 0
+    with store.transaction(read_only=True) as tx:
+        assert tx.execute("SELECT count(*) FROM provenance_edges").fetchone()[0] > 0
+
+
+def test_provenance_and_serving_on_a_single_connection(pg_schema_url: str) -> None:
+    """Nothing here holds a connection while asking for another: a store with a pool of one
+    connection answers lineage, impact, explain and serving, and catches projections up."""
+    from event_sourcing.projections import ProjectionRunner, builtin_projections
+    from event_sourcing.serving import current_deployment as serving_now
+
+    with es.connect(pg_schema_url, clock=SteppingClock(), pool_size=1) as store:
+        events = build_ml_history(store)
+        assert lineage(store, "m1").root == "model:m1"
+        assert impact(store, RAW).root == f"dataset:{RAW}"
+        assert explain(store, events["inference_2"].stream_id).root.startswith("inference:")
+        now = serving_now(store, "production", "wine-clf")
+        assert now is not None and now.model_id == "m2"
+        stats = ProjectionRunner(store, builtin_projections()).run()
+        assert all(s.parked == 0 for s in stats.values())

@@ -67,3 +67,51 @@ def test_sqlite_read_at_head_is_an_index_seek(tmp_path: Path, types: list[str] |
     finally:
         connection.close()
     assert plan and all(step.startswith("SEARCH") for step in plan), plan
+
+
+# Each page query the store runs, as (after, types); a reset cursor with a type filter is the
+# shape whose generic plan walks the position index and filters every row.
+PAGE_SHAPES: list[tuple[str, list[str] | None]] = [
+    ("head", None), ("head", ["rare"]), ("reset", None), ("reset", ["rare"]),
+    ("reset", ["rare", "never_written"]), ("reset", ["never_written"]),
+]
+
+
+def fill_skewed(store: es.EventStore) -> int:
+    """Like an ML log: one common type (training progress), one rare (deployments)."""
+    for batch in range(EVENTS // 100):
+        store.append(
+            f"run-{batch}",
+            [es.NewEvent("rare" if i == 0 else "tick", {"i": i, "pad": "x" * 200})
+             for i in range(100)],
+        )
+    return store.head_position()
+
+
+def test_postgres_page_queries_keep_custom_plans_on_a_long_lived_connection(
+    pg_schema_url: str,
+) -> None:
+    """psycopg prepares a statement run five times on one connection, and PostgreSQL may then
+    switch it to a generic plan. Run every page query shape ten times on ONE connection (the
+    way a daemon's long-lived store does), then ask that connection which plans it used."""
+    base, _, schema = pg_schema_url.partition("?schema=")
+    with es.connect(pg_schema_url, validate=False) as store:
+        head = fill_skewed(store)
+    with psycopg.connect(base, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute("ANALYZE event_store")  # as autovacuum would have, on a live store
+    recorder = postgres.PostgresRecorder(base, schema=schema, pool_size=1)
+    try:
+        for where, types in PAGE_SHAPES:
+            after = head if where == "head" else 0
+            for _ in range(10):
+                recorder.read_page(after, types, None, 100)
+        with recorder._pool.connection() as connection:
+            # PostgreSQL counts, per prepared statement of this session, the plans it ran.
+            plans = connection.execute(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE '%FROM event_store WHERE position >%'"
+            ).fetchall()
+    finally:
+        recorder.close()
+    generic = [(statement, count) for statement, count, _ in plans if count]
+    assert generic == [], f"page queries ran generic plans: {generic}"

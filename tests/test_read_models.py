@@ -262,3 +262,66 @@ def test_queries_before_the_projections_ran_say_what_to_do(make_store: MakeStore
     with pytest.raises(ReadModelMissingError, match="mlevents project"):
         list_models(store)
     assert CLEAN  # the shared history's constants import cleanly
+
+
+def test_reading_a_read_model_does_not_hold_appends_back(tmp_path: Path) -> None:
+    """A read-only read-model transaction on SQLite takes no write lock: an append from
+    another connection, which waits for no lock at all (busy timeout 0), goes through."""
+    from event_sourcing.stores.sqlite import SQLiteRecorder
+
+    path = str(tmp_path / "events.db")
+    store = es.connect(f"sqlite:///{path}", clock=SteppingClock())
+    impatient = es.EventStore(SQLiteRecorder(path, busy_timeout_ms=0), validate=False)
+    try:
+        build_ml_history(store)
+        ProjectionRunner(store, builtin_projections()).run()
+        with store.transaction(read_only=True) as tx:
+            assert tx.execute("SELECT count(*) FROM deployments").fetchone()[0] > 0
+            impatient.append("while-reading", [es.NewEvent("noise", {})])
+        assert impatient.stream_version("while-reading") == 1
+    finally:
+        impatient.close()
+        store.close()
+
+
+def read_all_models(store: es.EventStore) -> dict[str, list[tuple[Any, ...]]]:
+    tables = [t for p in builtin_projections() for t in p.tables]
+    with store.transaction(read_only=True) as tx:
+        return {t: sorted(tx.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_a_page_at_once_gives_what_one_event_at_a_time_gives(
+    history: tuple[es.EventStore, dict[str, es.RecordedEvent]],
+) -> None:
+    """Catch-up applies a page per transaction and skips progress events a later one of the
+    same run overwrites; one event per batch must give the very same rows."""
+    store, _ = history
+    paged = read_all_models(store)
+    runner = ProjectionRunner(store, builtin_projections())
+    for projection in builtin_projections():
+        runner.rebuild(projection.name, batch_size=1)
+    assert read_all_models(store) == paged
+
+
+def test_serving_answers_from_the_read_model_as_fresh_as_the_log(make_store: MakeStore) -> None:
+    """serving.current_deployment catches the deployments read model up on every question,
+    so a deployment or retirement just appended is already the answer."""
+    from event_sourcing.catalog import ModelDeployed, ModelRetired
+    from event_sourcing.serving import current_deployment as serving_now
+    from event_sourcing.serving import deployments
+
+    store = make_store()
+    assert serving_now(store) is None
+    [first] = store.append("d", [ModelDeployed(model_id="m1", model_name="clf", version=1)])
+    now = serving_now(store)
+    assert now is not None and (now.model_id, now.deployed_event.id) == ("m1", first.id)
+    store.append("d", [ModelDeployed(model_id="m2", model_name="clf", version=2)])
+    store.append("d", [ModelDeployed(model_id="s1", model_name="clf", version=1,
+                                     environment="staging")])
+    assert {k: d.model_id for k, d in deployments(store).items()} == {
+        ("production", "clf"): "m2", ("staging", "clf"): "s1"
+    }
+    store.append("d", [ModelRetired(model_id="m2", model_name="clf", version=2)])
+    assert serving_now(store) is None
+    staging = serving_now(store, "staging", "clf")
+    assert staging is not None and staging.model_id == "s1"

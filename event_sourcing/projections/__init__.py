@@ -30,6 +30,7 @@ from event_sourcing.projections.runner import (
     ProjectionStatus,
     ReadModelMissingError,
     RunStats,
+    on,
 )
 from event_sourcing.projections.temporal import (
     ReadModelSnapshot,
@@ -67,6 +68,7 @@ __all__ = [
     "model_catalog_at",
     "model_catalog_projection",
     "model_provenance_projection",
+    "on",
     "query_read_model",
     "training_summaries_projection",
     "training_summary_at",

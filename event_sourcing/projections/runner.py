@@ -1,4 +1,4 @@
-"""Projections and their runner: checkpoints, exactly-once batches, dead letters, rebuild, lag.
+"""The projection runner: checkpoints, exactly-once batches, dead letters, rebuild, lag.
 
 A projection's read-model writes and its checkpoint commit in one transaction per batch.
 """
@@ -8,21 +8,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback as traceback_module
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from event_sourcing.catalog import DomainEvent, EventRegistry
-from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.identifiers import check_table_name, quote
+from event_sourcing.projections.projection import (
+    ApplyOutcome,
+    BatchHandler,
+    DeadLetter,
+    Handler,
+    Projection,
+    ProjectionError,
+    ReadModelMissingError,
+    apply_event,
+    apply_page,
+    iso,
+    on,
+    table_exists,
+)
 from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
 __all__ = [
     "ApplyOutcome",
+    "BatchHandler",
     "DeadLetter",
     "Handler",
     "Projection",
@@ -32,16 +43,16 @@ __all__ = [
     "ReadModelMissingError",
     "RunStats",
     "apply_event",
+    "apply_page",
+    "catch_up",
     "iso",
+    "on",
     "table_exists",
 ]
 
 log = logging.getLogger("event_sourcing.projections")
 
-Handler = Callable[[SqlTransaction, RecordedEvent, DomainEvent | None], None]
-"""A projection handler: (transaction, recorded envelope, typed upcast event or None)."""
-
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 2000
 DEFAULT_MAX_ATTEMPTS = 3
 _SETUP_LOCK = 0x6D6C7072  # advisory lock key ("mlpr"): serializes concurrent DDL on PostgreSQL
 
@@ -64,96 +75,6 @@ _RUNNER_DDL = (
         PRIMARY KEY (projection, event_id)
     )""",
 )
-
-
-class ProjectionError(EventStoreError):
-    """A projection is unknown, misdefined, or its read model cannot be used."""
-
-
-class ReadModelMissingError(ProjectionError, LookupError):
-    """A read-model table does not exist yet: the projection has never run on this store."""
-
-
-def iso(value: datetime | None) -> str | None:
-    """Fixed-width ISO 8601 UTC text: sorts as time on every backend, parses back with
-    datetime.fromisoformat."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="microseconds")  # years padded to 4
-
-
-def table_exists(tx: SqlTransaction, table: str) -> bool:
-    """Whether `table` exists where unqualified names resolve (store schema on PostgreSQL)."""
-    if tx.dialect == "postgresql":
-        row = tx.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
-    else:
-        row = tx.execute(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
-    return bool(row and row[0])
-
-
-@dataclass(frozen=True)
-class Projection:
-    """A named read model: DDL to create it, the tables to drop, handlers by event type.
-
-    `version` is recorded with the checkpoint; when it changes the runner rebuilds the read
-    model from position 0 (bump it whenever handler logic or tables change). DDL must be
-    portable (SQLite and PostgreSQL): TEXT for JSON and ISO-8601 times, `?` placeholders.
-    Subclass and override `setup`/`drop` for anything DDL statements cannot express.
-    """
-
-    name: str
-    handlers: Mapping[str, Handler]
-    ddl: Sequence[str] = ()
-    tables: Sequence[str] = ()
-    version: int | str = 1
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").isalnum():
-            raise ProjectionError(
-                f"projection name {self.name!r} must be letters, digits and underscores"
-            )
-        if not self.handlers:
-            raise ProjectionError(f"projection {self.name!r} has no handlers")
-        if isinstance(self.tables, str):
-            raise ProjectionError(
-                f"projection {self.name!r}: tables must be a list of names, not one string"
-            )
-        for table in self.tables:
-            check_table_name(table, f"projection {self.name!r}: table name", ProjectionError)
-
-    @property
-    def event_types(self) -> list[str]:
-        return sorted(self.handlers)
-
-    def setup(self, tx: SqlTransaction) -> None:
-        """Create the read model's tables (idempotent)."""
-        for statement in self.ddl:
-            tx.execute(statement)
-
-    def drop(self, tx: SqlTransaction) -> None:
-        """Drop the read model's tables."""
-        for table in self.tables:
-            tx.execute(f"DROP TABLE IF EXISTS {quote(table)}")
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An event a projection's handler kept failing on, parked so the projection moved on."""
-
-    projection: str
-    event_id: str
-    position: int
-    event_type: str
-    error: str
-    traceback: str
-    attempts: int
-    parked_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -187,49 +108,6 @@ class ProjectionStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class ApplyOutcome:
-    """How applying one event went: `error` is None on success."""
-
-    error: BaseException | None = None
-    attempts: int = 0
-    trace: str = ""
-
-
-def apply_event(
-    tx: SqlTransaction,
-    projection: Projection,
-    event: RecordedEvent,
-    registry: EventRegistry,
-    max_attempts: int,
-) -> ApplyOutcome:
-    """Run the handler of `event` inside a SAVEPOINT, up to `max_attempts` times.
-
-    Each failed attempt is rolled back to the savepoint, so a handler's partial writes never
-    survive. Returns the last error (None on success) with the attempt count.
-    """
-    handler = projection.handlers.get(event.event_type)
-    outcome = ApplyOutcome()
-    if handler is None:
-        return outcome
-    for attempt in range(1, max_attempts + 1):
-        outcome.attempts = attempt
-        tx.execute("SAVEPOINT projection_event")
-        try:
-            typed = registry.parse(event) if registry.is_registered(event.event_type) else None
-            handler(tx, event, typed)
-        except Exception as exc:  # a handler bug or bad event: retry, then park
-            tx.execute("ROLLBACK TO SAVEPOINT projection_event")
-            tx.execute("RELEASE SAVEPOINT projection_event")
-            outcome.error = exc
-            outcome.trace = "".join(traceback_module.format_exception(exc))
-            continue
-        tx.execute("RELEASE SAVEPOINT projection_event")
-        outcome.error = None
-        return outcome
-    return outcome
 
 
 class ProjectionRunner:
@@ -274,8 +152,7 @@ class ProjectionRunner:
         return iso(self.store.clock()) or ""
 
     def _lock_ddl(self, tx: SqlTransaction) -> None:
-        if tx.dialect == "postgresql":  # CREATE TABLE IF NOT EXISTS races between sessions
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (_SETUP_LOCK,))
+        tx.lock(_SETUP_LOCK)  # CREATE TABLE IF NOT EXISTS races between sessions
         for statement in _RUNNER_DDL:
             tx.execute(statement)
 
@@ -293,6 +170,16 @@ class ProjectionRunner:
     def _ensure(self, projection: Projection) -> bool:
         """Create tables and the checkpoint row; rebuild if the version changed. True if reset."""
         if projection.name in self._ready:
+            return False
+        with self.store.transaction(read_only=True) as tx:  # set up before: nothing to write
+            row = None
+            if tx.table_exists("projection_checkpoints"):
+                row = tx.execute(
+                    "SELECT version FROM projection_checkpoints WHERE name = ?",
+                    (projection.name,),
+                ).fetchone()
+        if row is not None and row[0] == str(projection.version):
+            self._ready.add(projection.name)
             return False
         reset = False
         with self.store.transaction() as tx:
@@ -329,15 +216,28 @@ class ProjectionRunner:
         return results
 
     def _batch(self, projection: Projection, batch_size: int, stats: RunStats) -> bool:
-        """Apply one batch in one transaction; True if a full batch was read (more may wait)."""
+        """Apply one batch in one transaction; True if a full batch was read (more may wait).
+
+        The events are read before the transaction (which stays short, and needs no second
+        connection); it then claims the checkpoint and applies them only if no other runner
+        moved the checkpoint meanwhile (otherwise it reads again)."""
         # Every position up to this head is visible now (positions become visible in order),
         # so once a filtered read comes back short, the checkpoint may move up to it.
         head = self.store.head_position()
-        registry = self.store.registry
+        checkpoint = self._checkpoint_of(projection)
+        if checkpoint >= head:
+            stats.checkpoint = checkpoint
+            return False  # nothing to do: no write transaction (no fsync, no lock)
+        events = list(
+            self.store.read_all(
+                after=max(checkpoint, 0), event_types=projection.event_types, limit=batch_size
+            )
+        )
         with self.store.transaction() as tx:
-            lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+            # Claiming the row (a no-op update) serializes runners of one projection.
             row = tx.execute(
-                f"SELECT position FROM projection_checkpoints WHERE name = ?{lock}",
+                "UPDATE projection_checkpoints SET position = position WHERE name = ? "
+                "RETURNING position",
                 (projection.name,),
             ).fetchone()
             if row is None:
@@ -345,18 +245,12 @@ class ProjectionRunner:
                     f"projection {projection.name!r} lost its checkpoint row (rebuilt or dropped "
                     "by another process?); run it again"
                 )
-            checkpoint = int(row[0])
-            events = list(
-                self.store.read_all(
-                    after=checkpoint, event_types=projection.event_types, limit=batch_size
-                )
-            )
-            parked = 0
-            for event in events:
-                outcome = apply_event(tx, projection, event, registry, self.max_attempts)
-                if outcome.error is not None:
-                    self._park(tx, projection, event, outcome)
-                    parked += 1
+            if int(row[0]) != checkpoint:
+                return True  # another runner applied a batch meanwhile: read from its checkpoint
+            failed = apply_page(tx, projection, events, self.store.registry, self.max_attempts)
+            for event, outcome in failed:
+                self._park(tx, projection, event, outcome)
+            parked = len(failed)
             full = len(events) == batch_size
             last = events[-1].position if events else checkpoint
             position = last if full else max(last, head, checkpoint)
@@ -372,6 +266,14 @@ class ProjectionRunner:
         stats.batches += 1
         stats.checkpoint = position
         return full
+
+    def _checkpoint_of(self, projection: Projection) -> int:
+        """The checkpoint as last committed (-1 if the row is gone: the claim then says so)."""
+        with self.store.transaction(read_only=True) as tx:
+            row = tx.execute(
+                "SELECT position FROM projection_checkpoints WHERE name = ?", (projection.name,)
+            ).fetchone()
+        return -1 if row is None else int(row[0])
 
     def _park(
         self,
@@ -442,8 +344,8 @@ class ProjectionRunner:
     def checkpoint(self, name: str) -> int:
         """The position `name` has applied up to (0 if it never ran)."""
         self.get(name)
-        with self.store.transaction() as tx:
-            if not table_exists(tx, "projection_checkpoints"):
+        with self.store.transaction(read_only=True) as tx:
+            if not tx.table_exists("projection_checkpoints"):
                 return 0
             row = tx.execute(
                 "SELECT position FROM projection_checkpoints WHERE name = ?", (name,)
@@ -459,8 +361,8 @@ class ProjectionRunner:
         head = self.store.head_position()
         rows: dict[str, tuple[Any, ...]] = {}
         parked: dict[str, int] = {}
-        with self.store.transaction() as tx:
-            if table_exists(tx, "projection_checkpoints"):
+        with self.store.transaction(read_only=True) as tx:
+            if tx.table_exists("projection_checkpoints"):
                 for row in tx.execute(
                     "SELECT name, position, version, updated_at FROM projection_checkpoints"
                 ).fetchall():
@@ -491,8 +393,8 @@ class ProjectionRunner:
         """Parked events of `name` (or of every projection), in position order."""
         if name is not None:
             self.get(name)
-        with self.store.transaction() as tx:
-            if not table_exists(tx, "projection_dead_letters"):
+        with self.store.transaction(read_only=True) as tx:
+            if not tx.table_exists("projection_dead_letters"):
                 return []
             sql = (
                 "SELECT projection, event_id, position, event_type, error, traceback, attempts, "
@@ -535,3 +437,18 @@ class ProjectionRunner:
                     self._park(tx, projection, event, outcome)
                     stats.failed += 1
         return stats
+
+
+_RUNNERS: weakref.WeakKeyDictionary[EventStore, dict[str, ProjectionRunner]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def catch_up(store: EventStore, projection: Projection) -> None:
+    """Bring one read model up to the head of the log before it is read, for queries that
+    must be as fresh as the log (one short batch when nothing new arrived)."""
+    runners = _RUNNERS.setdefault(store, {})
+    runner = runners.get(projection.name)
+    if runner is None:
+        runner = runners[projection.name] = ProjectionRunner(store, [projection])
+    runner.run()

@@ -23,7 +23,7 @@ from event_sourcing.projections.runner import (
     DeadLetter,
     Projection,
     ProjectionError,
-    apply_event,
+    apply_page,
     iso,
 )
 from event_sourcing.stores import connect
@@ -36,6 +36,9 @@ __all__ = [
     "model_catalog_at",
     "training_summary_at",
 ]
+
+
+_PAGE = 200  # events read per query, applied per savepoint
 
 
 class ReadModelSnapshot:
@@ -106,7 +109,19 @@ def _events(
         raise EventValidationError(
             f"as-of must be a timezone-aware datetime or a position >= 0, got {at!r}"
         )
-    return itertools.takewhile(lambda e: e.position <= at, store.read_all(event_types=types))
+    return _up_to(store, types, at)
+
+
+def _up_to(store: EventStore, types: list[str], at: int) -> Iterator[RecordedEvent]:
+    """The events of `types` at or below position `at`, read in short pages so that what
+    lies beyond `at` is never read (the cost is that of the events before it)."""
+    after = 0
+    while True:
+        page = list(store.read_all(after=after, event_types=types, limit=_PAGE))
+        yield from itertools.takewhile(lambda e: e.position <= at, page)
+        if len(page) < _PAGE or page[-1].position >= at:
+            return
+        after = page[-1].position
 
 
 def as_of(
@@ -120,22 +135,22 @@ def as_of(
     created at or before a datetime, or at or below a global position."""
     projection = _projection(projection)
     memory = connect("sqlite:///:memory:", registry=store.registry, validate=False)
-    position, applied, parked = 0, 0, []
+    position, applied = 0, 0
+    parked: list[DeadLetter] = []
     try:
         with memory.transaction() as tx:
             projection.setup(tx)
-            for event in _events(store, projection, at):
-                outcome = apply_event(tx, projection, event, store.registry, max_attempts)
-                position = event.position
-                if outcome.error is None:
-                    applied += 1
-                    continue
-                parked.append(
+            events = _events(store, projection, at)
+            while page := list(itertools.islice(events, _PAGE)):
+                failed = apply_page(tx, projection, page, store.registry, max_attempts)
+                position, applied = page[-1].position, applied + len(page) - len(failed)
+                parked.extend(
                     DeadLetter(
                         projection.name, event.id, event.position, event.event_type,
                         f"{type(outcome.error).__name__}: {outcome.error}", outcome.trace,
                         outcome.attempts, iso(store.clock()) or "",
                     )
+                    for event, outcome in failed
                 )
     except BaseException:
         memory.close()

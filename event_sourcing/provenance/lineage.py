@@ -1,7 +1,7 @@
-"""Lineage, impact and explain: provenance graphs built from the event log itself.
+"""Lineage, impact and explain: provenance graphs folded from the events of the log.
 
-One pass over the data, feature, training, model and deployment events builds the whole
-graph; lineage walks it upstream, impact downstream, explain from a prediction upstream.
+The provenance index (a projection) finds the nodes a question reaches and the events that
+record them; folding those events gives what folding the whole log (`build_graph`) gives.
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.runner import iso
 from event_sourcing.provenance.graph import Edge, LineageGraph, Node
+from event_sourcing.provenance.index import (
+    catch_up,
+    datasets_with_prefix,
+    event_ids,
+    is_node,
+    models_named,
+    neighbours,
+    reachable,
+    read_events,
+)
 from event_sourcing.stores.store import EventStore
 
 __all__ = ["PROVENANCE_EVENT_TYPES", "ProvenanceError", "build_graph", "explain", "impact",
@@ -283,13 +293,21 @@ class _Builder:
         return self.graph
 
 
-def build_graph(store: EventStore, until: datetime | None = None) -> LineageGraph:
-    """The provenance graph of the whole log (optionally as of `until`)."""
+def _fold(events: Iterable[tuple[RecordedEvent, DomainEvent]]) -> LineageGraph:
     builder = _Builder()
-    registry = store.registry
-    for event in store.read_all(event_types=PROVENANCE_EVENT_TYPES, until=until):
-        builder.add(event, registry.parse(event))
+    for event, typed in events:
+        builder.add(event, typed)
     return builder.finish()
+
+
+def build_graph(store: EventStore, until: datetime | None = None) -> LineageGraph:
+    """The provenance graph of the whole log (optionally as of `until`), folded from every
+    provenance event: lineage, impact and explain fold only the events they need."""
+    registry = store.registry
+    return _fold(
+        (event, registry.parse(event))
+        for event in store.read_all(event_types=PROVENANCE_EVENT_TYPES, until=until)
+    )
 
 
 def _subgraph(graph: LineageGraph, root: str, direction: str) -> LineageGraph:
@@ -343,27 +361,45 @@ def _model_node(graph: LineageGraph, model: str) -> Node:
     )
 
 
+def _find_model(store: EventStore, model: str) -> str:
+    with store.transaction(read_only=True) as tx:
+        if is_node(tx, f"model:{model}"):
+            return f"model:{model}"
+        name, _, version = model.rpartition("@")
+        ids = event_ids(tx, models_named(tx, name if name and version.isdigit() else model))
+    return _model_node(_fold(read_events(store, ids)), model).id
+
+
+def _reached(store: EventStore, root: str, downstream: bool) -> list[str]:
+    with store.transaction(read_only=True) as tx:
+        return event_ids(tx, reachable(tx, [root], downstream))
+
+
 def lineage(store: EventStore, model: str) -> LineageGraph:
     """Upstream of a model: training run, feature versions, dataset versions, ingestion
     batches. `model` is a model id, `name@version`, or a name (its latest version)."""
-    graph = build_graph(store)
-    return _subgraph(graph, _model_node(graph, model).id, "upstream")
+    catch_up(store)
+    root = _find_model(store, model)
+    graph = _fold(read_events(store, _reached(store, root, downstream=False)))
+    return _subgraph(graph, root, "upstream")
 
 
 def impact(store: EventStore, dataset_version: str) -> LineageGraph:
     """Downstream of a dataset version (full sha256 or a unique prefix of 6+ characters):
     derived datasets, feature versions, training runs, models and deployments."""
-    graph = build_graph(store)
-    exact = graph.nodes.get(f"dataset:{dataset_version}")
-    if exact is None:
-        prefix = f"dataset:{dataset_version}" if len(dataset_version) >= 6 else None
-        exact = _resolve(
-            (n for n in graph.of_kind("dataset_version") if prefix and n.id.startswith(prefix)),
-            dataset_version, "dataset version",
-            "give the dataset's content sha256 (data_ingested.dataset_version) or 6+ leading "
-            "characters of it",
-        )
-    return _subgraph(graph, exact.id, "downstream")
+    catch_up(store)
+    with store.transaction(read_only=True) as tx:
+        root = f"dataset:{dataset_version}"
+        if not is_node(tx, root):
+            found = datasets_with_prefix(tx, root) if len(dataset_version) >= 6 else []
+            root = _resolve(
+                (Node(node, "dataset_version", "") for node in found),
+                dataset_version, "dataset version",
+                "give the dataset's content sha256 (data_ingested.dataset_version) or 6+ "
+                "leading characters of it",
+            ).id
+    graph = _fold(read_events(store, _reached(store, root, downstream=True)))
+    return _subgraph(graph, root, "downstream")
 
 
 def _inference_events(store: EventStore, inference: str) -> list[RecordedEvent]:
@@ -421,9 +457,15 @@ def explain(store: EventStore, inference: str) -> LineageGraph:
     node.attributes = attributes
     node.label = f"prediction {stream}\n= {attributes['prediction']}"
 
-    # Only what was recorded by the time of the prediction can have served it.
-    graph = build_graph(store, until=completed_at)
+    # Only what was recorded by the time of the prediction can have served it: the model's
+    # lineage and its deployments, as of then.
     model_id = str(attributes["model_id"])
+    catch_up(store)
+    with store.transaction(read_only=True) as tx:
+        root = f"model:{model_id}"
+        nodes = reachable(tx, [root], downstream=False) | set(neighbours(tx, root, "deployed"))
+        ids = event_ids(tx, nodes)
+    graph = _fold(read_events(store, ids, until=completed_at))
     model = graph.nodes.get(f"model:{model_id}")
     if model is None:
         raise ProvenanceError(

@@ -379,6 +379,13 @@ class _Transaction:
         cursor.executemany(query.replace("?", "%s"), params)
         return cursor
 
+    def table_exists(self, table: str) -> bool:
+        row = self._connection.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        return bool(row and row[0])
+
+    def lock(self, key: int) -> None:
+        self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
 
 class PostgresRecorder:
     """Events in a PostgreSQL schema (default `mlevents`), through a connection pool."""
@@ -593,9 +600,12 @@ class PostgresRecorder:
     # -- reading ------------------------------------------------------------------------
     @staticmethod
     def _select_on(
-        connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
+        connection: psycopg.Connection[Any],
+        query: str,
+        params: Sequence[Any],
+        prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        cursor = connection.execute(query, params)
+        cursor = connection.execute(query, params, prepare=prepare)
         return [RecordedEvent._make(row) for row in cursor.fetchall()]
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
@@ -637,7 +647,10 @@ class PostgresRecorder:
                     f"{isolation}: a snapshot older than the read horizon could skip events. "
                     "Read before the transaction, or do not change its isolation level."
                 )
-            page = self._select_on(connection, query, params)
+            # Never prepared: a prepared page query may switch to a generic plan after five
+            # runs, one that walks the position index filtering every row (a reset cursor
+            # with a type filter); an unnamed statement is planned for its own values.
+            page = self._select_on(connection, query, params, prepare=False)
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
             return page if settled == len(page) else page[:settled]
 
@@ -680,9 +693,11 @@ class PostgresRecorder:
         return self._connections.read("counts_by_type", read)
 
     @contextmanager
-    def transaction(self) -> Iterator[_Transaction]:
+    def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
         """A transaction on a connection checked alive first; reads of the store on this
         thread inside it use its connection. A driver error escaping it is raised as an
         EventStoreError (inside, `execute` raises the driver's own)."""
         with self._connections.transaction("store.transaction()") as connection:
+            if read_only:
+                connection.execute("SET TRANSACTION READ ONLY")
             yield _Transaction(connection)

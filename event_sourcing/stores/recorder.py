@@ -47,13 +47,23 @@ class AlreadyRecorded(Exception):
 
 
 class SqlTransaction(Protocol):
-    """One database transaction for read models: `?` placeholders on every backend."""
+    """One database transaction for read models: `?` placeholders on every backend, and the
+    few things that differ between backends as methods, so callers never branch on them."""
 
     dialect: str
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+
+    def table_exists(self, table: str) -> bool:
+        """Whether `table` exists where unqualified names resolve."""
+        ...
+
+    def lock(self, key: int) -> None:
+        """Hold the lock named `key` until the transaction ends (serializes DDL and the
+        like between processes; a no-op where writers are serialized already)."""
+        ...
 
 
 class Recorder(Protocol):
@@ -95,7 +105,9 @@ class Recorder(Protocol):
 
     def counts_by_type(self) -> dict[str, int]: ...
 
-    def transaction(self) -> AbstractContextManager[SqlTransaction]: ...
+    def transaction(self, read_only: bool = False) -> AbstractContextManager[SqlTransaction]:
+        """A transaction for read models; `read_only` ones never block appends."""
+        ...
 
     def close(self) -> None: ...
 

@@ -212,6 +212,14 @@ class _Transaction:
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> sqlite3.Cursor:
         return self._connection.executemany(sql, params)
 
+    def table_exists(self, table: str) -> bool:
+        return self._connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone() is not None
+
+    def lock(self, key: int) -> None:
+        """Nothing to do: a write transaction holds SQLite's one write lock already."""
+
 
 class SQLiteRecorder:
     """Events in one SQLite file. A connection per thread; `:memory:` shares one."""
@@ -466,6 +474,15 @@ class SQLiteRecorder:
         return dict(rows)
 
     @contextmanager
-    def transaction(self) -> Iterator[_Transaction]:
-        with self._write() as connection:
-            yield _Transaction(connection)
+    def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
+        if not read_only:
+            with self._write() as connection:
+                yield _Transaction(connection)
+            return
+        # A deferred transaction that only reads takes no write lock: appends go on (WAL).
+        with self._connection() as connection:
+            connection.execute("BEGIN DEFERRED")
+            try:
+                yield _Transaction(connection)
+            finally:
+                connection.execute("ROLLBACK")

@@ -467,6 +467,8 @@ class EventStore:
     def counts_by_type(self) -> dict[str, int]:
         return self.recorder.counts_by_type()
 
-    def transaction(self) -> AbstractContextManager[SqlTransaction]:
-        """A transaction on the store's database, for read models kept beside the log."""
-        return self.recorder.transaction()
+    def transaction(self, read_only: bool = False) -> AbstractContextManager[SqlTransaction]:
+        """A transaction on the store's database, for read models kept beside the log.
+
+        A `read_only` one only reads (it is rolled back) and never holds appends back."""
+        return self.recorder.transaction(read_only)

@@ -1,0 +1,74 @@
+"""Event counts by type and the number of streams, kept beside the log and brought up to
+date on each question by counting only the events appended since the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from event_sourcing.stores.store import EventStore
+
+__all__ = ["LogCounts", "log_counts"]
+
+_LOCK = 0x6D6C6374  # "mlct": serializes the first creation on PostgreSQL
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS event_counts (
+        event_type TEXT PRIMARY KEY,
+        events     BIGINT NOT NULL
+    )""",
+    # One row: the position counted up to, and the streams seen (events of version 1).
+    """CREATE TABLE IF NOT EXISTS event_counts_through (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        position BIGINT NOT NULL,
+        streams  BIGINT NOT NULL
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class LogCounts:
+    """The log up to `position`: events by type and number of streams."""
+
+    position: int
+    streams: int
+    by_type: dict[str, int]
+
+
+def log_counts(store: EventStore) -> LogCounts:
+    """Counts of the whole log, costing what the events appended since the last call cost
+    (a count over the log's positions after the last one counted)."""
+    head = store.head_position()  # every position up to it is settled (docs/ordering.md)
+    with store.transaction() as tx:
+        tx.lock(_LOCK)
+        for statement in _DDL:
+            tx.execute(statement)
+        row = tx.execute(
+            "SELECT position, streams FROM event_counts_through WHERE id = 1"
+        ).fetchone()
+        through, streams = (int(row[0]), int(row[1])) if row else (0, 0)
+        if head > through:
+            for event_type, events, first in tx.execute(
+                "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
+                "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type",
+                (through, head),
+            ).fetchall():
+                streams += int(first)
+                tx.execute(
+                    "INSERT INTO event_counts (event_type, events) VALUES (?, ?) ON CONFLICT "
+                    "(event_type) DO UPDATE SET events = event_counts.events + excluded.events",
+                    (event_type, int(events)),
+                )
+            tx.execute(
+                "INSERT INTO event_counts_through (id, position, streams) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET position = excluded.position, "
+                "streams = excluded.streams",
+                (head, streams),
+            )
+            through = head
+        counts = {
+            name: int(n)
+            for name, n in tx.execute(
+                "SELECT event_type, events FROM event_counts ORDER BY event_type"
+            ).fetchall()
+        }
+    return LogCounts(through, streams, counts)
