@@ -105,12 +105,15 @@ def test_postgres_page_queries_keep_custom_plans_on_a_long_lived_connection(
             after = head if where == "head" else 0
             for _ in range(10):
                 recorder.read_page(after, types, None, 100)
-        with recorder._pool.connection() as connection:
-            # PostgreSQL counts, per prepared statement of this session, the plans it ran.
-            plans = connection.execute(
+        # The pool's only connection: PostgreSQL counts, per prepared statement of this
+        # session, the plans it ran.
+        plans = recorder._connections.read(
+            "prepared statements",
+            lambda connection: connection.execute(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
                 "WHERE statement LIKE '%FROM event_store WHERE position >%'"
-            ).fetchall()
+            ).fetchall(),
+        )
     finally:
         recorder.close()
     generic = [(statement, count) for statement, count, _ in plans if count]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from event_sourcing.errors import AccessDeniedError
+from event_sourcing.projections.projection import table_exists
+from event_sourcing.stores.recorder import SqlTransaction
 from event_sourcing.stores.store import EventStore
 
 __all__ = ["LogCounts", "log_counts"]
@@ -36,7 +39,50 @@ class LogCounts:
 
 def log_counts(store: EventStore) -> LogCounts:
     """Counts of the whole log, costing what the events appended since the last call cost
-    (a count over the log's positions after the last one counted)."""
+    (a count over the log's positions after the last one counted). A role that may only
+    read (`mlevents grant --reader`) gets the same answer; it adds what is new in memory
+    and writes nothing."""
+    try:
+        return _update_counts(store)
+    except AccessDeniedError:
+        return _read_counts(store)
+
+
+def _new_counts(tx: SqlTransaction, through: int, head: int) -> list[tuple[str, int, int]]:
+    """(event type, events, new streams) of the positions after `through` up to `head`."""
+    return [
+        (event_type, int(events), int(first))
+        for event_type, events, first in tx.execute(
+            "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
+            "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type",
+            (through, head),
+        ).fetchall()
+    ]
+
+
+def _read_counts(store: EventStore) -> LogCounts:
+    head = store.head_position()
+    with store.transaction(read_only=True) as tx:
+        through, streams, counts = 0, 0, {}
+        if table_exists(tx, "event_counts_through"):
+            row = tx.execute(
+                "SELECT position, streams FROM event_counts_through WHERE id = 1"
+            ).fetchone()
+            if row and int(row[0]) <= head:
+                through, streams = int(row[0]), int(row[1])
+                counts = {
+                    name: int(n)
+                    for name, n in tx.execute(
+                        "SELECT event_type, events FROM event_counts"
+                    ).fetchall()
+                }
+        for event_type, events, first in _new_counts(tx, through, head):
+            streams += first
+            counts[event_type] = counts.get(event_type, 0) + events
+    return LogCounts(head, streams, dict(sorted(counts.items())))
+
+
+def _update_counts(store: EventStore) -> LogCounts:
     head = store.head_position()  # every position up to it is settled (docs/ordering.md)
     with store.transaction() as tx:
         tx.lock(_LOCK)
@@ -47,16 +93,12 @@ def log_counts(store: EventStore) -> LogCounts:
         ).fetchone()
         through, streams = (int(row[0]), int(row[1])) if row else (0, 0)
         if head > through:
-            for event_type, events, first in tx.execute(
-                "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
-                "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type",
-                (through, head),
-            ).fetchall():
-                streams += int(first)
+            for event_type, events, first in _new_counts(tx, through, head):
+                streams += first
                 tx.execute(
                     "INSERT INTO event_counts (event_type, events) VALUES (?, ?) ON CONFLICT "
                     "(event_type) DO UPDATE SET events = event_counts.events + excluded.events",
-                    (event_type, int(events)),
+                    (event_type, events),
                 )
             tx.execute(
                 "INSERT INTO event_counts_through (id, position, streams) VALUES (1, ?, ?) "
