@@ -1,0 +1,326 @@
+"""The relay to NATS JetStream, on both backends, against the real broker on 127.0.0.1.
+
+Each test publishes to a stream and subjects of its own and deletes the stream afterwards. In CI
+(CI=true) an unreachable NATS fails the test; elsewhere it is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import pytest
+
+import event_sourcing as es
+from event_sourcing.cli import main as cli_main
+from event_sourcing.relay import Relay, RelayError, read_checkpoint, relay_lag, set_checkpoint
+from event_sourcing.relay.nats import JetStreamSink, subject_token
+
+NATS_URL = os.environ.get("MLEVENTS_TEST_NATS_URL", "nats://127.0.0.1:4222")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_nats() -> None:
+    parts = urlsplit(NATS_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 3).close()
+    except OSError as exc:
+        message = f"NATS at {NATS_URL} is unreachable: {exc}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: NATS tests must run, not skip)")
+        pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class Destination:
+    prefix: str
+    stream: str
+
+    def sink(self, **options: Any) -> JetStreamSink:
+        return JetStreamSink(NATS_URL, prefix=self.prefix, stream=self.stream, **options)
+
+
+async def _delete_stream(name: str) -> None:
+    nc = await nats.connect(NATS_URL)
+    try:
+        await nc.jetstream().delete_stream(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def destination() -> Iterator[Destination]:
+    """A prefix and stream no other test (or helper) uses; the stream is deleted afterwards."""
+    require_nats()
+    tag = uuid.uuid4().hex[:12]
+    found = Destination(prefix=f"test.relay{tag}", stream=f"TEST_RELAY_{tag}")
+    yield found
+    asyncio.run(_delete_stream(found.stream))
+
+
+@dataclass(frozen=True)
+class Received:
+    subject: str
+    msg_id: str
+    position: int
+    body: dict[str, Any]
+
+
+def consume(destination: Destination) -> list[Received]:
+    """Every message of the stream, in stream order, through a JetStream pull consumer."""
+
+    async def run() -> list[Received]:
+        nc = await nats.connect(NATS_URL)
+        try:
+            js = nc.jetstream()
+            total = (await js.stream_info(destination.stream)).state.messages
+            subscription = await js.pull_subscribe(
+                f"{destination.prefix}.>", stream=destination.stream
+            )
+            received: list[Received] = []
+            deadline = time.monotonic() + 60
+            while len(received) < total and time.monotonic() < deadline:
+                try:
+                    messages = await subscription.fetch(batch=1000, timeout=2)
+                except nats.errors.TimeoutError:
+                    continue
+                for message in messages:
+                    headers = message.headers or {}
+                    received.append(
+                        Received(
+                            message.subject,
+                            headers["Nats-Msg-Id"],
+                            int(headers["Mlevents-Position"]),
+                            json.loads(message.data),
+                        )
+                    )
+                    await message.ack()
+            await subscription.unsubscribe()
+            return received
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def fill(store: es.EventStore, batches: int, size: int = 7) -> list[es.RecordedEvent]:
+    recorded: list[es.RecordedEvent] = []
+    for n in range(batches):
+        event_type = ["epoch_tick", "custom.metric*", "model deployed"][n % 3]
+        recorded += store.append(
+            f"run-{n % 4}", [es.NewEvent(event_type, {"n": n, "i": i}) for i in range(size)]
+        )
+    return recorded
+
+
+def test_relay_publishes_every_event_once_in_position_order(
+    store_url: str, destination: Destination
+) -> None:
+    with es.connect(store_url, validate=False) as store:
+        recorded = fill(store, 30)
+        with destination.sink() as sink:
+            stats = Relay(store, sink, name="r", page_size=50).run(until_caught_up=True)
+        head = store.head_position()
+        assert relay_lag(store, "r") == (head, head)
+
+    assert (stats.published, stats.duplicates, stats.checkpoint) == (210, 0, head)
+    assert stats.caught_up and stats.pages == 5
+    received = consume(destination)
+    assert [m.msg_id for m in received] == [e.id for e in recorded]
+    assert [m.position for m in received] == [e.position for e in recorded]
+    assert [m.subject for m in received] == [
+        f"{destination.prefix}.{subject_token(e.event_type)}" for e in recorded
+    ]
+    assert {m.subject.rsplit(".", 1)[1] for m in received} == {
+        "epoch_tick", "custom_metric_", "model_deployed"
+    }
+    assert received[3].body == json.loads(json.dumps(recorded[3].to_dict()))
+
+
+def test_a_replayed_range_is_dropped_by_the_broker(
+    store_url: str, destination: Destination
+) -> None:
+    with es.connect(store_url, validate=False) as store, destination.sink() as sink:
+        recorded = fill(store, 6)
+        relay = Relay(store, sink, name="r", page_size=4)
+        relay.run(until_caught_up=True)
+        set_checkpoint(store, "r", recorded[10].position)  # as if the last commits were lost
+        fill(store, 2)
+        again = relay.run(until_caught_up=True)
+        assert read_checkpoint(store, "r") == store.head_position()
+        everything = list(store.read_all())
+
+    assert (again.published, again.duplicates) == (len(everything) - 11, len(recorded) - 11)
+    assert [m.msg_id for m in consume(destination)] == [e.id for e in everything]
+
+
+def test_the_checkpoint_never_moves_past_what_the_broker_refused(
+    store_url: str, destination: Destination
+) -> None:
+    with es.connect(store_url, validate=False) as store, destination.sink() as sink:
+        fill(store, 3)
+        relay = Relay(store, sink, name="r", page_size=5)
+        relay.run(until_caught_up=True)
+        checkpoint = relay.checkpoint()
+        fill(store, 3)
+        asyncio.run(_delete_stream(destination.stream))  # the broker loses the stream
+
+        with pytest.raises(RelayError, match="no JetStream stream takes subject"):
+            relay.run(until_caught_up=True)
+        assert relay.checkpoint() == checkpoint == 21
+
+
+def test_two_relays_keep_separate_checkpoints_that_never_go_back(
+    tmp_path: Path, destination: Destination
+) -> None:
+    with es.connect(f"sqlite:///{tmp_path / 'e.db'}", validate=False) as store:
+        fill(store, 2)
+        assert read_checkpoint(store, "a") == 0  # creates the table on first use
+        with destination.sink() as sink:
+            Relay(store, sink, name="a").run(until_caught_up=True)
+        assert (read_checkpoint(store, "a"), read_checkpoint(store, "b")) == (14, 0)
+        # A second relay of the same name that read the checkpoint before the first one
+        # advanced it commits an older position: the checkpoint does not go back.
+
+        class Stale(Relay):
+            def checkpoint(self) -> int:
+                return 0
+
+        with destination.sink() as sink:
+            stale = Stale(store, sink, name="a", page_size=3).run(max_seconds=0.0)
+        assert (stale.checkpoint, stale.duplicates) == (3, 3)
+        assert read_checkpoint(store, "a") == 14
+
+
+def test_bad_destinations_are_relay_errors_that_say_what_to_do(tmp_path: Path) -> None:
+    require_nats()
+    with pytest.raises(RelayError, match=r"cannot connect to NATS at nats://127.0.0.1:1: .*-js"):
+        JetStreamSink("nats://127.0.0.1:1", connect_timeout=1)
+    with pytest.raises(RelayError, match="subject prefix"):
+        JetStreamSink(NATS_URL, prefix="bad prefix.>")
+    with pytest.raises(RelayError, match="does not exist"):
+        JetStreamSink(NATS_URL, stream=f"NO_SUCH_{uuid.uuid4().hex}", create_stream=False)
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    assert cli_main(["relay", url, "nats://127.0.0.1:1", "--until-caught-up"]) == 2
+    assert cli_main(["relay", url, "http://127.0.0.1:4222"]) == 2
+    assert cli_main(["relay", url, NATS_URL, "extra"]) == 2
+
+
+def _relay_command(url: str, destination: Destination, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "event_sourcing.cli", "relay", url, NATS_URL,
+        "--prefix", destination.prefix, "--stream", destination.stream, "--interval", "0.05",
+        *extra,
+    ]
+
+
+def _wait_for(condition: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_cli_relay_stops_cleanly_on_a_signal(
+    tmp_path: Path, destination: Destination, signum: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    with es.connect(url, validate=False) as store:
+        recorded = fill(store, 5)
+        process = subprocess.Popen(
+            _relay_command(url, destination), cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )
+        try:
+            _wait_for(lambda: read_checkpoint(store, destination.stream) == 35, 60, "the relay")
+            later = fill(store, 1)  # live tailing picks new events up
+            _wait_for(lambda: read_checkpoint(store, destination.stream) == 42, 60, "tailing")
+        finally:
+            process.send_signal(signum)
+            out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    stats = json.loads(out)
+    assert (stats["published"], stats["checkpoint"]) == (42, 42)
+    assert [m.msg_id for m in consume(destination)] == [e.id for e in recorded + later]
+
+
+_WRITER = """
+import sys, time
+import event_sourcing as es
+url, count = sys.argv[1], int(sys.argv[2])
+written = 0
+with es.connect(url, validate=False) as store:
+    while written < count:
+        size = 1 + written % 5
+        store.append(f"w-{written % 7}", [es.NewEvent("tick", {"n": written + i})
+                                          for i in range(size)])
+        written += size
+        time.sleep(0.005)
+"""
+
+
+def _writer_total(count: int) -> int:
+    written = 0
+    while written < count:
+        written += 1 + written % 5
+    return written
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_while_events_arrive_loses_and_repeats_nothing(
+    store_url: str, destination: Destination
+) -> None:
+    """The relay is SIGKILLed 15 times while a writer appends; a consumer then sees every
+    event exactly once, in position order."""
+    rng = random.Random(14)
+    kills = 15
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, store_url, "6000"], cwd=ROOT, start_new_session=True
+    )
+    checkpoints: list[int] = []
+    try:
+        with es.connect(store_url, validate=False) as store:
+            for _ in range(kills):
+                relay = subprocess.Popen(
+                    _relay_command(store_url, destination, "--page-size", "40"),
+                    cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                )
+                time.sleep(rng.uniform(0.3, 2.0))
+                relay.kill()  # SIGKILL: no clean-up, no last commit
+                relay.wait(timeout=60)
+                assert relay.returncode == -signal.SIGKILL
+                checkpoints.append(read_checkpoint(store, destination.stream))
+            assert writer.wait(timeout=300) == 0
+            with destination.sink() as sink:
+                final = Relay(store, sink, name=destination.stream).run(until_caught_up=True)
+            everything = list(store.read_all())
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+
+    assert len(everything) == _writer_total(6000)
+    received = consume(destination)
+    assert [m.msg_id for m in received] == [e.id for e in everything]
+    assert [m.position for m in received] == [e.position for e in everything]
+    assert checkpoints == sorted(checkpoints) and checkpoints[-1] > 0, checkpoints
+    assert final.checkpoint == everything[-1].position
