@@ -182,7 +182,7 @@ def test_the_checkpoint_never_moves_past_what_the_broker_refused(
         fill(store, 3)
         asyncio.run(_delete_stream(destination.stream))  # the broker loses the stream
 
-        with pytest.raises(RelayError, match="no JetStream stream takes subject"):
+        with pytest.raises(RelayError, match="no JetStream stream takes this subject"):
             relay.run(until_caught_up=True)
         assert relay.checkpoint() == checkpoint == 21
 

@@ -9,6 +9,8 @@ import json
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+import orjson
+
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
 
@@ -51,4 +53,8 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def encode_event(event: RecordedEvent) -> bytes:
     """The message body of an event: its `RecordedEvent.to_dict()` as compact UTF-8 JSON
     (what `mlevents read` prints)."""
-    return _JSON.encode(event.to_dict()).encode()
+    document = event.to_dict()
+    try:
+        return orjson.dumps(document)  # ~10x the standard encoder: half the relay's CPU
+    except TypeError:  # an integer beyond 64 bits, which only the standard encoder writes
+        return _JSON.encode(document).encode()
