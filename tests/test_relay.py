@@ -324,3 +324,69 @@ def test_kill_9_at_random_points_while_events_arrive_loses_and_repeats_nothing(
     assert [m.position for m in received] == [e.position for e in everything]
     assert checkpoints == sorted(checkpoints) and checkpoints[-1] > 0, checkpoints
     assert final.checkpoint == everything[-1].position
+
+
+# -- Dagster: the schedule-driven relay job and its lag check ------------------------------------
+
+
+def test_the_dagster_relay_publishes_and_its_check_reports_the_lag(
+    tmp_path: Path, destination: Destination
+) -> None:
+    import dagster as dg
+
+    from pipelines.relay import NatsRelayResource, relay_lag_check, relayed_events
+    from resources import EventStoreResource
+
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    resources = {
+        "event_store": EventStoreResource(url=url),
+        "nats_relay": NatsRelayResource(
+            url=NATS_URL, prefix=destination.prefix, stream=destination.stream, max_lag=5
+        ),
+    }
+    with es.connect(url, validate=False) as store:
+        recorded = fill(store, 2)
+    with dg.instance_for_test() as instance:
+        check_only = dg.materialize(
+            [relayed_events, relay_lag_check], resources=resources, instance=instance,
+            selection=dg.AssetSelection.checks(relay_lag_check),
+        )
+        (before,) = check_only.get_asset_check_evaluations()
+        assert not before.passed and before.metadata["lag"].value == 14
+
+        result = dg.materialize(
+            [relayed_events, relay_lag_check], resources=resources, instance=instance
+        )
+        assert result.success
+        (materialization,) = result.get_asset_materialization_events()
+        metadata = materialization.materialization.metadata  # type: ignore[union-attr]
+        assert (metadata["published"].value, metadata["lag"].value) == (14, 0)
+        (after,) = result.get_asset_check_evaluations()
+        assert after.passed and after.metadata["checkpoint"].value == 14
+    assert [m.msg_id for m in consume(destination)] == [e.id for e in recorded]
+
+
+def test_the_relay_schedule_skips_until_configured_and_while_a_slice_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from pipelines.relay import NatsRelayResource, relay_every_minute
+
+    monkeypatch.delenv("MLEVENTS_RELAY_NATS_URL", raising=False)
+    with dg.instance_for_test() as instance:
+
+        def tick(resource: NatsRelayResource) -> Any:
+            context = dg.build_schedule_context(
+                instance=instance, resources={"nats_relay": resource}
+            )
+            return relay_every_minute.evaluate_tick(context)
+
+        assert "MLEVENTS_RELAY_NATS_URL" in (tick(NatsRelayResource()).skip_message or "")
+        monkeypatch.setenv("MLEVENTS_RELAY_NATS_URL", NATS_URL)
+        assert len(tick(NatsRelayResource()).run_requests or []) == 1
+
+        job = defs.resolve_job_def("relay_to_nats")
+        run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
+        assert run.run_id in (tick(NatsRelayResource(url=NATS_URL)).skip_message or "")
