@@ -390,3 +390,26 @@ def test_the_relay_schedule_skips_until_configured_and_while_a_slice_runs(
         job = defs.resolve_job_def("relay_to_nats")
         run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
         assert run.run_id in (tick(NatsRelayResource(url=NATS_URL)).skip_message or "")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_relay_benchmark_runs_and_prints_its_table(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """No timing assertion: the benchmark relays every event and reports each figure."""
+    require_nats()
+    bench_dir = str(ROOT / "bench")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    import bench_relay
+
+    pg_url = os.environ.get("MLEVENTS_TEST_PG_URL", bench_relay.DEFAULT_PG_URL)
+    if backend == "postgresql":
+        request.getfixturevalue("pg_schema_url")  # skips (fails in CI) if PostgreSQL is down
+    settings = bench_relay.Settings(
+        events=500, repeats=1, backends=(backend,), pg_url=pg_url, nats_url=NATS_URL
+    )
+    (row,) = bench_relay.run_benchmark(settings, tmp_path)
+    assert row.backend == backend and row.events == 500
+    assert min(row.relay, row.relay_cpu, row.read, row.publish) > 0
+    assert f"| {backend} |" in bench_relay.render([row], settings)
