@@ -299,12 +299,21 @@ def test_kill_9_at_random_points_while_events_arrive_loses_and_repeats_nothing(
     checkpoints: list[int] = []
     try:
         with es.connect(store_url, validate=False) as store:
-            for _ in range(kills):
+            for kill in range(kills):
+                before = read_checkpoint(store, destination.stream)
                 relay = subprocess.Popen(
                     _relay_command(store_url, destination, "--page-size", "40"),
                     cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
                 )
-                time.sleep(rng.uniform(0.3, 2.0))
+                if kill % 2:  # every other time, let it publish first, however slow it starts
+
+                    def progressed(before: int = before, relay: Any = relay) -> bool:
+                        now = read_checkpoint(store, destination.stream)
+                        head = store.head_position()
+                        return now > before or before == head or relay.poll() is not None
+
+                    _wait_for(progressed, 120, "the relay to make progress")
+                time.sleep(rng.uniform(0.0, 1.0))
                 relay.kill()  # SIGKILL: no clean-up, no last commit
                 relay.wait(timeout=60)
                 assert relay.returncode == -signal.SIGKILL
