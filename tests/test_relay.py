@@ -209,6 +209,35 @@ def test_two_relays_keep_separate_checkpoints_that_never_go_back(
         assert read_checkpoint(store, "a") == 14
 
 
+def stream_config(destination: Destination) -> Any:
+    async def run() -> Any:
+        nc = await nats.connect(NATS_URL)
+        try:
+            return (await nc.jetstream().stream_info(destination.stream)).config
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_the_relay_creates_its_stream_with_a_duplicate_window(
+    tmp_path: Path, destination: Destination
+) -> None:
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    with es.connect(url, validate=False) as store:
+        fill(store, 1)
+    command = ["relay", url, NATS_URL, "--prefix", destination.prefix, "--stream",
+               destination.stream, "--duplicate-window", "300", "--until-caught-up"]
+    assert cli_main(command) == 0
+    config = stream_config(destination)
+    assert (config.subjects, config.duplicate_window) == ([f"{destination.prefix}.>"], 300)
+    with destination.sink(duplicate_window=60):  # an existing stream is used as it is
+        assert stream_config(destination).duplicate_window == 300
+    asyncio.run(_delete_stream(destination.stream))
+    with destination.sink():
+        assert stream_config(destination).duplicate_window == 120  # JetStream's default
+
+
 def test_bad_destinations_are_relay_errors_that_say_what_to_do(tmp_path: Path) -> None:
     require_nats()
     with pytest.raises(RelayError, match=r"cannot connect to NATS at nats://127.0.0.1:1: .*-js"):
