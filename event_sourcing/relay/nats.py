@@ -174,6 +174,26 @@ class JetStreamSink:
             raise RelayError(f"cannot look up stream {self.stream!r} on {where}: "
                              f"{_first_line(exc)}") from None
 
+    def last_position(self) -> int | None:
+        """The `Mlevents-Position` of the stream's last message under `<prefix>.>`."""
+        return self._run(self._last_position())
+
+    async def _last_position(self) -> int | None:
+        js = self._js
+        if js is None:
+            raise RelayError(f"the sink {self.description} is closed")
+        try:
+            message = await js.get_last_msg(self.stream, f"{self.prefix}.>")
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise RelayError(
+                f"cannot read the last message of stream {self.stream!r} on "
+                f"{redact_url(self.url)}: {_first_line(exc)}"
+            ) from None
+        value = (message.headers or {}).get("Mlevents-Position")
+        return int(value) if value and value.isdigit() else None
+
     def subject(self, event_type: str) -> str:
         """The subject an event of `event_type` is published on."""
         subject = self._subjects.get(event_type)

@@ -80,8 +80,9 @@ def read_checkpoint(store: EventStore, name: str) -> int:
 
 
 def set_checkpoint(store: EventStore, name: str, position: int) -> None:
-    """Move relay `name` to `position`, backwards too: the relay publishes again from there
-    (consumers see the events again unless the broker still remembers their ids)."""
+    """Move relay `name` to `position`, backwards too. The relay resumes after this position,
+    or after the last event its destination already holds if that is further: rewinding
+    fills a new (or purged) stream, and never duplicates what a stream holds."""
     _check_name(name)
     if not isinstance(position, int) or isinstance(position, bool) or position < 0:
         raise EventValidationError(f"position must be an int >= 0, got {position!r}")
@@ -113,10 +114,11 @@ class RelayStats:
 
 
 class Relay:
-    """Publishes the store's global log to `sink`, page by page, resuming at its checkpoint.
+    """Publishes the store's global log to `sink`, page by page, resuming at its checkpoint
+    (or after the last event the broker holds, if that is further).
 
-    At least once to the broker (a crash between the broker's ack and the checkpoint commit
-    re-publishes that page); the event id as message id lets the broker drop those repeats.
+    At least once to the broker: a page in flight when the relay dies is published again;
+    the broker drops the repeats by message id (the event id).
     """
 
     def __init__(
@@ -142,6 +144,26 @@ class Relay:
 
     def checkpoint(self) -> int:
         return read_checkpoint(self.store, self.name)
+
+    def _resume_position(self) -> int:
+        """The checkpoint, moved up to the last position the broker already holds (a page
+        acknowledged before a crash, whose checkpoint commit never happened)."""
+        checkpoint = self.checkpoint()
+        held = self.sink.last_position()
+        if held is None or held <= checkpoint:
+            return checkpoint
+        head = self.store.head_position()
+        if held > head:
+            raise RelayError(
+                f"{self.sink.description} already holds position {held}, beyond this store's "
+                f"head ({head}): another store publishes there. Give each store its own "
+                "subject prefix (and stream)."
+            )
+        log.info("relay %s: the broker holds up to position %d, past checkpoint %d",
+                 self.name, held, checkpoint)
+        with self.store.transaction() as tx:
+            tx.execute(_ADVANCE, (self.name, held, _now(self.store)))
+        return held
 
     def _read(self, after: int) -> list[RecordedEvent]:
         return list(self.store.read_all(after=after, limit=self.page_size))
@@ -177,7 +199,7 @@ class Relay:
         started = self._monotonic()
         deadline = None if max_seconds is None else started + max_seconds
         stats = RelayStats(self.name)
-        position = stats.checkpoint = self.checkpoint()
+        position = stats.checkpoint = self._resume_position()
         log.info("relay %s starts after position %d to %s", self.name, position,
                  self.sink.description)
         # While a page is published, the next one is read on a second thread: with a backlog,

@@ -44,6 +44,13 @@ class Sink(Protocol):
         (one Ack per event, in order). Raise RelayError if any was not acknowledged."""
         ...
 
+    def last_position(self) -> int | None:
+        """The global position of the last event the destination holds from this store, or
+        None if it holds none or cannot tell. The relay resumes after
+        max(checkpoint, last_position()), so a page stored before a crash is not sent again
+        however late the relay comes back."""
+        ...
+
     def close(self) -> None: ...
 
 
