@@ -483,3 +483,39 @@ def test_the_relay_benchmark_runs_and_prints_its_table(
     assert row.backend == backend and row.events == 500
     assert min(row.relay, row.relay_cpu, row.read, row.publish) > 0
     assert f"| {backend} |" in bench_relay.render([row], settings)
+
+
+@pytest.mark.slow
+def test_two_relays_of_one_name_at_once_still_deliver_each_event_once_in_order(
+    store_url: str, destination: Destination
+) -> None:
+    """Two replicas of the relay by mistake: both publish every page, the broker keeps the
+    first copy of each event id, and each publisher sends in position order, so the stream
+    stays in order."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, store_url, "2000"], cwd=ROOT, start_new_session=True
+    )
+    relays = [
+        subprocess.Popen(
+            _relay_command(store_url, destination, "--page-size", "40"),
+            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        with es.connect(store_url, validate=False) as store:
+            assert writer.wait(timeout=300) == 0
+            head = store.head_position()
+            _wait_for(lambda: read_checkpoint(store, destination.stream) == head, 120,
+                      "the relays to catch up")
+            everything = list(store.read_all())
+    finally:
+        for process in [writer, *relays]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        outputs = [relay.communicate(timeout=60)[0] for relay in relays]
+    assert [relay.returncode for relay in relays] == [0, 0]
+    stats = [json.loads(out) for out in outputs]
+    assert sum(s["published"] for s in stats) >= len(everything) == _writer_total(2000)
+    received = consume(destination)
+    assert [m.msg_id for m in received] == [e.id for e in everything]
