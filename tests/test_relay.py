@@ -258,7 +258,7 @@ def test_the_relay_creates_its_stream_with_a_duplicate_window(
     url = f"sqlite:///{tmp_path / 'e.db'}"
     with es.connect(url, validate=False) as store:
         fill(store, 1)
-    command = ["relay", url, NATS_URL, "--prefix", destination.prefix, "--stream",
+    command = ["relay", "--url", url, NATS_URL, "--prefix", destination.prefix, "--stream",
                destination.stream, "--duplicate-window", "300", "--until-caught-up"]
     assert cli_main(command) == 0
     config = stream_config(destination)

@@ -35,12 +35,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--until-caught-up); prints its stats as one JSON line. See docs/relay.md.",
     )
     relay.add_argument(
-        "urls",
-        nargs="+",
-        metavar="[STORE_URL] NATS_URL",
-        help="the store URL (default: --url, $MLEVENTS_URL, then sqlite:///.mlevents/events.db)"
-        " and the NATS server, e.g. nats://127.0.0.1:4222",
+        "url", nargs="?", metavar="STORE_URL",
+        help="store URL (default: --url, $MLEVENTS_URL, then sqlite:///.mlevents/events.db)",
     )
+    relay.add_argument("nats_url", metavar="NATS_URL", help="e.g. nats://127.0.0.1:4222")
     relay.add_argument("--url", dest="url_option", metavar="URL", help="store URL, as an option")
     relay.add_argument(
         "--prefix",
@@ -59,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--duplicate-window",
         type=positive_float,
         metavar="SECONDS",
-        help="the stream's duplicate window when the relay creates it (default: 120, as "
-        "JetStream's): a crashed relay must be back within it for its repeats to be dropped",
+        help="the stream's duplicate window when the relay creates it: how long the broker "
+        "remembers event ids to drop repeats (default: 120, as JetStream's)",
     )
     relay.add_argument(
         "--interval",
@@ -87,13 +85,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from event_sourcing.relay import Relay
     from event_sourcing.relay.nats import JetStreamSink
 
-    if len(args.urls) > 2:
-        raise CommandLineError(
-            f"relay takes [STORE_URL] NATS_URL, got {len(args.urls)} URLs; "
-            "e.g. mlevents relay sqlite:///ml.db nats://127.0.0.1:4222"
-        )
-    args.url = args.urls[0] if len(args.urls) == 2 else None
-    nats_url = args.urls[-1]
+    nats_url = args.nats_url
     if not nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise CommandLineError(
             f"{nats_url!r} is not a NATS URL; give one such as nats://127.0.0.1:4222 "
