@@ -7,6 +7,7 @@ import dagster as dg
 
 from pipelines.assets import all_assets
 from pipelines.jobs import jobs
+from pipelines.relay import relay_defs
 from pipelines.schedules import schedules
 from pipelines.sensors import sensors
 from resources import ArtifactStoreResource, EventStoreResource, LandingFolderResource
@@ -35,3 +36,4 @@ defs = dg.Definitions(
     # and it opens the event store once per run.
     executor=dg.in_process_executor,
 )
+defs = dg.Definitions.merge(defs, relay_defs)  # the relay to NATS: pipelines/relay.py
