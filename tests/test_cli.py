@@ -147,7 +147,8 @@ def test_read_filters_by_type_after_until_stream_and_limit(
 
     def steps(*args: str) -> list[Any]:
         code, out, err = run(capsys, "read", store_url, *args)
-        assert (code, err) == (0, "")
+        assert code == 0
+        assert (err == "") == (out != "")  # an empty result says why, on stderr
         return [
             event["payload"]["step"] if event["event_type"] == "training_progress" else "failed"
             for event in json_lines(out)
@@ -173,6 +174,12 @@ def test_read_filters_by_type_after_until_stream_and_limit(
     assert steps("--stream", "run-a", "--limit", "1") == [1]
     assert steps("--stream", "run-a", "--type", "training_failed") == []
     assert steps("--stream", "no-such-stream") == []
+    _, _, err = run(capsys, "read", store_url, "--stream", "no-such-stream")
+    assert err == "mlevents: no stream 'no-such-stream' in the store (head position 4)\n"
+    _, _, err = run(capsys, "read", store_url, "--after", "4", "--type", "training_failed")
+    assert err == (
+        "mlevents: no events match with --type training_failed --after 4 (head position 4)\n"
+    )
 
 
 def test_status_shows_head_counts_and_streams(
