@@ -184,9 +184,13 @@ def note(message: str) -> None:
 
 
 def did_you_mean(wanted: str, known: Iterable[str]) -> str:
-    """'; did you mean 'x'?' when a known name is close to `wanted`, else ''."""
-    close = difflib.get_close_matches(wanted, list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """'; did you mean 'x'?' when a known name is close to `wanted` (or the only one it begins),
+    else ''."""
+    names = list(known)
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in names if wanted and name.startswith(wanted)]
+    return f"; did you mean {close[0]!r}?" if len(close) == 1 else ""
 
 
 

@@ -55,7 +55,7 @@ FORMATS = ("tree", "json", "mermaid", "openlineage")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add project, models, trainings, deployments, lineage, impact and explain."""
+    """Add project, dead-letters, models, trainings, deployments, lineage, impact, explain."""
     project = subparsers.add_parser(
         "project", help="catch the built-in read models up with the log",
         description=cmd_project.__doc__,
@@ -76,7 +76,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--inference-window", type=non_negative_int, default=DEFAULT_INFERENCE_WINDOW,
         metavar="N", help="feedback events in inference_quality's rolling window (default 100)",
     )
+    add_json_argument(project)
     set_handler(project, cmd_project)
+
+    dead = subparsers.add_parser(
+        "dead-letters", help="list (or retry) events the projections parked",
+        description=cmd_dead_letters.__doc__,
+    )
+    add_url_argument(dead)
+    dead.add_argument("--projection", metavar="NAME", help="only this projection's")
+    retry = dead.add_mutually_exclusive_group()
+    retry.add_argument(
+        "--retry", action="append", metavar="EVENT_ID",
+        help="re-apply this parked event (an id or a unique prefix; repeat for several)",
+    )
+    retry.add_argument("--all", action="store_true", help="re-apply every parked event")
+    add_json_argument(dead)
+    set_handler(dead, cmd_dead_letters)
 
     for name, handler, extra in (
         ("models", cmd_models, _model_options),
@@ -207,8 +223,9 @@ def _rebuild_with_progress(runner: ProjectionRunner, name: str, batch_size: int)
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List the events projections parked after their handler kept failing (with the error),
-    or re-apply them: --retry EVENT_ID (repeatable) or --all. A retried event that succeeds
-    leaves the list; one that fails again stays, with its new error."""
+    or re-apply them: --retry EVENT_ID (repeatable) or --all, after catching the projection up
+    with the log. A retried event that succeeds leaves the list; one that fails again stays,
+    with its new error (exit status 1)."""
     with open_store(args) as store:
         runner = ProjectionRunner(store, builtin_projections())
         if args.projection is not None:
@@ -219,10 +236,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             by_projection: dict[str, set[str]] = {}
             for letter in chosen:
                 by_projection.setdefault(letter.projection, set()).add(letter.event_id)
-            results = [
-                runner.retry_dead_letters(name, event_ids=ids)
-                for name, ids in sorted(by_projection.items())
-            ]
+            results = []
+            for name, ids in sorted(by_projection.items()):
+                runner.run(name)  # later events (the fix, often) first, as they would be
+                results.append(runner.retry_dead_letters(name, event_ids=ids))
             for result in results:
                 if human_output(args):
                     print(
@@ -306,7 +323,9 @@ def _read_model(
             moment = f" as of {'position ' if isinstance(at, int) else ''}{args.as_of}"
         check(every, moment)
         if not rows and not empty_store_note(store):
-            what = name.replace("_", " ")
+            what = {"model_catalog": "models", "training_summaries": "training runs"}.get(
+                name, name
+            )
             if every:
                 note(f"no {what} match these filters{moment} ({len(every)} without them)")
             else:
@@ -388,7 +407,7 @@ def _print_graph(graph: LineageGraph, args: argparse.Namespace) -> int:
     if args.json and args.format not in (None, "json"):
         raise CommandLineError(f"--json and --format {args.format} disagree; give one")
     if fmt == "tree":
-        stdout_console().print(render.graph_tree(graph))
+        stdout_console().print(render.graph_tree(graph), soft_wrap=not sys.stdout.isatty())
     elif fmt == "mermaid":
         sys.stdout.write(graph.to_mermaid())
     elif fmt == "openlineage":

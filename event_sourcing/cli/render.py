@@ -4,6 +4,7 @@ text trees for provenance graphs. Machine output (JSON) is printed by the comman
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -109,9 +110,16 @@ def print_table(
     console.print(table)
 
 
+_ISO_UTC = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?\+00:00")
+
+
 def _line(graph: LineageGraph, node_id: str) -> str:
     node = graph.nodes[node_id]
-    text = escape(" · ".join(part for part in node.label.splitlines() if part)) or node.id
+    label = _ISO_UTC.sub(r"\1 \2", " · ".join(p for p in node.label.splitlines() if p))
+    text = escape(label) or node.id
+    kind = node.kind.replace("_", " ")
+    # The kind in bold, unless the label starts with it ("model wine-clf v2", not "model model").
+    text = f"[bold]{text}[/]" if kind[:5] == label[:5] else f"[bold]{kind}[/] {text}"
     if node.kind == "inference":
         attrs = node.attributes
         feedback = attrs.get("feedback") or []
@@ -123,7 +131,7 @@ def _line(graph: LineageGraph, node_id: str) -> str:
                 text += f" · [red]{escape(str(attrs[warning]))}[/]"
     if node.kind == "deployment" and node.attributes.get("retired_at"):
         text += f" · retired {when(node.attributes['retired_at'])}"
-    return f"[bold]{node.kind.replace('_', ' ')}[/] {text}"
+    return text
 
 
 def graph_tree(graph: LineageGraph) -> Tree:
