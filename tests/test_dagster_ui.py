@@ -43,7 +43,7 @@ def require_browser() -> None:
         return
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(
-            f"{missing} (CI=true: .ci/run installs Debian's chromium; the UI test must run)"
+            f"{missing} (CI=true: `make test` installs Debian's chromium; the UI test must run)"
         )
     pytest.skip(f"{missing}; `apt-get install chromium` to run the UI test")
 
