@@ -494,7 +494,9 @@ def test_make_run_and_the_cli_default_to_the_same_store(
     assert artifacts_beside(es.default_url()).root == Path(served_artifacts)
 
 
-def test_an_empty_store_names_itself(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_store_names_itself(
+    store: es.EventStore, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "models", "--url", store_url)
     assert (code, out) == (0, "")
     assert "has no events yet; is it the one you meant?" in err and "--url" in err
