@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "PROJECT_ROOT",
     "DagsterDev",
     "DagsterDevError",
+    "asset_graph_path",
     "check_port_free",
     "free_port",
     "main",
@@ -521,6 +523,18 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
             ) from None
 
 
+def asset_graph_path() -> str:
+    """The asset graph page with every group of the code location expanded, so the first view
+    shows the pipeline rather than collapsed group boxes (the UI reads `?expanded=`)."""
+    from pipelines.definitions import defs
+
+    groups = sorted({spec.group_name for spec in defs.resolve_all_asset_specs() if spec.group_name})
+    # Group ids are `global@global:NAME`, or `REPOSITORY@LOCATION:NAME` with the UI's
+    # groups-per-code-location flag on; unknown ids are ignored, so give both.
+    ids = [f"global@global:{g}" for g in groups] + [f"{REPOSITORY}@{LOCATION}:{g}" for g in groups]
+    return "/asset-groups?expanded=" + urllib.parse.quote(",".join(ids), safe=",@:")
+
+
 def use_project_store() -> None:
     """Point the pipeline at the store the `mlevents` CLI reads by default in the repository,
     `.mlevents/events.db` (and its artifacts beside it), unless $MLEVENTS_URL /
@@ -555,7 +569,7 @@ mlevents on Dagster
   event store    {default_store_url()}  (`mlevents status` here reads it)
   landing folder {landing}  ({len(seeded)} seed batches written)
 
-  Open {url}  (asset graph: {url}/asset-groups)
+  Open {url}{asset_graph_path()}  (the asset graph)
   The sensors run by default: the seed batches are ingested, validated, trained on and
   deployed within a minute. Drop more CSVs into the landing folder to see a retrain, e.g.
   `make batch` (or `make batch DRIFTED=1`) in another terminal. Ctrl-C stops Dagster.

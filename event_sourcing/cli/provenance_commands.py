@@ -406,8 +406,10 @@ def _print_graph(graph: LineageGraph, args: argparse.Namespace) -> int:
     fmt = args.format or ("json" if args.json or not sys.stdout.isatty() else "tree")
     if args.json and args.format not in (None, "json"):
         raise CommandLineError(f"--json and --format {args.format} disagree; give one")
-    if fmt == "tree":
-        stdout_console().print(render.graph_tree(graph), soft_wrap=not sys.stdout.isatty())
+    if fmt == "tree" and sys.stdout.isatty():
+        stdout_console().print(render.graph_tree(graph))
+    elif fmt == "tree":
+        sys.stdout.write(render.graph_text(graph))
     elif fmt == "mermaid":
         sys.stdout.write(graph.to_mermaid())
     elif fmt == "openlineage":

@@ -4,6 +4,7 @@ text trees for provenance graphs. Machine output (JSON) is printed by the comman
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "MODEL_COLUMNS",
     "PROJECTION_COLUMNS",
     "TRAINING_COLUMNS",
+    "graph_text",
     "graph_tree",
     "print_table",
 ]
@@ -157,3 +159,11 @@ def graph_tree(graph: LineageGraph) -> Tree:
     tree = Tree(_line(graph, graph.root))
     grow(tree, graph.root)
     return tree
+
+
+def graph_text(graph: LineageGraph) -> str:
+    """`graph_tree` as plain text, no colors, lines never wrapped (for files, pipes and
+    Markdown code blocks)."""
+    buffer = io.StringIO()
+    Console(file=buffer, color_system=None, width=1000, soft_wrap=True).print(graph_tree(graph))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
