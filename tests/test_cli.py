@@ -649,17 +649,15 @@ def test_lineage_and_impact_trees_and_the_machine_formats_when_piped(
     assert code == 2 and "--json and --format mermaid disagree" in err
 
 
-def test_a_real_terminal_gets_a_table(
-    ml_history: dict[str, es.RecordedEvent], store_url: str
-) -> None:
-    """`mlevents models` in a pseudo-terminal: a rich table; piped: JSON lines."""
+def in_terminal(*args: str) -> str:
+    """Run the installed `mlevents ARGS` with stdout and stderr on a pseudo-terminal; return
+    what the terminal received, without ANSI codes."""
     script = shutil.which("mlevents", path=str(Path(sys.executable).parent))
     assert script is not None
     primary, secondary = pty.openpty()
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
     process = subprocess.Popen(
-        [script, "models", "--url", store_url], stdin=subprocess.DEVNULL, stdout=secondary,
-        stderr=subprocess.PIPE, env=env,
+        [script, *args], stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env
     )
     os.close(secondary)
     chunks = []
@@ -673,11 +671,31 @@ def test_a_real_terminal_gets_a_table(
         chunks.append(chunk)
     os.close(primary)
     assert process.wait(timeout=60) == 0
-    screen = ANSI.sub("", b"".join(chunks).decode())
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode())
+
+
+def test_a_real_terminal_gets_a_table_and_a_pipe_json(
+    ml_history: dict[str, es.RecordedEvent], store_url: str
+) -> None:
+    screen = in_terminal("models", "--url", store_url)
     assert "┃ name" in screen and screen.count("wine-clf") == 2
+    script = shutil.which("mlevents", path=str(Path(sys.executable).parent))
+    assert script is not None
     piped = subprocess.run([script, "models", "--url", store_url], capture_output=True,
                            text=True, timeout=60, check=True)
     assert [row["name"] for row in json_lines(piped.stdout)] == ["wine-clf", "wine-clf"]
+
+
+def test_rebuild_shows_a_progress_bar_on_a_terminal(
+    ml_history: dict[str, es.RecordedEvent], store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with es.connect(store_url) as store:
+        head = store.head_position()
+    screen = in_terminal("project", "--url", store_url, "--rebuild", "training_summaries")
+    assert "rebuilding training_summaries" in screen and f"/{head} positions" in screen
+    # Not on a terminal: no bar, nothing but the JSON lines.
+    code, out, err = run(capsys, "project", "--url", store_url, "--rebuild", "deployments")
+    assert (code, err) == (0, "") and len(json_lines(out)) == 5
 
 
 # -- dead letters -----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import argparse
 import difflib
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,7 @@ __all__ = [
     "parse_json_object",
     "positive_float",
     "print_json_line",
+    "progress_bar",
     "resolve_url",
     "set_handler",
     "stdout_console",
@@ -204,3 +206,18 @@ def empty_store_note(store: es.EventStore) -> bool:
         "sqlite:///.mlevents/events.db in the repository)"
     )
     return True
+
+
+@contextmanager
+def progress_bar(what: str, total: int, unit: str = "positions") -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long work, when stderr is a terminal (else silent); yields
+    `advance_to(done)`. The bar disappears when the work ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda done: progress.update(task, completed=min(done, total))

@@ -26,6 +26,7 @@ from event_sourcing.cli.common import (
     parse_iso_datetime,
     positive_float,
     print_json_line,
+    progress_bar,
     set_handler,
     stdout_console,
 )
@@ -204,21 +205,8 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 def _rebuild_with_progress(runner: ProjectionRunner, name: str, batch_size: int) -> RunStats:
     """runner.rebuild, with a progress bar (positions replayed of the head) on a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    console = Console(stderr=True)
-    head = runner.store.head_position()
-    with Progress(
-        TextColumn(f"rebuilding {name}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("positions"), console=console, transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(name, total=head)
-        return runner.rebuild(
-            name, batch_size,
-            progress=lambda stats: progress.update(task, completed=min(stats.checkpoint, head)),
-        )
+    with progress_bar(f"rebuilding {name}", runner.store.head_position()) as advance_to:
+        return runner.rebuild(name, batch_size, progress=lambda stats: advance_to(stats.checkpoint))
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
