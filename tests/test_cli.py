@@ -768,6 +768,13 @@ def test_predict_finds_the_artifacts_beside_the_store_and_prints_inference_ids(
         store.append("deployments:iris-tree", [ModelDeployed(
             model_id=outcome.model_id, model_name="iris-tree", version=1)])
     iris.head(3).to_csv(tmp_path / "batch.csv", index=False)
+    batch = str(tmp_path / "batch.csv")
+    code, _, err = run(capsys, "predict", "--url", url, "--csv", batch, "--environment", "prod")
+    assert code == 2 and "no model is deployed in 'prod'; did you mean 'production'? " \
+        "(serving now: iris-tree v1 in production)" in err
+    code, _, err = run(capsys, "predict", "--url", url, "--csv", batch, "--model-name", "iris")
+    assert code == 2 and "model 'iris' is not deployed in 'production'; did you mean " \
+        "'iris-tree'?" in err
 
     code, out, err = run(capsys, "predict", "--url", url, "--csv", str(tmp_path / "batch.csv"))
     assert (code, err) == (0, "")

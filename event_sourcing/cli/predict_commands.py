@@ -18,12 +18,19 @@ from event_sourcing.cli.common import (
     CommandLineError,
     add_json_argument,
     add_url_argument,
+    did_you_mean,
     open_store,
     print_json_line,
     resolve_url,
     set_handler,
 )
-from event_sourcing.serving import DEFAULT_ENVIRONMENT, score_batch
+from event_sourcing.serving import (
+    DEFAULT_ENVIRONMENT,
+    Deployment,
+    NoDeployedModelError,
+    deployments,
+    score_batch,
+)
 
 __all__ = ["artifacts_beside", "cmd_predict", "register"]
 
@@ -59,6 +66,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ArtifactStore(args.artifacts) if args.artifacts else artifacts_beside(resolve_url(args))
     )
     with open_store(args) as store:
+        serving = deployments(store)
+        if (args.environment, args.model_name) not in serving and not any(
+            env == args.environment and args.model_name is None for env, _ in serving
+        ):
+            raise NoDeployedModelError(_nothing_serves(args, serving))
         result = score_batch(
             store,
             artifacts,
@@ -96,6 +108,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ):
             out.write(f"  {inference_id}  row {row}: {prediction}\n")
     return 0
+
+
+def _nothing_serves(
+    args: argparse.Namespace, serving: dict[tuple[str, str], Deployment]
+) -> str:
+    """Why predict cannot score: what serves where instead, with a did-you-mean."""
+    which = f"model {args.model_name!r} is not" if args.model_name else "no model is"
+    if not serving:
+        return (
+            f"{which} deployed in {args.environment!r}: nothing serves anywhere yet "
+            "(no model_deployed event); deploy one first, e.g. let `make run` train and deploy"
+        )
+    now = ", ".join(f"{name} v{d.version} in {env}" for (env, name), d in sorted(serving.items()))
+    environments = {env for env, _ in serving}
+    if args.environment in environments:
+        hint = did_you_mean(args.model_name or "", {name for _, name in serving})
+    else:
+        hint = did_you_mean(args.environment, environments)
+    return f"{which} deployed in {args.environment!r}{hint} (serving now: {now})"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
