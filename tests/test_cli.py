@@ -481,13 +481,12 @@ def test_make_run_and_the_cli_default_to_the_same_store(
 ) -> None:
     from pipelines import demo
 
-    monkeypatch.delenv("MLEVENTS_URL", raising=False)
-    monkeypatch.delenv("MLEVENTS_ARTIFACTS", raising=False)
+    for name in ("MLEVENTS_URL", "MLEVENTS_ARTIFACTS"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch puts back what was there before
+        monkeypatch.delenv(name)
     demo.use_project_store()  # what `make run` does before starting Dagster
-    served = os.environ["MLEVENTS_URL"]
-    served_artifacts = os.environ["MLEVENTS_ARTIFACTS"]
-    monkeypatch.delenv("MLEVENTS_URL")
-    monkeypatch.delenv("MLEVENTS_ARTIFACTS")
+    served = os.environ.pop("MLEVENTS_URL")
+    served_artifacts = os.environ.pop("MLEVENTS_ARTIFACTS")
     monkeypatch.chdir(demo.PROJECT_ROOT)  # the README runs `mlevents` in the repository
     cli_path = Path(es.default_url().removeprefix("sqlite:///")).absolute()
     assert Path(served.removeprefix("sqlite:///")) == cli_path
@@ -607,6 +606,9 @@ def test_models_trainings_deployments_are_tables_on_a_terminal(
     assert code == 0 and "training id" in out and "failed" in out and "run-2" in out
     code, out, _ = run(capsys, "deployments", "--url", store_url)
     assert code == 0 and "environment" in out and "serving" in out
+    code, out, _ = run(capsys, "status", "--url", store_url)
+    text = ANSI.sub("", out)
+    assert code == 0 and "┃ event type" in text and "│ training_progress   │    15 │" in text
     # --json is the machine format on a terminal too.
     code, out, _ = run(capsys, "models", "--url", store_url, "--json")
     assert [row["model_id"] for row in json_lines(out)] == ["m1", "m2"]

@@ -301,13 +301,19 @@ def _read_model(
     """
     projection: Projection = next(p for p in builtin_projections() if p.name == name)
     at = None if args.as_of is None else _as_of(args.as_of)
+    filtered = any(getattr(args, o, None) for o in ("name", "status", "environment", "active"))
+
+    def both(source: es.EventStore | Queryable) -> tuple[list[Any], list[Any]]:
+        rows = query(source)
+        return (list_all(source, name) if filtered else rows), rows
+
     with open_store(args) as store:
         if at is None:
             ProjectionRunner(store, [projection]).run()
-            every, rows, moment = list_all(store, name), query(store), ""
+            (every, rows), moment = both(store), ""
         else:
             with as_of(store, projection, at) as snapshot:
-                every, rows = list_all(snapshot, name), query(snapshot)
+                every, rows = both(snapshot)
             moment = f" as of {'position ' if isinstance(at, int) else ''}{args.as_of}"
         check(every, moment)
         if not rows and not empty_store_note(store):
@@ -319,7 +325,8 @@ def _read_model(
             else:
                 note(f"no {what}{moment} yet")
     if human_output(args):
-        render.print_table(stdout_console(), rows, columns)
+        if rows:
+            render.print_table(stdout_console(), rows, columns)
     else:
         for row in rows:
             print_json_line(row)

@@ -307,11 +307,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status_table(report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = stdout_console()
     console.print(
-        f"[bold]{report['store']}[/] ({report['backend']}): head position "
+        f"[bold]{escape(report['store'])}[/] ({report['backend']}): head position "
         f"[bold]{report['head_position']}[/], {report['events']} events in "
         f"{report['streams']} streams"
     )
@@ -321,7 +322,7 @@ def _print_status_table(report: dict[str, Any]) -> None:
     table = Table("event type", "count")
     table.columns[1].justify = "right"
     for name, count in report["counts_by_type"].items():
-        table.add_row(name, str(count))
+        table.add_row(escape(name), str(count))
     console.print(table)
 
 
