@@ -1,5 +1,6 @@
 # Entry points: `make run` (the Dagster UI), `make demo` (the same story headless), `make test`.
-# Each creates .venv and installs the project first.
+# Each creates .venv and installs the project first; `make test` also installs Debian's chromium
+# for the UI test when it is missing (Playwright never downloads a browser).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,6 +10,10 @@ STAMP := $(VENV)/.installed
 PORT ?= 3000
 DAGSTER_HOME_DIR ?= dagster_home
 DAGSTER_YAML ?= dagster.sqlite.yaml
+# The browser the Dagster UI test drives (tests/test_dagster_ui.py reads the same variable).
+MLEVENTS_CHROMIUM ?= /usr/bin/chromium
+export MLEVENTS_CHROMIUM
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: run demo batch test lint bench bench-scale schema clean
 
@@ -27,7 +32,14 @@ demo: $(STAMP)
 batch: $(STAMP)
 	$(PY) -m pipelines.demo batch --home $(DAGSTER_HOME_DIR) $(if $(DRIFTED),--drifted)
 
-test: $(STAMP)
+$(MLEVENTS_CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "no $@ and no apt-get: install Chromium, then" \
+	    "make test MLEVENTS_CHROMIUM=/path/to/chromium"; exit 1; }
+	@echo "Installing Debian's chromium for the Dagster UI test"
+	$(SUDO) apt-get update -qq </dev/null
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium </dev/null >/dev/null
+
+test: $(STAMP) $(MLEVENTS_CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ __all__ = [
     "PROJECT_ROOT",
     "DagsterDev",
     "DagsterDevError",
+    "asset_graph_path",
+    "check_port_free",
     "free_port",
     "main",
     "prepare_home",
@@ -505,11 +508,52 @@ def check_postgres_url(instance_yaml: Path) -> None:
         )
 
 
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Fail, saying what to do, when something already listens on `host:port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the webserver binds: a port left in TIME_WAIT by a stopped server is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DagsterDevError(
+                f"port {port} on {host} is taken ({exc.strerror}): another `make run` or "
+                f"`dagster dev` is probably running; stop it, or pick another port with "
+                f"`make run PORT={port + 1}`"
+            ) from None
+
+
+def asset_graph_path() -> str:
+    """The asset graph page with every group of the code location expanded, so the first view
+    shows the pipeline rather than collapsed group boxes (the UI reads `?expanded=`)."""
+    from pipelines.definitions import defs
+
+    groups = sorted({spec.group_name for spec in defs.resolve_all_asset_specs() if spec.group_name})
+    # Group ids are `global@global:NAME`, or `REPOSITORY@LOCATION:NAME` with the UI's
+    # groups-per-code-location flag on; unknown ids are ignored, so give both.
+    ids = [f"global@global:{g}" for g in groups] + [f"{REPOSITORY}@{LOCATION}:{g}" for g in groups]
+    return "/asset-groups?expanded=" + urllib.parse.quote(",".join(ids), safe=",@:")
+
+
+def use_project_store() -> None:
+    """Point the pipeline at the store the `mlevents` CLI reads by default in the repository,
+    `.mlevents/events.db` (and its artifacts beside it), unless $MLEVENTS_URL /
+    $MLEVENTS_ARTIFACTS say otherwise."""
+    from event_sourcing.artifacts import DEFAULT_ROOT
+    from event_sourcing.stores import DEFAULT_SQLITE_PATH
+
+    (PROJECT_ROOT / DEFAULT_SQLITE_PATH).parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLEVENTS_URL", f"sqlite:///{PROJECT_ROOT / DEFAULT_SQLITE_PATH}")
+    os.environ.setdefault("MLEVENTS_ARTIFACTS", str(PROJECT_ROOT / DEFAULT_ROOT))
+
+
 def serve(home: Path, port: int, instance_yaml: Path, batches: int = 3) -> None:
     """Prepare DAGSTER_HOME, seed the landing folder, then become `dagster dev` (foreground)."""
+    check_port_free(port)
     check_postgres_url(instance_yaml)
     home = prepare_home(home, instance_yaml)
     os.environ["DAGSTER_HOME"] = str(home)
+    use_project_store()
     # Imported late: the resources read DAGSTER_HOME to place the store and landing folder.
     from pipelines.dataset import seed_landing
     from resources.event_store import default_store_url
@@ -522,10 +566,10 @@ def serve(home: Path, port: int, instance_yaml: Path, batches: int = 3) -> None:
         f"""
 mlevents on Dagster
   DAGSTER_HOME   {home}  (instance config: {instance_yaml.name})
-  event store    {default_store_url()}
+  event store    {default_store_url()}  (`mlevents status` here reads it)
   landing folder {landing}  ({len(seeded)} seed batches written)
 
-  Open {url}  (asset graph: {url}/asset-groups)
+  Open {url}{asset_graph_path()}  (the asset graph)
   The sensors run by default: the seed batches are ingested, validated, trained on and
   deployed within a minute. Drop more CSVs into the landing folder to see a retrain, e.g.
   `make batch` (or `make batch DRIFTED=1`) in another terminal. Ctrl-C stops Dagster.

@@ -5,7 +5,11 @@ One test runs the installed console script in a subprocess to prove the entry po
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import pty
+import re
 import runpy
 import shutil
 import subprocess
@@ -17,10 +21,17 @@ from typing import Any
 
 import psycopg
 import pytest
+from _projection_worker import RAW, SteppingClock, build_ml_history
+from sklearn.datasets import load_iris
+from sklearn.tree import DecisionTreeClassifier
 
 import event_sourcing as es
-from event_sourcing.catalog import TrainingProgress, default_registry
-from event_sourcing.cli import COMMAND_MODULES, main, store_commands
+from event_sourcing.artifacts import ArtifactStore
+from event_sourcing.catalog import ModelDeployed, TrainingProgress, default_registry
+from event_sourcing.cli import COMMAND_MODULES, build_parser, main, store_commands
+from event_sourcing.cli.predict_commands import artifacts_beside
+from event_sourcing.projections import ProjectionRunner, builtin_projections
+from event_sourcing.training import TrainingService
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -148,7 +159,8 @@ def test_read_filters_by_type_after_until_stream_and_limit(
 
     def steps(*args: str) -> list[Any]:
         code, out, err = run(capsys, "read", store_url, *args)
-        assert (code, err) == (0, "")
+        assert code == 0
+        assert (err == "") == (out != "")  # an empty result says why, on stderr
         return [
             event["payload"]["step"] if event["event_type"] == "training_progress" else "failed"
             for event in json_lines(out)
@@ -174,6 +186,12 @@ def test_read_filters_by_type_after_until_stream_and_limit(
     assert steps("--stream", "run-a", "--limit", "1") == [1]
     assert steps("--stream", "run-a", "--type", "training_failed") == []
     assert steps("--stream", "no-such-stream") == []
+    _, _, err = run(capsys, "read", store_url, "--stream", "no-such-stream")
+    assert err == "mlevents: no stream 'no-such-stream' in the store (head position 4)\n"
+    _, _, err = run(capsys, "read", store_url, "--after", "4", "--type", "training_failed")
+    assert err == (
+        "mlevents: no events match with --type training_failed --after 4 (head position 4)\n"
+    )
 
 
 def test_status_shows_head_counts_and_streams(
@@ -516,3 +534,332 @@ def test_init_output_hides_every_credential(
     assert code == 0 and "event store ready" in out
     for secret in ("hunter2", "s3cret", "k3y"):
         assert secret not in out + err
+
+
+# -- one URL convention -----------------------------------------------------------------------
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_command_that_opens_a_store_takes_url() -> None:
+    for name, sub in _subcommands().items():
+        if name == "schema":  # the only command that needs no store
+            continue
+        options = {option for action in sub._actions for option in action.option_strings}
+        assert "--url" in options, f"`mlevents {name}` has no --url"
+
+
+def test_make_run_and_the_cli_default_to_the_same_store(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines import demo
+
+    for name in ("MLEVENTS_URL", "MLEVENTS_ARTIFACTS"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch puts back what was there before
+        monkeypatch.delenv(name)
+    demo.use_project_store()  # what `make run` does before starting Dagster
+    served = os.environ.pop("MLEVENTS_URL")
+    served_artifacts = os.environ.pop("MLEVENTS_ARTIFACTS")
+    monkeypatch.chdir(demo.PROJECT_ROOT)  # the README runs `mlevents` in the repository
+    cli_path = Path(es.default_url().removeprefix("sqlite:///")).absolute()
+    assert Path(served.removeprefix("sqlite:///")) == cli_path
+    assert artifacts_beside(es.default_url()).root == Path(served_artifacts)
+
+
+def test_an_empty_store_names_itself(
+    store: es.EventStore, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "models", "--url", store_url)
+    assert (code, out) == (0, "")
+    assert "has no events yet; is it the one you meant?" in err and "--url" in err
+
+
+# -- did-you-mean and empty-result hints ------------------------------------------------------
+
+
+@pytest.fixture
+def ml_history(make_store: Callable[..., es.EventStore]) -> dict[str, es.RecordedEvent]:
+    """Two wine-clf models, three runs (one failed), deployments and two predictions."""
+    return build_ml_history(make_store(clock=SteppingClock()))
+
+
+def test_read_and_tail_refuse_an_unknown_type_with_a_did_you_mean(
+    populated: es.EventStore, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("read", "tail"):
+        code, out, err = run(capsys, command, "--url", store_url, "--type", "model_deployd")
+        assert (code, out) == (2, "")
+        assert "unknown event type 'model_deployd'; did you mean 'model_deployed'?" in err
+    # A type the registry does not know but the log holds (appended with --no-validate) is fine.
+    code, _, _ = run(capsys, "append", "--url", store_url, "s", "-t", "custom_thing",
+                     "--no-validate")
+    assert code == 0
+    code, out, _ = run(capsys, "read", "--url", store_url, "--type", "custom_thing")
+    assert code == 0 and [e["event_type"] for e in json_lines(out)] == ["custom_thing"]
+
+
+def test_models_and_deployments_hint_at_known_names(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "models", "--url", store_url, "--name", "nope")
+    assert (code, out) == (2, "")
+    assert "no model named 'nope' (known: wine-clf)" in err
+    code, _, err = run(capsys, "models", "--url", store_url, "--name", "wine-clff")
+    assert code == 2 and "no model named 'wine-clff'; did you mean 'wine-clf'?" in err
+    code, _, err = run(capsys, "deployments", "--url", store_url, "--environment", "prod")
+    assert code == 2
+    assert "no environment 'prod'; did you mean 'production'? (known: production, staging)" in err
+    code, _, err = run(capsys, "deployments", "--url", store_url, "--name", "wine")
+    assert code == 2 and "no deployed model named 'wine'; did you mean 'wine-clf'?" in err
+    # A known name that matches nothing at an earlier position says so, naming the moment.
+    first = ml_history["m2_deployed"].position - 1
+    code, _, err = run(capsys, "models", "--url", store_url, "--as-of", "1", "--name", "x")
+    assert code == 2 and "no model named 'x' as of position 1 (there are none yet)" in err
+    # A valid filter that matches nothing is not an error, but says why the output is empty.
+    code, out, err = run(capsys, "models", "--url", store_url, "--status", "ready")
+    assert (code, out) == (0, "")
+    assert err == "mlevents: no models match these filters (2 without them)\n"
+    code, out, err = run(capsys, "deployments", "--url", store_url, "--as-of", str(first),
+                         "--environment", "staging", "--active")
+    assert code == 0 and [row["model_id"] for row in json_lines(out)] == ["m1"] and err == ""
+
+
+def test_as_of_names_both_accepted_forms(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "trainings", "--url", store_url, "--as-of", "-5")
+    assert (code, out) == (2, "")
+    assert "--as-of '-5' is neither a global position (an integer >= 0, e.g. 120) nor an " \
+        "ISO 8601 time with a timezone (e.g. 2026-11-24T14:02:00Z)" in err
+    code, _, err = run(capsys, "trainings", "--url", store_url, "--as-of", "2025-01-01T00:00")
+    assert code == 2 and "has no timezone" in err
+    code, out, _ = run(capsys, "trainings", "--url", store_url, "--as-of", "2099-01-01T00:00Z")
+    assert code == 0 and len(json_lines(out)) == 3
+
+
+def test_lineage_of_an_unknown_model_names_the_known_ones(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "lineage", "wine-clg", "--url", store_url)
+    assert (code, out) == (2, "")
+    assert "no model 'wine-clg' in the log" in err
+    assert "did you mean 'wine-clf'? (model names: wine-clf)" in err
+
+
+# -- humane output on a terminal, JSON otherwise ----------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to make (captured) stdout look like a 160-column terminal, as in a shell."""
+
+    def pretend() -> None:
+        monkeypatch.setenv("COLUMNS", "160")
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+
+    return pretend
+
+
+def test_models_trainings_deployments_are_tables_on_a_terminal(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str], terminal: Callable[[], None],
+) -> None:
+    terminal()
+    code, out, _ = run(capsys, "models", "--url", store_url)
+    text = ANSI.sub("", out)
+    assert code == 0 and "┃ name" in text and "model id" in text
+    rows = [line for line in text.splitlines() if "wine-clf" in line]
+    assert len(rows) == 2 and "deployed" in rows[1] and "production" in rows[1]
+    code, out, _ = run(capsys, "trainings", "--url", store_url)
+    assert code == 0 and "training id" in out and "failed" in out and "run-2" in out
+    code, out, _ = run(capsys, "deployments", "--url", store_url)
+    assert code == 0 and "environment" in out and "serving" in out
+    code, out, _ = run(capsys, "status", "--url", store_url)
+    text = ANSI.sub("", out)
+    assert code == 0 and "┃ event type" in text and "│ training_progress   │    15 │" in text
+    # --json is the machine format on a terminal too.
+    code, out, _ = run(capsys, "models", "--url", store_url, "--json")
+    assert [row["model_id"] for row in json_lines(out)] == ["m1", "m2"]
+
+
+def test_explain_is_a_short_tree_on_a_terminal(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str], terminal: Callable[[], None],
+) -> None:
+    terminal()
+    code, tree, _ = run(capsys, "explain", "inf-2", "--url", store_url)
+    assert code == 0
+    tree = ANSI.sub("", tree)
+    lines = tree.splitlines()
+    assert lines[0].startswith("inference prediction inf-2 · = b · feedback: a (wrong)")
+    assert any("deployment" in line and "(served)" in line for line in lines)
+    assert any("model wine-clf v2 · m2 (deployed)" in line for line in lines)
+    assert any("training run-3 · completed (produced)" in line for line in lines)
+    assert any("ingest b1 · s3://lake/b1.csv (ingested)" in line for line in lines)
+    code, document, _ = run(capsys, "explain", "inf-2", "--url", store_url, "--json")
+    assert json.loads(document)["root"] == "inference:inf-2"
+    assert len(lines) * 5 < len(document.splitlines())
+
+
+def test_lineage_and_impact_trees_and_the_machine_formats_when_piped(
+    ml_history: dict[str, es.RecordedEvent], store_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "lineage", "wine-clf", "--url", store_url, "--format", "tree")
+    assert code == 0 and out.startswith("model wine-clf v2 · m2\n")
+    assert "└── training run-3 · completed (produced)\n" in out
+    code, out, _ = run(capsys, "impact", RAW[:8], "--url", store_url, "--format", "tree")
+    assert code == 0 and out.startswith(f"dataset wine · {RAW[:12]}\n")
+    assert out.count("model wine-clf v2") == 1 and "(shown above)" in out
+    # Piped (not a terminal): the JSON document, as before.
+    code, out, _ = run(capsys, "lineage", "wine-clf", "--url", store_url)
+    assert code == 0 and json.loads(out)["root"] == "model:m2"
+    code, _, err = run(capsys, "lineage", "wine-clf", "--url", store_url, "--json",
+                       "--format", "mermaid")
+    assert code == 2 and "--json and --format mermaid disagree" in err
+
+
+def in_terminal(*args: str) -> str:
+    """Run the installed `mlevents ARGS` with stdout and stderr on a pseudo-terminal; return
+    what the terminal received, without ANSI codes."""
+    script = shutil.which("mlevents", path=str(Path(sys.executable).parent))
+    assert script is not None
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [script, *args], stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert process.wait(timeout=60) == 0
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", b"".join(chunks).decode())
+
+
+def test_a_real_terminal_gets_a_table_and_a_pipe_json(
+    ml_history: dict[str, es.RecordedEvent], store_url: str
+) -> None:
+    screen = in_terminal("models", "--url", store_url)
+    assert "┃ name" in screen and screen.count("wine-clf") == 2
+    script = shutil.which("mlevents", path=str(Path(sys.executable).parent))
+    assert script is not None
+    piped = subprocess.run([script, "models", "--url", store_url], capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert [row["name"] for row in json_lines(piped.stdout)] == ["wine-clf", "wine-clf"]
+
+
+def test_rebuild_shows_a_progress_bar_on_a_terminal(
+    ml_history: dict[str, es.RecordedEvent], store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with es.connect(store_url) as store:
+        head = store.head_position()
+    screen = in_terminal("project", "--url", store_url, "--rebuild", "training_summaries")
+    assert "rebuilding training_summaries" in screen and f"/{head} positions" in screen
+    # Not on a terminal: no bar, nothing but the JSON lines.
+    code, out, err = run(capsys, "project", "--url", store_url, "--rebuild", "deployments")
+    assert (code, err) == (0, "") and len(json_lines(out)) == 5
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+def test_dead_letters_are_listed_and_retried(
+    store: es.EventStore, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "dead-letters", "--url", store_url)
+    assert (code, out) == (0, "") and "no dead letters: every event was applied" in err
+    # Progress for runs nobody started: training_summaries parks them.
+    [early] = store.append("run-x", [TrainingProgress(step=1)])
+    [other] = store.append("run-y", [TrainingProgress(step=1)])
+    code, _, err = run(capsys, "project", "--url", store_url)
+    assert code == 0 and "2 event(s) are parked" in err and "mlevents dead-letters" in err
+    code, out, _ = run(capsys, "dead-letters", "--url", store_url)
+    letters = json_lines(out)
+    assert code == 0 and [x["event_id"] for x in letters] == [early.id, other.id]
+    assert letters[0]["projection"] == "training_summaries" and letters[0]["traceback"]
+
+    code, _, err = run(capsys, "dead-letters", "--url", store_url, "--retry", "nope")
+    assert code == 2 and f"no dead letter for event 'nope'; parked event ids: {early.id}" in err
+    # The cause fixed (run-x now has a start), retry one by a prefix of its id.
+    store.append("run-x", [es.NewEvent("training_started", {
+        "config": {}, "dataset_id": "d", "dataset_version": "a" * 64})])
+    code, _, err = run(capsys, "dead-letters", "--url", store_url, "--retry", early.id[:8])
+    assert code == 2 and f"event id prefix {early.id[:8]!r} is ambiguous" in err  # UUIDv7s
+    code, out, err = run(capsys, "dead-letters", "--url", store_url, "--retry", early.id[:-4])
+    assert (code, err) == (0, "")
+    [stats] = json_lines(out)
+    assert (stats["projection"], stats["retried"], stats["applied"], stats["failed"]) == (
+        "training_summaries", 1, 1, 0)
+    code, out, _ = run(capsys, "dead-letters", "--url", store_url)
+    assert [x["event_id"] for x in json_lines(out)] == [other.id]
+    # run-y still has no start: retrying everything leaves it parked and exits 1.
+    code, out, _ = run(capsys, "dead-letters", "--url", store_url, "--all")
+    assert code == 1 and json_lines(out)[0]["failed"] == 1
+
+
+def test_rebuild_reports_progress_batch_by_batch(store: es.EventStore) -> None:
+    for step in range(5):
+        store.append("run-a", [TrainingProgress(step=step)])
+    runner = ProjectionRunner(store, builtin_projections())
+    seen: list[int] = []
+    runner.rebuild("training_summaries", batch_size=2, progress=lambda s: seen.append(s.checkpoint))
+    assert seen == [2, 4, 5]
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def test_predict_finds_the_artifacts_beside_the_store_and_prints_inference_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLEVENTS_ARTIFACTS", raising=False)
+    monkeypatch.chdir(tmp_path)  # not beside the store: the default ./.mlevents would be wrong
+    home = tmp_path / "home"
+    url = f"sqlite:///{home / 'events.db'}"
+    iris = load_iris(as_frame=True).frame
+
+    def fit(dataset: Any, hyperparameters: dict[str, Any], seed: int | None) -> Any:
+        return DecisionTreeClassifier(random_state=seed, **hyperparameters).fit(
+            dataset.drop(columns="target"), dataset["target"]
+        )
+
+    with es.connect(url) as store:
+        outcome = TrainingService(store, ArtifactStore(home / "artifacts")).train(
+            fit, iris, hyperparameters={"max_depth": 2}, seed=1, model_name="iris-tree"
+        )
+        store.append("deployments:iris-tree", [ModelDeployed(
+            model_id=outcome.model_id, model_name="iris-tree", version=1)])
+    iris.head(3).to_csv(tmp_path / "batch.csv", index=False)
+    batch = str(tmp_path / "batch.csv")
+    code, _, err = run(capsys, "predict", "--url", url, "--csv", batch, "--environment", "prod")
+    assert code == 2 and "no model is deployed in 'prod'; did you mean 'production'? " \
+        "(serving now: iris-tree v1 in production)" in err
+    code, _, err = run(capsys, "predict", "--url", url, "--csv", batch, "--model-name", "iris")
+    assert code == 2 and "model 'iris' is not deployed in 'production'; did you mean " \
+        "'iris-tree'?" in err
+
+    code, out, err = run(capsys, "predict", "--url", url, "--csv", str(tmp_path / "batch.csv"))
+    assert (code, err) == (0, "")
+    assert "model iris-tree v1" in out and "accuracy on labelled rows: 1.0000" in out
+    ids = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert len(ids) == 3
+    code, out, _ = run(capsys, "explain", ids[0], "--url", url)
+    assert code == 0 and json.loads(out)["root"] == f"inference:{ids[0]}"
+    assert not (tmp_path / ".mlevents").exists()

@@ -245,7 +245,9 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     assert mats["trained_model"].metadata["model_id"].value == completed["model_id"]
     assert mats["deployed_model"].metadata["deployed_event_id"].value == deployed.id
     assert mats["model_evaluation"].metadata["evaluated_event_id"].value == evaluated.id
-    assert "```mermaid" in mats["deployed_model_lineage"].metadata["lineage"].value
+    tree = mats["deployed_model_lineage"].metadata["lineage"].value  # readable in the UI
+    assert tree.startswith("```text\n") and f"· {completed['model_id']}\n" in tree
+    assert "└── training " in tree and "(trained_on)" in tree
     assert completed["model_id"] in mats["deployed_model_lineage"].metadata["mermaid"].value
     assert mats["read_models"].metadata["rows"].value["deployments"] == 1
     assert all(check.passed for check in result.get_asset_check_evaluations())

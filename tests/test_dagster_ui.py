@@ -11,7 +11,7 @@ import pytest
 from _dagster_dev import TIMEOUT, installation, running_dagster
 
 from pipelines.dataset import seed_landing
-from pipelines.demo import follow_batch
+from pipelines.demo import asset_graph_path, follow_batch
 from pipelines.jobs import FULL_PIPELINE_ASSETS
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def require_browser() -> None:
         return
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(
-            f"{missing} (CI=true: .ci/run installs Debian's chromium; the UI test must run)"
+            f"{missing} (CI=true: `make test` installs Debian's chromium; the UI test must run)"
         )
     pytest.skip(f"{missing}; `apt-get install chromium` to run the UI test")
 
@@ -64,30 +64,35 @@ def test_asset_graph_page_shows_the_pipeline(tmp_path: Path) -> None:
             )
             try:
                 # Wide enough that the graph is drawn with full asset cards, not thumbnails.
-                context = browser.new_context(viewport={"width": 2400, "height": 600})
+                context = browser.new_context(viewport={"width": 3000, "height": 600})
                 # Dismiss the one-time "join the community" dialog before it covers the graph.
                 context.add_init_script(
                     "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
                 )
                 page = context.new_page()
                 page.set_default_timeout(30_000)
-                page.goto(f"{dagster.url}/asset-groups")
+                # The page `make run` prints: every group expanded, no key pressed.
+                page.goto(f"{dagster.url}{asset_graph_path()}")
                 expect(page.get_by_text("Global asset lineage")).to_be_visible()
                 for group in ("data", "training", "provenance"):
                     expect(page.get_by_text(group, exact=True).first).to_be_visible()
-                page.get_by_role("button", name="Hide navigation").click()
-                page.locator("input[placeholder^='Jump to']").locator(
-                    "xpath=following::button[1]"
-                ).click()  # hide the asset tree beside the graph
-                page.keyboard.press("Alt+e")  # the graph's own shortcut: expand all groups
                 for name in ASSET_NAMES:
                     expect(page.get_by_text(name, exact=True).first).to_be_visible()
                 # Every asset card shows the materialization the sensors made.
                 expect(page.get_by_text("Materialized", exact=True)).to_have_count(len(ASSET_NAMES))
                 shot = tmp_path / "asset-graph.png"
                 page.screenshot(path=str(shot))
+
+                # The deployed model's lineage reads as a tree in its materialization metadata.
+                page.set_viewport_size({"width": 1600, "height": 1000})
+                page.goto(f"{dagster.url}/assets/deployed_model_lineage?view=events")
+                expect(page.get_by_text("└── training ", exact=False).first).to_be_visible()
+                expect(page.get_by_text("(trained_on)", exact=False).first).to_be_visible()
+                lineage_shot = tmp_path / "lineage-metadata.png"
+                page.screenshot(path=str(lineage_shot))
             finally:
                 browser.close()
-    assert shot.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000 and lineage_shot.stat().st_size > 10_000
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
+        shutil.copyfile(lineage_shot, Path(os.environ[SCREENSHOT_ENV]).with_name(lineage_shot.name))

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlevents",
         description="Event sourcing for AI/ML systems: an append-only log of typed ML events. "
-        "The store URL defaults to $MLEVENTS_URL, then sqlite:///.mlevents/events.db.",
+        "Every command takes the store as --url URL, else $MLEVENTS_URL, else "
+        "sqlite:///.mlevents/events.db (the store `make run` uses). On a terminal results are "
+        "tables and trees; piped, or with --json, they are JSON.",
     )
     parser.add_argument("--version", action="version", version=f"mlevents {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")

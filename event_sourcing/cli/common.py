@@ -1,16 +1,20 @@
-"""Helpers shared by every `mlevents` subcommand module: store URL arguments, opening the store,
-JSON input/output and argument parsing that fails with a message saying what to type instead.
+"""Helpers shared by every `mlevents` subcommand module: the store URL convention, opening the
+store, output (rich on a terminal, JSON otherwise), hints, and argument parsing with fixes.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from rich.console import Console
 
 import event_sourcing as es
 from event_sourcing.errors import EventStoreError
@@ -20,18 +24,28 @@ Handler = Callable[[argparse.Namespace], int]
 """A subcommand: takes the parsed arguments, returns the exit status."""
 
 __all__ = [
+    "URL_HELP",
     "CommandLineError",
     "Handler",
+    "add_json_argument",
     "add_url_argument",
+    "did_you_mean",
+    "empty_store_note",
+    "human_output",
     "non_negative_int",
+    "note",
     "open_store",
     "parse_iso_datetime",
     "parse_json_object",
     "positive_float",
     "print_json_line",
+    "progress_bar",
     "resolve_url",
     "set_handler",
+    "stdout_console",
 ]
+
+URL_HELP = "store URL (default: $MLEVENTS_URL, then sqlite:///.mlevents/events.db, `make run`'s)"
 
 
 class CommandLineError(EventStoreError):
@@ -44,17 +58,12 @@ def set_handler(parser: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def add_url_argument(parser: argparse.ArgumentParser) -> None:
-    """An optional positional URL plus `--url`; both default to $MLEVENTS_URL, then SQLite.
+    """`--url` (the documented convention), else $MLEVENTS_URL, else `es.default_url()`.
 
-    Put the positional URL before options (`mlevents read URL --type T`), or use `--url`.
+    A positional URL before the options is still accepted (older scripts), but not advertised.
     """
-    parser.add_argument(
-        "url",
-        nargs="?",
-        metavar="URL",
-        help="store URL (default: $MLEVENTS_URL, then sqlite:///.mlevents/events.db)",
-    )
-    parser.add_argument("--url", dest="url_option", metavar="URL", help="store URL, as an option")
+    parser.add_argument("url", nargs="?", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--url", dest="url_option", metavar="URL", help=URL_HELP)
 
 
 def resolve_url(args: argparse.Namespace) -> str:
@@ -146,3 +155,71 @@ def print_json_line(value: Any, out: TextIO | None = None) -> None:
     """One compact JSON document on one line (the JSON-lines format `read` and `tail` emit)."""
     stream = out if out is not None else sys.stdout
     stream.write(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """`--json`: machine output, which is also the default when stdout is not a terminal."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable JSON (the default when stdout is not a terminal)",
+    )
+
+
+def human_output(args: argparse.Namespace) -> bool:
+    """Tables and trees for a person: stdout is a terminal and --json was not given.
+
+    Piped or redirected output stays the stable machine format, so scripts never parse tables.
+    """
+    return not getattr(args, "json", False) and sys.stdout.isatty()
+
+
+def stdout_console() -> Console:
+    """A rich console on the current sys.stdout (looked up per call: tests swap it)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def note(message: str) -> None:
+    """A hint for the person at the terminal, on stderr (stdout stays parseable)."""
+    print(f"mlevents: {message}", file=sys.stderr)
+
+
+def did_you_mean(wanted: str, known: Iterable[str]) -> str:
+    """'; did you mean 'x'?' when a known name is close to `wanted` (or the only one it begins),
+    else ''."""
+    names = list(known)
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in names if wanted and name.startswith(wanted)]
+    return f"; did you mean {close[0]!r}?" if len(close) == 1 else ""
+
+
+
+def empty_store_note(store: es.EventStore) -> bool:
+    """Say so (on stderr) when `store` has no events at all, naming it; True if empty."""
+    if store.head_position():
+        return False
+    note(
+        f"the store {store.recorder.description} has no events yet; is it the one you meant? "
+        "Give another with --url or $MLEVENTS_URL (`make run` writes to "
+        "sqlite:///.mlevents/events.db in the repository)"
+    )
+    return True
+
+
+@contextmanager
+def progress_bar(what: str, total: int, unit: str = "positions") -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long work, when stderr is a terminal (else silent); yields
+    `advance_to(done)`. The bar disappears when the work ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda done: progress.update(task, completed=min(done, total))

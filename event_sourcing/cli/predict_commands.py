@@ -6,22 +6,44 @@ Built on event_sourcing.serving; predictions (and feedback, with labels) go to t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from event_sourcing.artifacts import ENV_VAR as ARTIFACTS_ENV_VAR
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.cli.common import (
     CommandLineError,
+    add_json_argument,
     add_url_argument,
+    did_you_mean,
     open_store,
     print_json_line,
+    resolve_url,
     set_handler,
 )
-from event_sourcing.serving import DEFAULT_ENVIRONMENT, score_batch
+from event_sourcing.serving import (
+    DEFAULT_ENVIRONMENT,
+    Deployment,
+    NoDeployedModelError,
+    deployments,
+    score_batch,
+)
 
-__all__ = ["cmd_predict", "register"]
+__all__ = ["artifacts_beside", "cmd_predict", "register"]
+
+
+def artifacts_beside(url: str) -> ArtifactStore:
+    """The artifact store that goes with the store at `url`: $MLEVENTS_ARTIFACTS, else the
+    `artifacts/` folder beside a SQLite file (where `make run` and the pipeline keep them),
+    else ArtifactStore's default."""
+    if not os.environ.get(ARTIFACTS_ENV_VAR) and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].partition("?")[0]
+        if path != ":memory:":
+            return ArtifactStore(Path(path).parent / "artifacts")
+    return ArtifactStore()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -29,7 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     Each prediction is logged (inference_requested + inference_completed); when the file has
     the label column, the true label is logged as inference_feedback and the accuracy is
-    printed. --json prints one JSON line per row instead of the summary.
+    printed, then each inference id. --json prints one JSON line per row instead.
     """
     path = Path(args.csv)
     try:
@@ -40,8 +62,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CommandLineError(f"{str(path)!r} is not a readable CSV file: {exc}") from None
     label = None if args.label_column in ("", "none") else args.label_column
     id_column = None if args.id_column in ("", "none") else args.id_column
-    artifacts = ArtifactStore(args.artifacts) if args.artifacts else ArtifactStore()
+    artifacts = (
+        ArtifactStore(args.artifacts) if args.artifacts else artifacts_beside(resolve_url(args))
+    )
     with open_store(args) as store:
+        serving = deployments(store)
+        if (args.environment, args.model_name) not in serving and not any(
+            env == args.environment and args.model_name is None for env, _ in serving
+        ):
+            raise NoDeployedModelError(_nothing_serves(args, serving))
         result = score_batch(
             store,
             artifacts,
@@ -72,7 +101,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out.write(f" and {result.feedback} feedback event(s)\n" if result.feedback else "\n")
     if result.accuracy is not None:
         out.write(f"accuracy on labelled rows: {result.accuracy:.4f}\n")
+    if result.inference_ids:
+        out.write("inference ids (explain one with `mlevents explain ID`):\n")
+        for row, (inference_id, prediction) in enumerate(
+            zip(result.inference_ids, result.predictions, strict=True)
+        ):
+            out.write(f"  {inference_id}  row {row}: {prediction}\n")
     return 0
+
+
+def _nothing_serves(
+    args: argparse.Namespace, serving: dict[tuple[str, str], Deployment]
+) -> str:
+    """Why predict cannot score: what serves where instead, with a did-you-mean."""
+    which = f"model {args.model_name!r} is not" if args.model_name else "no model is"
+    if not serving:
+        return (
+            f"{which} deployed in {args.environment!r}: nothing serves anywhere yet "
+            "(no model_deployed event); deploy one first, e.g. let `make run` train and deploy"
+        )
+    now = ", ".join(f"{name} v{d.version} in {env}" for (env, name), d in sorted(serving.items()))
+    environments = {env for env, _ in serving}
+    if args.environment in environments:
+        hint = did_you_mean(args.model_name or "", {name for _, name in serving})
+    else:
+        hint = did_you_mean(args.environment, environments)
+    return f"{which} deployed in {args.environment!r}{hint} (serving now: {now})"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,15 +135,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "predict",
         help="score a CSV batch with the deployed model (logs predictions and feedback)",
         description=cmd_predict.__doc__,
-        epilog="Example: mlevents predict sqlite:///.mlevents/events.db --csv batch.csv "
-        "--artifacts .mlevents/artifacts",
+        epilog="Example: mlevents predict --csv batch.csv (the store and the artifacts "
+        "beside it: .mlevents/events.db and .mlevents/artifacts, `make run`'s)",
     )
     add_url_argument(predict)
     predict.add_argument("--csv", required=True, metavar="FILE", help="the batch to score")
     predict.add_argument(
         "--artifacts",
         metavar="DIR",
-        help="artifact store folder (default: $MLEVENTS_ARTIFACTS, then .mlevents/artifacts)",
+        help="artifact store folder (default: $MLEVENTS_ARTIFACTS, then artifacts/ beside a "
+        "SQLite store, then .mlevents/artifacts)",
     )
     predict.add_argument(
         "--environment", default=DEFAULT_ENVIRONMENT, help="deployment environment to use"
@@ -112,5 +167,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     predict.add_argument(
         "--no-log", action="store_true", help="only predict; write nothing to the store"
     )
-    predict.add_argument("--json", action="store_true", help="one JSON line per row")
+    add_json_argument(predict)
     set_handler(predict, cmd_predict)

@@ -17,14 +17,21 @@ from typing import Any
 import event_sourcing as es
 from event_sourcing.catalog import default_registry, export_json_schemas, render_markdown_catalog
 from event_sourcing.cli.common import (
+    CommandLineError,
+    add_json_argument,
     add_url_argument,
+    did_you_mean,
+    empty_store_note,
+    human_output,
     non_negative_int,
+    note,
     open_store,
     parse_iso_datetime,
     parse_json_object,
     positive_float,
     print_json_line,
     set_handler,
+    stdout_console,
 )
 from event_sourcing.projections.counts import log_counts
 
@@ -122,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status", help="head position and event counts", description=cmd_status.__doc__
     )
     add_url_argument(status)
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_argument(status)
     set_handler(status, cmd_status)
 
     schema = subparsers.add_parser(
@@ -194,6 +201,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     object per line, as RecordedEvent.to_dict() gives them."""
     until = None if args.until is None else parse_iso_datetime(args.until, "--until")
     with open_store(args) as store:
+        check_event_types(store, args.event_types)
         events: Iterator[es.RecordedEvent]
         if args.stream is None:
             events = store.read_all(
@@ -203,9 +211,32 @@ def cmd_read(args: argparse.Namespace) -> int:
             events = _filter_stream(
                 store.read_stream(args.stream), args.after, args.event_types, until, args.limit
             )
+        printed = 0
         for event in events:
             print_json_line(event.to_dict())
+            printed += 1
+        if not printed and not empty_store_note(store):
+            _no_events_note(store, args)
     return 0
+
+
+def _no_events_note(store: es.EventStore, args: argparse.Namespace) -> None:
+    """Why `read` printed nothing, on stderr: which filter left nothing."""
+    head = store.head_position()
+    if args.stream is not None and store.stream_version(args.stream) == 0:
+        note(f"no stream {args.stream!r} in the store (head position {head})")
+        return
+    filters = []
+    if args.event_types:
+        filters.append("--type " + " --type ".join(args.event_types))
+    if args.after:
+        filters.append(f"--after {args.after}")
+    if args.until:
+        filters.append(f"--until {args.until}")
+    if args.limit == 0:
+        filters.append("--limit 0")
+    where = f" with {' '.join(filters)}" if filters else ""
+    note(f"no events match{where} (head position {head})")
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -214,6 +245,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if args.max_events == 0:
         return 0
     with open_store(args) as store:
+        check_event_types(store, args.event_types)
         after = store.head_position() if args.after is None else args.after
         printed = 0
         try:
@@ -257,6 +289,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    if human_output(args):
+        _print_status_table(report)
+        return 0
     for label, key in [
         ("store", "store"),
         ("backend", "backend"),
@@ -276,6 +311,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_status_table(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = stdout_console()
+    console.print(
+        f"[bold]{escape(report['store'])}[/] ({report['backend']}): head position "
+        f"[bold]{report['head_position']}[/], {report['events']} events in "
+        f"{report['streams']} streams"
+    )
+    if not report["counts_by_type"]:
+        console.print("no events yet")
+        return
+    table = Table("event type", "count")
+    table.columns[1].justify = "right"
+    for name, count in report["counts_by_type"].items():
+        table.add_row(escape(name), str(count))
+    console.print(table)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Export the JSON Schema of every registered event type: with no options, print them as one
     JSON object (type -> schema); --json-dir writes one file per type, --markdown a catalog."""
@@ -293,6 +348,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def check_event_types(store: es.EventStore, event_types: Collection[str] | None) -> None:
+    """Refuse a --type that is neither registered nor in the log (a typo would match nothing)."""
+    if not event_types:
+        return
+    known = set(store.registry.types())
+    unknown = [name for name in event_types if name not in known]
+    if unknown:
+        known |= set(store.counts_by_type())
+    for name in unknown:
+        if name not in known:
+            raise CommandLineError(
+                f"unknown event type {name!r}{did_you_mean(name, known)} "
+                "(`mlevents schema` lists the registered types, `mlevents status` those in the log)"
+            )
 
 
 def follow(

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -202,16 +202,23 @@ class ProjectionRunner:
 
     # -- catching up ----------------------------------------------------------------------
     def run(
-        self, name: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        name: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Callable[[RunStats], None] | None = None,
     ) -> dict[str, RunStats]:
-        """Catch up every projection (or `name`) with the log; return stats by name."""
+        """Catch up every projection (or `name`) with the log; return stats by name.
+        `progress` is called with the running stats after each batch."""
         if batch_size < 1:
             raise ProjectionError(f"batch_size must be >= 1, got {batch_size}")
         results = {}
         for projection in self._selected(name):
             stats = RunStats(projection.name, rebuilt=self._ensure(projection))
             while self._batch(projection, batch_size, stats):
-                pass
+                if progress is not None:
+                    progress(stats)
+            if progress is not None:
+                progress(stats)
             results[projection.name] = stats
         return results
 
@@ -329,14 +336,20 @@ class ProjectionRunner:
             stop.wait(poll_interval)
         return totals
 
-    def rebuild(self, name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> RunStats:
-        """Drop the read model, its dead letters and checkpoint; replay it from position 0."""
+    def rebuild(
+        self,
+        name: str,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Callable[[RunStats], None] | None = None,
+    ) -> RunStats:
+        """Drop the read model, its dead letters and checkpoint; replay it from position 0
+        (`progress` as for `run`)."""
         projection = self.get(name)
         with self.store.transaction() as tx:
             self._lock_ddl(tx)
             self._reset(tx, projection)
         self._ready.add(projection.name)
-        stats = self.run(name, batch_size)[name]
+        stats = self.run(name, batch_size, progress)[name]
         stats.rebuilt = True
         return stats
 
@@ -408,9 +421,12 @@ class ProjectionRunner:
             DeadLetter(r[0], r[1], int(r[2]), r[3], r[4], r[5], int(r[6]), r[7]) for r in rows
         ]
 
-    def retry_dead_letters(self, name: str) -> RunStats:
-        """Re-apply `name`'s parked events in position order, one transaction each. A success
-        removes the dead letter; a failure keeps it with the new error and attempt count.
+    def retry_dead_letters(
+        self, name: str, event_ids: Collection[str] | None = None
+    ) -> RunStats:
+        """Re-apply `name`'s parked events (or those of `event_ids`) in position order, one
+        transaction each. A success removes the dead letter; a failure keeps it with the new
+        error and attempt count.
 
         Retried events are applied after later ones: handlers should tolerate that.
         """
@@ -418,6 +434,8 @@ class ProjectionRunner:
         self._ensure(projection)
         stats = RunStats(name, checkpoint=self.checkpoint(name))
         for letter in self.dead_letters(name):
+            if event_ids is not None and letter.event_id not in event_ids:
+                continue
             event = self.store.get_event(letter.event_id)
             with self.store.transaction() as tx:
                 stats.retried += 1

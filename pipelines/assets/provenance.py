@@ -1,6 +1,6 @@
 """Provenance assets: the read models caught up with the log, and the deployed model's lineage.
 
-Lineage is published as Mermaid in the materialization metadata, next to Dagster's own graph.
+Lineage is published as a text tree (and Mermaid source) in the materialization metadata.
 """
 
 import hashlib
@@ -62,11 +62,12 @@ def read_models(
     group_name="provenance",
     code_version=CODE_VERSION,
     description="Lineage of the deployed model (model <- training run <- features <- dataset "
-    "<- ingestion batches), from the event log, as a Mermaid diagram.",
+    "<- ingestion batches), from the event log, as a tree (and a Mermaid diagram).",
 )
 def deployed_model_lineage(
     context: dg.AssetExecutionContext, event_store: EventStoreResource
 ) -> dg.MaterializeResult:
+    from event_sourcing.cli.render import graph_text
     from event_sourcing.provenance import lineage
 
     store = event_store.store
@@ -79,7 +80,8 @@ def deployed_model_lineage(
         metadata={
             "model_id": serving.model_id,
             "model_version": dg.MetadataValue.int(serving.version),
-            "lineage": dg.MetadataValue.md(f"```mermaid\n{mermaid}\n```"),
+            # Dagster's Markdown shows Mermaid as source; a text tree reads as lineage.
+            "lineage": dg.MetadataValue.md(f"```text\n{graph_text(graph)}```"),
             "mermaid": dg.MetadataValue.text(mermaid),
         },
         data_version=dg.DataVersion(hashlib.sha256(mermaid.encode()).hexdigest()),
