@@ -20,9 +20,10 @@ verification read. The user's ``config`` is recorded as given.
 
 from __future__ import annotations
 
+import itertools
 import traceback as traceback_module
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from event_sourcing.catalog import (
     TrainingVerified,
 )
 from event_sourcing.errors import ConcurrencyError
-from event_sourcing.events import RecordedEvent
+from event_sourcing.events import NewEvent, RecordedEvent
 from event_sourcing.training.errors import (
     TrainingError,
     TrainingFunctionNotFoundError,
@@ -66,6 +67,7 @@ from event_sourcing.training.runs import (
     Run,
     TrainingOutcome,
     check_metrics,
+    derived_id,
     load_run,
     model_name_stream,
     optional_float,
@@ -110,6 +112,15 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _same_inputs(recorded: TrainingStarted, new: TrainingStarted) -> bool:
+    """True if two training_started record the same run (all but times and environment)."""
+    ignored = {"started_at", "environment", "code_version"}
+    same_code = (recorded.code_version and recorded.code_version.source_sha256) == (
+        new.code_version and new.code_version.source_sha256
+    )
+    return same_code and recorded.model_dump(exclude=ignored) == new.model_dump(exclude=ignored)
+
+
 class TrainingService:
     """Records, replays and verifies training runs on an event store.
 
@@ -151,6 +162,7 @@ class TrainingService:
         correlation_id: str | None = None,
         training_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Record training_started with everything a re-run needs; return the training id.
 
@@ -167,7 +179,15 @@ class TrainingService:
         Train on the snapshot (``artifacts.get_table(ref)``), not on the frame you took it
         from: verification re-runs on the snapshot, and equal numbers in another memory
         layout can move a model's last bits. `train` does all of this for you.
+
+        `idempotency_key` (e.g. an orchestrator's run + step) makes a retry find its run
+        instead of starting another: the run an earlier call with this key left open is
+        resumed (its id returned, nothing written) when its recorded inputs are the same,
+        else closed with training_failed before a new one starts; a completed one is
+        returned as it is (see `keyed_run`). Ids of keyed runs derive from the key.
         """
+        if idempotency_key is not None and training_id is not None:
+            raise TrainingError("pass training_id or idempotency_key, not both")
         if isinstance(dataset_version, ArtifactRef):
             dataset_uri = dataset_uri or dataset_version.uri
             dataset_version = dataset_version.sha256
@@ -202,7 +222,6 @@ class TrainingService:
             fn = train_fn
         if dataset_uri is None and self.artifacts.exists(version):
             dataset_uri = artifact_uri(version)
-        training_id = str(training_id or uuid.uuid4())
         event = TrainingStarted(
             config=run_config,
             dataset_id=dataset_id or str(run_config.get("dataset_id") or "dataset"),
@@ -218,6 +237,9 @@ class TrainingService:
             model_name=model_name or optional_str(run_config.get("model_name")),
             training_function=function_name,
         )
+        if idempotency_key is not None:
+            return self._start_keyed(idempotency_key, event, correlation_id, metadata)
+        training_id = str(training_id or uuid.uuid4())
         self.store.append(
             training_id,
             [event],
@@ -228,6 +250,64 @@ class TrainingService:
         )
         return training_id
 
+    def keyed_run(self, idempotency_key: str) -> str | None:
+        """The run a `start_training(idempotency_key=...)` left open or completed, or None.
+
+        Runs of one key are numbered; the failed ones are history, the next one is current.
+        """
+        for training_id, run in self._keyed_runs(idempotency_key):
+            if run is None:
+                return None
+            if run.status != "failed":
+                return training_id
+        raise AssertionError("unreachable")
+
+    def _keyed_runs(self, key: str) -> Iterator[tuple[str, Run | None]]:
+        """(id, run) of each run of `key` in order, then (the next free id, None)."""
+        for attempt in itertools.count(1):
+            training_id = derived_id("training", key, str(attempt))
+            if self.store.stream_version(training_id) == 0:
+                yield training_id, None
+                return
+            yield training_id, load_run(self.store, training_id)
+
+    def _start_keyed(
+        self,
+        key: str,
+        event: TrainingStarted,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> str:
+        for _attempt in range(APPEND_ATTEMPTS):
+            for training_id, run in self._keyed_runs(key):
+                if run is None:
+                    break
+                if run.status == "failed":
+                    continue
+                if run.status == "completed" or _same_inputs(run.started, event):
+                    return training_id  # resumed: the retry carries on where it stopped
+                self.fail_training(
+                    training_id,
+                    "superseded: a retry under the same idempotency key started with other "
+                    "inputs (config, dataset, hyper-parameters, seed or code)",
+                    metadata=metadata,
+                )
+            try:
+                self.store.append(
+                    training_id,
+                    [event],
+                    expected_version=0,
+                    stream_type=TRAINING_STREAM_TYPE,
+                    correlation_id=correlation_id or training_id,
+                    metadata=metadata,
+                )
+                return training_id
+            except ConcurrencyError:
+                continue  # another attempt of the same key started it meanwhile: look again
+        raise TrainingError(
+            f"training runs of idempotency key {key!r} kept changing while starting one; retry"
+        )
+
     def record_training_step(
         self,
         training_id: str,
@@ -237,7 +317,11 @@ class TrainingService:
     ) -> RecordedEvent:
         """Append training_progress. `step_data` keys: step (required), metrics, loss,
         learning_rate, timestamp, and resources (or gpu_memory / cpu_usage). `metadata` goes
-        on the event's envelope."""
+        on the event's envelope.
+
+        A step number is recorded once per run: recording it again (a retried step) returns
+        the event recorded first and writes nothing, even after the run has ended.
+        """
         unknown = set(step_data) - _STEP_KEYS
         if unknown:
             raise TrainingError(
@@ -261,9 +345,13 @@ class TrainingService:
             timestamp=step_data.get("timestamp") or self.clock(),
             resources=resources,
         )
+        step_id = derived_id(training_id, "step", str(event.step))
         for _attempt in range(APPEND_ATTEMPTS):
             version, last, first = run_ends(self.store, training_id)
             if last.event_type in TERMINAL:
+                recorded = self.store.get_event(step_id)
+                if recorded is not None and recorded.stream_id == training_id:
+                    return recorded
                 raise TrainingStateError(
                     f"training run {training_id} has ended ({last.event_type}); steps can only "
                     "be recorded while it runs. Start a new run"
@@ -271,12 +359,13 @@ class TrainingService:
             try:
                 return self.store.append(
                     training_id,
-                    [event],
+                    [NewEvent.of(event, id=step_id)],
                     expected_version=version,
                     stream_type=TRAINING_STREAM_TYPE,
                     correlation_id=first.correlation_id or training_id,
                     causation_id=first.id,
                     metadata=metadata,
+                    on_duplicate="return_existing",
                 )[0]
             except ConcurrencyError:
                 continue  # another writer stepped the run; re-check it is still running
@@ -363,6 +452,22 @@ class TrainingService:
             ) from None
         self._register_model(recorded, run, metadata)
         return event.model_id
+
+    def completed_model(
+        self, training_id: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """The model id of a completed run (None if it has not completed), first finishing
+        its model registration if the attempt that completed it was interrupted.
+
+        What a retried step calls when `start_training(idempotency_key=...)` handed it a run
+        an earlier attempt already completed.
+        """
+        run = load_run(self.store, training_id)
+        if run.completed is None or run.completed_event is None:
+            return None
+        if not model_registered(self.store, run.completed.model_id):
+            self._register_model(run.completed_event, run, metadata)
+        return run.completed.model_id
 
     def fail_training(
         self,
