@@ -3,10 +3,16 @@
 A run killed mid-training (SIGKILL, OOM) never appends its terminal event; these sensors do.
 """
 
+import json
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.launcher import DefaultRunLauncher
 
 import event_sourcing as es
 from event_sourcing.catalog import EventTypes
@@ -14,9 +20,12 @@ from event_sourcing.training import TrainingService, TrainingStateError
 from resources import EventStoreResource
 
 __all__ = [
+    "WORKER_GONE_GRACE_SECONDS",
     "close_orphaned_trainings",
     "close_trainings_of_canceled_runs",
     "close_trainings_of_failed_runs",
+    "fail_runs_whose_worker_is_gone",
+    "find_runs_whose_worker_is_gone",
     "orphan_sensors",
 ]
 
@@ -121,4 +130,96 @@ def close_trainings_of_canceled_runs(
     return _close(context, event_store, message)
 
 
-orphan_sensors = [close_trainings_of_failed_runs, close_trainings_of_canceled_runs]
+# -- runs whose worker is gone, with nobody left to say so ---------------------------------------
+
+WORKER_GONE_GRACE_SECONDS = 60.0
+"""How long a started run's worker must have been seen dead before the run is marked failed.
+The code server that launched it reports it within a second when it is alive to watch."""
+
+
+def process_alive(pid: int) -> bool:
+    """True while process `pid` exists on this host and is not a zombie."""
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc").is_dir():
+        try:
+            # "pid (comm) state ...": comm may hold spaces and parentheses
+            state = stat.read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):
+            return True  # unreadable: assume alive, never fail a run on a guess
+        return state not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    started = instance.all_logs(run_id, of_type=DagsterEventType.RUN_START)
+    event = started[-1].dagster_event if started else None
+    return event.pid if event is not None else None
+
+
+def find_runs_whose_worker_is_gone(
+    instance: dg.DagsterInstance,
+    seen_dead: dict[str, float],
+    now: float,
+    grace: float = WORKER_GONE_GRACE_SECONDS,
+    alive: Callable[[int], bool] = process_alive,
+) -> tuple[list[dg.DagsterRun], dict[str, float]]:
+    """(STARTED runs whose worker process has been gone for `grace` seconds, the runs seen
+    dead but not for that long yet -> when first seen), from `seen_dead` of the last call.
+
+    Only for the default run launcher, whose run workers are processes on the host of the
+    code server that evaluates sensors; other launchers check worker health themselves
+    (run monitoring).
+    """
+    if not isinstance(instance.run_launcher, DefaultRunLauncher):
+        return [], {}
+    gone: list[dg.DagsterRun] = []
+    still: dict[str, float] = {}
+    for record in instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    ):
+        run = record.dagster_run
+        pid = _worker_pid(instance, run.run_id)
+        if pid is None or alive(pid):
+            continue
+        first = seen_dead.get(run.run_id, now)
+        if now - first >= grace:
+            gone.append(run)
+        else:
+            still[run.run_id] = first
+    return gone, still
+
+
+@dg.sensor(
+    name="fail_runs_whose_worker_is_gone",
+    minimum_interval_seconds=_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="A started run whose worker process is gone, with no code server left to "
+    f"notice (e.g. after a restart), for {WORKER_GONE_GRACE_SECONDS:g} s -> mark it failed "
+    "(then close_trainings_of_failed_runs closes its trainings).",
+)
+def fail_runs_whose_worker_is_gone(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    seen = json.loads(context.cursor) if context.cursor else {}
+    gone, still = find_runs_whose_worker_is_gone(context.instance, seen, time.time())
+    for run in gone:
+        message = (
+            f"the run worker (pid {_worker_pid(context.instance, run.run_id)}) is gone and "
+            "nothing reported the run's end; marked failed by fail_runs_whose_worker_is_gone"
+        )
+        context.instance.report_run_failed(run, message)
+        context.log.info(f"run {run.run_id}: {message}")
+    return dg.SensorResult(cursor=json.dumps(still))
+
+
+orphan_sensors = [
+    close_trainings_of_failed_runs,
+    close_trainings_of_canceled_runs,
+    fail_runs_whose_worker_is_gone,
+]

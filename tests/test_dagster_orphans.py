@@ -4,8 +4,11 @@ Unit level: the sensor's helper against a real instance and store. End to end: t
 `dagster dev`, a run worker SIGKILLed while it trains, the shipped instance config.
 """
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,11 @@ from event_sourcing.training import TrainingService
 from pipelines.dataset import seed_landing
 from pipelines.demo import wait_until
 from pipelines.jobs import full_pipeline_job
-from pipelines.orphans import close_orphaned_trainings
+from pipelines.orphans import (
+    close_orphaned_trainings,
+    fail_runs_whose_worker_is_gone,
+    find_runs_whose_worker_is_gone,
+)
 
 
 def _service(store: es.EventStore, tmp_path: Path) -> TrainingService:
@@ -108,6 +115,49 @@ def test_a_training_resumed_by_a_live_reexecution_is_left_to_it(
     closed = close_orphaned_trainings(store, instance, retried, "canceled")
     assert [event.stream_id for event in closed] == [training_id]
     assert "was canceled" in service.replay_training(training_id)["error"]
+
+
+def _started_run(instance: dg.DagsterInstance, pid: int) -> dg.DagsterRun:
+    """A run Dagster believes STARTED, whose worker (its RUN_START event's process) is `pid`."""
+    run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job())
+    instance.report_dagster_event(
+        dg.DagsterEvent(
+            DagsterEventType.RUN_START.value, job_name=run.job_name, message="started", pid=pid
+        ),
+        run_id=run.run_id,
+    )
+    started = instance.get_run_by_id(run.run_id)
+    assert started is not None and started.status == dg.DagsterRunStatus.STARTED
+    return started
+
+
+def test_a_started_run_whose_worker_is_gone_is_marked_failed_after_a_grace_period(
+    instance: dg.DagsterInstance,
+) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead = _started_run(instance, int(finished.stdout))
+    alive = _started_run(instance, os.getpid())
+
+    gone, seen = find_runs_whose_worker_is_gone(instance, {}, now=1000.0, grace=60.0)
+    assert gone == [] and seen == {dead.run_id: 1000.0}  # seen dead once: wait for a watcher
+    gone, seen = find_runs_whose_worker_is_gone(instance, seen, now=1030.0, grace=60.0)
+    assert gone == [] and seen == {dead.run_id: 1000.0}
+    gone, seen = find_runs_whose_worker_is_gone(instance, seen, now=1060.0, grace=60.0)
+    assert [run.run_id for run in gone] == [dead.run_id] and seen == {}
+
+    # The sensor: the first tick remembers the dead run, a tick after the grace fails it.
+    with dg.build_sensor_context(instance=instance) as context:
+        result = fail_runs_whose_worker_is_gone(context)
+    assert list(json.loads(result.cursor)) == [dead.run_id]
+    cursor = json.dumps({dead.run_id: 0.0})
+    with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
+        result = fail_runs_whose_worker_is_gone(context)
+    assert json.loads(result.cursor) == {}
+    failed = instance.get_run_by_id(dead.run_id)
+    assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+    running = instance.get_run_by_id(alive.run_id)
+    assert running is not None and running.status == dg.DagsterRunStatus.STARTED
 
 
 def _run_worker_pid(home: Path, run_id: str) -> int | None:
