@@ -20,10 +20,9 @@ verification read. The user's ``config`` is recorded as given.
 
 from __future__ import annotations
 
-import itertools
 import traceback as traceback_module
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,7 @@ from event_sourcing.training.errors import (
     TrainingFunctionNotFoundError,
     TrainingStateError,
 )
+from event_sourcing.training.keyed import keyed_run, start_keyed
 from event_sourcing.training.reproducibility import (
     DEFAULT_DIGITS,
     TrainFn,
@@ -110,15 +110,6 @@ _STEP_KEYS = frozenset(
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _same_inputs(recorded: TrainingStarted, new: TrainingStarted) -> bool:
-    """True if two training_started record the same run (all but times and environment)."""
-    ignored = {"started_at", "environment", "code_version"}
-    same_code = (recorded.code_version and recorded.code_version.source_sha256) == (
-        new.code_version and new.code_version.source_sha256
-    )
-    return same_code and recorded.model_dump(exclude=ignored) == new.model_dump(exclude=ignored)
 
 
 class TrainingService:
@@ -238,7 +229,7 @@ class TrainingService:
             training_function=function_name,
         )
         if idempotency_key is not None:
-            return self._start_keyed(idempotency_key, event, correlation_id, metadata)
+            return start_keyed(self, idempotency_key, event, correlation_id, metadata)
         training_id = str(training_id or uuid.uuid4())
         self.store.append(
             training_id,
@@ -255,58 +246,7 @@ class TrainingService:
 
         Runs of one key are numbered; the failed ones are history, the next one is current.
         """
-        for training_id, run in self._keyed_runs(idempotency_key):
-            if run is None:
-                return None
-            if run.status != "failed":
-                return training_id
-        raise AssertionError("unreachable")
-
-    def _keyed_runs(self, key: str) -> Iterator[tuple[str, Run | None]]:
-        """(id, run) of each run of `key` in order, then (the next free id, None)."""
-        for attempt in itertools.count(1):
-            training_id = derived_id("training", key, str(attempt))
-            if self.store.stream_version(training_id) == 0:
-                yield training_id, None
-                return
-            yield training_id, load_run(self.store, training_id)
-
-    def _start_keyed(
-        self,
-        key: str,
-        event: TrainingStarted,
-        correlation_id: str | None,
-        metadata: Mapping[str, Any] | None,
-    ) -> str:
-        for _attempt in range(APPEND_ATTEMPTS):
-            for training_id, run in self._keyed_runs(key):
-                if run is None:
-                    break
-                if run.status == "failed":
-                    continue
-                if run.status == "completed" or _same_inputs(run.started, event):
-                    return training_id  # resumed: the retry carries on where it stopped
-                self.fail_training(
-                    training_id,
-                    "superseded: a retry under the same idempotency key started with other "
-                    "inputs (config, dataset, hyper-parameters, seed or code)",
-                    metadata=metadata,
-                )
-            try:
-                self.store.append(
-                    training_id,
-                    [event],
-                    expected_version=0,
-                    stream_type=TRAINING_STREAM_TYPE,
-                    correlation_id=correlation_id or training_id,
-                    metadata=metadata,
-                )
-                return training_id
-            except ConcurrencyError:
-                continue  # another attempt of the same key started it meanwhile: look again
-        raise TrainingError(
-            f"training runs of idempotency key {key!r} kept changing while starting one; retry"
-        )
+        return keyed_run(self.store, idempotency_key)
 
     def record_training_step(
         self,
