@@ -11,7 +11,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from event_sourcing.catalog import DomainEvent
 
 _VARIANT = "89ab" * 4  # a hex digit's low 2 bits -> the RFC 4122 variant digit 10xx
 
@@ -31,12 +34,36 @@ def new_event_id() -> str:
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event to append. `id` defaults to a fresh UUIDv7; reuse an id to make a retry
-    idempotent."""
+    idempotent. `metadata` adds to (and overrides) the append's batch metadata.
+
+    A typed catalog event gets an id and metadata through `NewEvent.of(event, id=...,
+    metadata=...)`; appended bare, it gets a fresh id and the batch metadata only.
+    """
 
     type: str
     payload: Mapping[str, Any] = field(default_factory=dict)
     id: str | None = None
     metadata: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        event: DomainEvent,
+        *,
+        id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> NewEvent:
+        """A typed catalog event with an explicit id and/or per-event metadata."""
+        from event_sourcing.catalog import DomainEvent  # the catalog imports this module
+
+        if not isinstance(event, DomainEvent):
+            from event_sourcing.errors import EventValidationError
+
+            raise EventValidationError(
+                f"NewEvent.of takes a typed catalog event (a DomainEvent), got "
+                f"{type(event).__name__}; build a NewEvent(type, payload) for plain payloads"
+            )
+        return cls(event.event_type, event.model_dump(mode="json"), id=id, metadata=metadata)
 
 
 class RecordedEvent(NamedTuple):

@@ -26,6 +26,7 @@ from pipelines.jobs import (
     provenance_job,
     retrain_job,
 )
+from pipelines.orphans import orphan_sensors
 from pipelines.state import dataset_history
 from resources import EventStoreResource, LandingFolderResource
 
@@ -348,4 +349,10 @@ def landing_folder_sensor(
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(sorted(known)))
 
 
-sensors = [retrain_on_new_data, retrain_on_quality_drop, refresh_provenance, landing_folder_sensor]
+sensors = [
+    retrain_on_new_data,
+    retrain_on_quality_drop,
+    refresh_provenance,
+    landing_folder_sensor,
+    *orphan_sensors,
+]

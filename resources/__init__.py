@@ -7,6 +7,8 @@ from resources.artifact_store import ArtifactStoreResource, default_artifacts_ro
 from resources.event_store import (
     EventStoreResource,
     default_store_url,
+    idempotency_scope,
+    keyed_event_id,
     mlevents_home,
     run_metadata,
 )
@@ -19,6 +21,8 @@ __all__ = [
     "default_artifacts_root",
     "default_landing_folder",
     "default_store_url",
+    "idempotency_scope",
+    "keyed_event_id",
     "mlevents_home",
     "run_metadata",
 ]

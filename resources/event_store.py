@@ -4,6 +4,7 @@ Exposes the library's store API plus `emit`, which stamps events with the Dagste
 """
 
 import os
+import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,17 @@ import event_sourcing as es
 from event_sourcing.catalog import DomainEvent
 from event_sourcing.errors import ConfigurationError
 
-__all__ = ["EventStoreResource", "default_store_url", "mlevents_home", "run_metadata"]
+__all__ = [
+    "EventStoreResource",
+    "default_store_url",
+    "idempotency_scope",
+    "keyed_event_id",
+    "mlevents_home",
+    "run_metadata",
+]
+
+# Fixed namespace of keyed event ids: uuid5(namespace, "<root run id>/<step key>/<key>/<n>").
+_KEY_NAMESPACE = uuid.UUID("3c0f8a52-6d1e-4c47-b5d4-6d6c6576656e")
 
 
 def mlevents_home() -> Path:
@@ -58,6 +69,28 @@ def run_metadata(context: Any) -> dict[str, Any]:
     except (AttributeError, dg.DagsterInvariantViolationError):
         metadata["partition_key"] = None
     return metadata
+
+
+def idempotency_scope(context: Any, key: str) -> str:
+    """`<root run id>/<step key>/<key>`: what a keyed emission's ids derive from.
+
+    The root run id is shared by a run, its re-executions and its automatic retries; the step
+    key names the step within them. A fresh run of the same job has a new root, so new ids.
+    """
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(f"an idempotency key must be a non-empty string, got {key!r}")
+    run = context.run
+    root = run.root_run_id or run.run_id
+    try:
+        step = context.get_step_execution_context().step.key
+    except (AttributeError, dg.DagsterInvariantViolationError):
+        step = context.op_def.name if getattr(context, "op_def", None) else "-"
+    return f"{root}/{step}/{key}"
+
+
+def keyed_event_id(context: Any, key: str, index: int = 0) -> str:
+    """The id of the `index`-th event emitted under `key` by this step (see `emit`)."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{idempotency_scope(context, key)}/{index}"))
 
 
 class EventStoreResource(dg.ConfigurableResource):
@@ -118,14 +151,42 @@ class EventStoreResource(dg.ConfigurableResource):
         stream_type: str | None = None,
         causation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> list[es.RecordedEvent]:
         """Append `events` with the run id as correlation id and the run's ids in metadata.
 
         Metadata gets `dagster_run_id`, `dagster_job`, `asset_key` and `partition_key`
         (see `run_metadata`); `metadata` adds to (and may override) them.
+
+        `key` (an idempotency key: what the events state, e.g. ``"deploy"``) makes the
+        emission happen once per step of a run family: the n-th event's id derives from the
+        root run id, the step key and `key` (`keyed_event_id`). Emitting the same key again
+        (a step retried by a RetryPolicy or after its process died, a re-execution from
+        failure, a run retry) returns the events recorded first and writes nothing, even when
+        the new payloads differ; the step's log says so. A keyed batch may not carry ids.
         """
+        if key is not None:
+            existing = self.emitted(context, key)
+            if existing:
+                self._log_reuse(context, key, existing)
+                return existing
+            batch: list[es.NewEvent | DomainEvent] = []
+            for index, event in enumerate(events):
+                event_id = keyed_event_id(context, key, index)
+                if isinstance(event, DomainEvent):
+                    batch.append(es.NewEvent.of(event, id=event_id))
+                elif event.id is None:
+                    batch.append(es.NewEvent(event.type, event.payload, event_id, event.metadata))
+                else:
+                    raise es.EventValidationError(
+                        f"events[{index}] has id {event.id}, but a keyed emission derives every "
+                        f"id from its key {key!r}; leave the id out"
+                    )
+            events = batch
         merged = {**run_metadata(context), **(metadata or {})}
-        return self.store.append(
+        if key is not None:
+            merged["idempotency_key"] = key
+        recorded = self.store.append(
             stream_id,
             events,
             expected_version=expected_version,
@@ -133,6 +194,31 @@ class EventStoreResource(dg.ConfigurableResource):
             correlation_id=context.run.run_id,
             causation_id=causation_id,
             metadata=merged,
+            on_duplicate="compare" if key is None else "return_existing",
+        )
+        if key is not None and recorded and recorded[0].metadata.get(
+            "dagster_run_id"
+        ) != context.run.run_id:
+            self._log_reuse(context, key, recorded)  # another attempt won the race
+        return recorded
+
+    def emitted(self, context: Any, key: str) -> list[es.RecordedEvent]:
+        """The events this step emitted under `key` in this run family (empty if none)."""
+        found: list[es.RecordedEvent] = []
+        while True:
+            event = self.store.get_event(keyed_event_id(context, key, len(found)))
+            if event is None:
+                return found
+            found.append(event)
+
+    @staticmethod
+    def _log_reuse(context: Any, key: str, events: Sequence[es.RecordedEvent]) -> None:
+        first = events[0]
+        context.log.info(
+            f"idempotency key {key!r}: reusing {len(events)} event(s) recorded by an earlier "
+            f"attempt (run {first.metadata.get('dagster_run_id', '?')}; "
+            f"{', '.join(f'{e.event_type} at position {e.position}' for e in events)}); "
+            "nothing new was written"
         )
 
     # -- the library API, delegated -------------------------------------------------------

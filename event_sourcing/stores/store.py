@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, default_registry
 from event_sourcing.errors import (
@@ -197,13 +197,21 @@ class EventStore:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        on_duplicate: Literal["compare", "return_existing"] = "compare",
     ) -> list[RecordedEvent]:
         """Append `events` to `stream_id`, all or nothing; return them as recorded.
 
         `expected_version`: None skips the check; n requires the stream to be at version n
         (0: the stream must not exist yet). A batch whose event ids are all recorded
         already, with the same content, returns the recorded events and writes nothing.
+        `on_duplicate="return_existing"` (keyed emission: the first record wins) returns
+        them even when the content differs; either way a batch only partly recorded, or
+        recorded on another stream, raises DuplicateEventError.
         """
+        if on_duplicate not in ("compare", "return_existing"):
+            raise EventValidationError(
+                f"on_duplicate must be 'compare' or 'return_existing', got {on_duplicate!r}"
+            )
         _check_name(stream_id, "stream_id")
         _optional_int(expected_version, "expected_version", 0)
         if stream_type is not None:
@@ -235,7 +243,9 @@ class EventStore:
                 causation,
             )
         except AlreadyRecorded as recorded:
-            return self._idempotent_result(stream_id, rows, recorded.events)
+            return self._idempotent_result(
+                stream_id, rows, recorded.events, on_duplicate == "compare"
+            )
         return [
             RecordedEvent(
                 row.id, stream_id, kind, version + n, position, row.event_type,
@@ -346,7 +356,11 @@ class EventStore:
         return rows, payloads, metadatas
 
     def _idempotent_result(
-        self, stream_id: str, rows: list[EventRow], existing: list[RecordedEvent]
+        self,
+        stream_id: str,
+        rows: list[EventRow],
+        existing: list[RecordedEvent],
+        compare: bool,
     ) -> list[RecordedEvent]:
         by_id = {event.id: event for event in existing}
         for row in rows:
@@ -356,11 +370,11 @@ class EventStore:
                     f"part of this batch is already recorded (e.g. {existing[0].id}) but event "
                     f"{row.id} is not: a retry must resend exactly the same batch"
                 )
-            if (
-                old.stream_id != stream_id
-                or old.event_type != row.event_type
+            changed = compare and (
+                old.event_type != row.event_type
                 or not same(old.payload, decode(row.payload_json))
-            ):
+            )
+            if old.stream_id != stream_id or changed:
                 raise DuplicateEventError(
                     f"event id {row.id} is already recorded with different content "
                     f"(stream {old.stream_id!r}, type {old.event_type!r}); "

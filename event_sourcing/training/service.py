@@ -20,32 +20,20 @@ verification read. The user's ``config`` is recorded as given.
 
 from __future__ import annotations
 
-import random
 import traceback as traceback_module
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from event_sourcing.artifacts import (
-    URI_PREFIX,
     ArtifactError,
-    ArtifactIntegrityError,
-    ArtifactNotFoundError,
     ArtifactStore,
     artifact_uri,
     parse_artifact_id,
-    read_canonical_table,
-    sha256_hex,
 )
 from event_sourcing.catalog import (
     ArtifactRef,
-    EventTypes,
-    ModelCreated,
-    ModelVersioned,
     Resources,
     TrainingCompleted,
     TrainingFailed,
@@ -58,9 +46,9 @@ from event_sourcing.events import NewEvent, RecordedEvent
 from event_sourcing.training.errors import (
     TrainingError,
     TrainingFunctionNotFoundError,
-    TrainingNotFoundError,
     TrainingStateError,
 )
+from event_sourcing.training.keyed import keyed_run, start_keyed
 from event_sourcing.training.reproducibility import (
     DEFAULT_DIGITS,
     TrainFn,
@@ -70,6 +58,28 @@ from event_sourcing.training.reproducibility import (
     default_training_functions,
     fingerprint_components,
     fingerprint_of,
+)
+from event_sourcing.training.runs import (
+    MODEL_NAME_STREAM_PREFIX,
+    MODEL_STREAM_TYPE,
+    TERMINAL,
+    TRAINING_STREAM_TYPE,
+    Run,
+    TrainingOutcome,
+    check_metrics,
+    derived_id,
+    load_run,
+    model_name_stream,
+    optional_float,
+    optional_str,
+    replay,
+    run_ends,
+)
+from event_sourcing.training.verification import seed_globals, verify_run
+from event_sourcing.training.versioning import (
+    APPEND_ATTEMPTS,
+    model_registered,
+    register_model,
 )
 
 if TYPE_CHECKING:
@@ -84,14 +94,6 @@ __all__ = [
     "model_name_stream",
 ]
 
-TRAINING_STREAM_TYPE = "training_run"
-MODEL_STREAM_TYPE = "model"
-MODEL_NAME_STREAM_TYPE = "model_name"
-MODEL_NAME_STREAM_PREFIX = "model-name:"
-
-_TERMINAL = frozenset(
-    {EventTypes.TRAINING_COMPLETED, EventTypes.TRAINING_FAILED, EventTypes.TRAINING_VERIFIED}
-)
 _STEP_KEYS = frozenset(
     {
         "step",
@@ -104,59 +106,10 @@ _STEP_KEYS = frozenset(
         "cpu_usage",
     }
 )
-_APPEND_ATTEMPTS = 5
-# Fixed namespace for deterministic ids of model events, so a retried complete_training
-# finds (instead of duplicating) what an interrupted one already wrote.
-_ID_NAMESPACE = uuid.UUID("6f1d4c1e-8a57-4f6e-9a49-6d6c6576656e")
-
-
-def model_name_stream(model_name: str) -> str:
-    """The stream that holds the model_versioned events of `model_name`."""
-    return MODEL_NAME_STREAM_PREFIX + model_name
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    """What `TrainingService.train` produced."""
-
-    training_id: str
-    model_id: str
-    model: Any
-    metrics: dict[str, float]
-    fingerprint: str
-
-
-@dataclass
-class _Run:
-    """A training run folded from its stream."""
-
-    training_id: str
-    events: list[RecordedEvent]
-    started: TrainingStarted
-    started_event: RecordedEvent
-    steps: list[RecordedEvent] = field(default_factory=list)
-    completed: TrainingCompleted | None = None
-    completed_event: RecordedEvent | None = None
-    failed: TrainingFailed | None = None
-    verifications: list[TrainingVerified] = field(default_factory=list)
-
-    @property
-    def version(self) -> int:
-        return self.events[-1].version
-
-    @property
-    def correlation_id(self) -> str:
-        return self.started_event.correlation_id or self.training_id
-
-    @property
-    def status(self) -> str:
-        if self.completed is not None:
-            return "completed"
-        return "failed" if self.failed is not None else "running"
 
 
 class TrainingService:
@@ -200,6 +153,7 @@ class TrainingService:
         correlation_id: str | None = None,
         training_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Record training_started with everything a re-run needs; return the training id.
 
@@ -216,7 +170,15 @@ class TrainingService:
         Train on the snapshot (``artifacts.get_table(ref)``), not on the frame you took it
         from: verification re-runs on the snapshot, and equal numbers in another memory
         layout can move a model's last bits. `train` does all of this for you.
+
+        `idempotency_key` (e.g. an orchestrator's run + step) makes a retry find its run
+        instead of starting another: the run an earlier call with this key left open is
+        resumed (its id returned, nothing written) when its recorded inputs are the same,
+        else closed with training_failed before a new one starts; a completed one is
+        returned as it is (see `keyed_run`). Ids of keyed runs derive from the key.
         """
+        if idempotency_key is not None and training_id is not None:
+            raise TrainingError("pass training_id or idempotency_key, not both")
         if isinstance(dataset_version, ArtifactRef):
             dataset_uri = dataset_uri or dataset_version.uri
             dataset_version = dataset_version.sha256
@@ -251,7 +213,6 @@ class TrainingService:
             fn = train_fn
         if dataset_uri is None and self.artifacts.exists(version):
             dataset_uri = artifact_uri(version)
-        training_id = str(training_id or uuid.uuid4())
         event = TrainingStarted(
             config=run_config,
             dataset_id=dataset_id or str(run_config.get("dataset_id") or "dataset"),
@@ -264,9 +225,12 @@ class TrainingService:
             environment=capture_environment(),
             started_at=self.clock(),
             user_id=user_id,
-            model_name=model_name or _optional_str(run_config.get("model_name")),
+            model_name=model_name or optional_str(run_config.get("model_name")),
             training_function=function_name,
         )
+        if idempotency_key is not None:
+            return start_keyed(self, idempotency_key, event, correlation_id, metadata)
+        training_id = str(training_id or uuid.uuid4())
         self.store.append(
             training_id,
             [event],
@@ -277,6 +241,13 @@ class TrainingService:
         )
         return training_id
 
+    def keyed_run(self, idempotency_key: str) -> str | None:
+        """The run a `start_training(idempotency_key=...)` left open or completed, or None.
+
+        Runs of one key are numbered; the failed ones are history, the next one is current.
+        """
+        return keyed_run(self.store, idempotency_key)
+
     def record_training_step(
         self,
         training_id: str,
@@ -286,7 +257,11 @@ class TrainingService:
     ) -> RecordedEvent:
         """Append training_progress. `step_data` keys: step (required), metrics, loss,
         learning_rate, timestamp, and resources (or gpu_memory / cpu_usage). `metadata` goes
-        on the event's envelope."""
+        on the event's envelope.
+
+        A step number is recorded once per run: recording it again (a retried step) returns
+        the event recorded first and writes nothing, even after the run has ended.
+        """
         unknown = set(step_data) - _STEP_KEYS
         if unknown:
             raise TrainingError(
@@ -304,15 +279,19 @@ class TrainingService:
             )
         event = TrainingProgress(
             step=int(step_data["step"]),
-            metrics=_metrics(step_data.get("metrics") or {}),
-            loss=_optional_float(step_data.get("loss")),
-            learning_rate=_optional_float(step_data.get("learning_rate")),
+            metrics=check_metrics(step_data.get("metrics") or {}),
+            loss=optional_float(step_data.get("loss")),
+            learning_rate=optional_float(step_data.get("learning_rate")),
             timestamp=step_data.get("timestamp") or self.clock(),
             resources=resources,
         )
-        for _attempt in range(_APPEND_ATTEMPTS):
-            version, last, first = self._ends(training_id)
-            if last.event_type in _TERMINAL:
+        step_id = derived_id(training_id, "step", str(event.step))
+        for _attempt in range(APPEND_ATTEMPTS):
+            version, last, first = run_ends(self.store, training_id)
+            if last.event_type in TERMINAL:
+                recorded = self.store.get_event(step_id)
+                if recorded is not None and recorded.stream_id == training_id:
+                    return recorded
                 raise TrainingStateError(
                     f"training run {training_id} has ended ({last.event_type}); steps can only "
                     "be recorded while it runs. Start a new run"
@@ -320,12 +299,13 @@ class TrainingService:
             try:
                 return self.store.append(
                     training_id,
-                    [event],
+                    [NewEvent.of(event, id=step_id)],
                     expected_version=version,
                     stream_type=TRAINING_STREAM_TYPE,
                     correlation_id=first.correlation_id or training_id,
                     causation_id=first.id,
                     metadata=metadata,
+                    on_duplicate="return_existing",
                 )[0]
             except ConcurrencyError:
                 continue  # another writer stepped the run; re-check it is still running
@@ -355,9 +335,9 @@ class TrainingService:
         If an earlier call recorded training_completed but was interrupted before the model
         events, calling again finishes them and returns the recorded model id.
         """
-        run = self._load(training_id)
+        run = load_run(self.store, training_id)
         if run.completed is not None and run.completed_event is not None:
-            if self._model_registered(run):
+            if model_registered(self.store, run.completed.model_id):
                 raise TrainingStateError(
                     f"training run {training_id} is already completed (model "
                     f"{run.completed.model_id}); start a new run to train again"
@@ -368,7 +348,7 @@ class TrainingService:
             raise TrainingStateError(
                 f"training run {training_id} failed ({run.failed.error}); start a new run"
             )
-        final_metrics = _metrics(metrics)
+        final_metrics = check_metrics(metrics)
         model_ref = self.artifacts.put_model(model)
         digits = self.fingerprint_digits
         eval_ref = self.artifacts.put_table(X_eval) if X_eval is not None else None
@@ -378,7 +358,7 @@ class TrainingService:
         name = (
             model_name
             or run.started.model_name
-            or _optional_str(run.started.config.get("model_name"))
+            or optional_str(run.started.config.get("model_name"))
             or "model"
         )
         completed_at = self.clock()
@@ -413,6 +393,22 @@ class TrainingService:
         self._register_model(recorded, run, metadata)
         return event.model_id
 
+    def completed_model(
+        self, training_id: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """The model id of a completed run (None if it has not completed), first finishing
+        its model registration if the attempt that completed it was interrupted.
+
+        What a retried step calls when `start_training(idempotency_key=...)` handed it a run
+        an earlier attempt already completed.
+        """
+        run = load_run(self.store, training_id)
+        if run.completed is None or run.completed_event is None:
+            return None
+        if not model_registered(self.store, run.completed.model_id):
+            self._register_model(run.completed_event, run, metadata)
+        return run.completed.model_id
+
     def fail_training(
         self,
         training_id: str,
@@ -423,7 +419,7 @@ class TrainingService:
     ) -> RecordedEvent:
         """Append training_failed with the error message, type and traceback; `metadata` goes
         on the event's envelope."""
-        run = self._load(training_id)
+        run = load_run(self.store, training_id)
         if run.status != "running":
             raise TrainingStateError(
                 f"training run {training_id} has already {run.status}; only a running run can fail"
@@ -503,9 +499,9 @@ class TrainingService:
         )
         try:
             snapshot = self.artifacts.get_table(dataset_ref)
-            _seed_globals(seed)
+            seed_globals(seed)
             model = train_fn(snapshot, dict(params), seed)
-            metrics = _metrics(evaluate(model) if evaluate is not None else {})
+            metrics = check_metrics(evaluate(model) if evaluate is not None else {})
         except Exception as exc:
             self.fail_training(training_id, exc, metadata=metadata)
             raise
@@ -521,10 +517,10 @@ class TrainingService:
         except Exception as exc:
             # e.g. an unpicklable model or an X_eval the model rejects: do not leave the run
             # "running" forever. A run that did complete is left as it is.
-            if self._load(training_id).status == "running":
+            if load_run(self.store, training_id).status == "running":
                 self.fail_training(training_id, exc, metadata=metadata)
             raise
-        run = self._load(training_id)
+        run = load_run(self.store, training_id)
         assert run.completed is not None and run.completed.model_fingerprint is not None
         return TrainingOutcome(
             training_id, model_id, model, metrics, run.completed.model_fingerprint
@@ -542,33 +538,7 @@ class TrainingService:
         ``environment``, ``model_id``, ``model_name``, ``model_fingerprint``, ``error`` and
         ``verifications``.
         """
-        run = self._load(training_id)
-        started = run.started
-        return {
-            "config": started.config,
-            "dataset_id": started.dataset_id,
-            "steps": [dict(event.payload) for event in run.steps],
-            "final_metrics": run.completed.final_metrics if run.completed else None,
-            "training_id": training_id,
-            "status": run.status,
-            "dataset_version": started.dataset_version,
-            "dataset_uri": started.dataset_uri,
-            "feature_version": started.feature_version,
-            "hyperparameters": started.hyperparameters,
-            "seed": started.seed,
-            "training_function": started.training_function,
-            "code_version": (
-                started.code_version.model_dump(mode="json") if started.code_version else None
-            ),
-            "environment": (
-                started.environment.model_dump(mode="json") if started.environment else None
-            ),
-            "model_id": run.completed.model_id if run.completed else None,
-            "model_name": run.completed.model_name if run.completed else started.model_name,
-            "model_fingerprint": run.completed.model_fingerprint if run.completed else None,
-            "error": run.failed.error if run.failed else None,
-            "verifications": [v.model_dump(mode="json") for v in run.verifications],
-        }
+        return replay(self.store, training_id)
 
     # -- verification ---------------------------------------------------------------------
 
@@ -589,355 +559,11 @@ class TrainingService:
         to the run's stream as training_verified (with `metadata` on its envelope) and
         returned.
         """
-        run = self._load(training_id)
-        completed, completed_event = run.completed, run.completed_event
-        if completed is None or completed_event is None:
-            raise TrainingStateError(
-                f"training run {training_id} is {run.status}; only completed runs can be verified"
-            )
-        expected = completed.model_fingerprint
-        if not expected:
-            raise TrainingStateError(
-                f"training run {training_id} recorded no model fingerprint, so there is "
-                "nothing to compare a re-run with; complete runs with TrainingService"
-            )
-        started = run.started
-        differences: list[str] = []
-        blocked = False  # an input is missing or corrupt: the re-run cannot happen
-
-        dataset = self._load_dataset(started, differences)
-        blocked |= dataset is None
-        eval_set, eval_ok = self._load_eval_set(completed, differences)
-        blocked |= not eval_ok
-
-        fn = train_fn
-        function_name = started.training_function
-        if fn is None:
-            if function_name is None:
-                differences.append(
-                    "code: the run recorded no training function; pass train_fn= to verify it"
-                )
-                blocked = True
-            else:
-                try:
-                    fn = self.functions.get(function_name)
-                except TrainingFunctionNotFoundError as exc:
-                    differences.append(f"code: {exc}")
-                    blocked = True
-        if fn is not None:
-            differences.extend(_code_differences(started, fn))
-        differences.extend(_environment_differences(started))
-        if started.seed is None:
-            differences.append(
-                "seed: the run recorded no seed; it reproduces only if training is "
-                "deterministic without one"
-            )
-
-        actual: str | None = None
-        if not blocked and fn is not None:
-            try:
-                _seed_globals(started.seed)
-                model = fn(dataset, dict(started.hyperparameters), started.seed)
-                digits = (
-                    completed.fingerprint_digits
-                    if completed.fingerprint_digits is not None
-                    else DEFAULT_DIGITS
-                )
-                components = fingerprint_components(model, eval_set, digits=digits)
-                actual = fingerprint_of(components)
-            except Exception as exc:  # the verdict records any re-run failure
-                differences.append(
-                    f"code: re-running the training function raised {type(exc).__name__}: {exc}"
-                )
-            else:
-                if actual != expected:
-                    differences.extend(
-                        _model_differences(completed.fingerprint_components, components)
-                    )
-
-        verdict = TrainingVerified(
-            training_id=training_id,
-            reproducible=actual is not None and actual == expected,
-            expected_fingerprint=expected,
-            actual_fingerprint=actual,
-            differences=differences,
-            verified_at=self.clock(),
-        )
-        self.store.append(
-            training_id,
-            [verdict],
-            stream_type=TRAINING_STREAM_TYPE,
-            correlation_id=run.correlation_id,
-            causation_id=completed_event.id,
-            metadata=metadata,
-        )
-        return verdict
+        return verify_run(self, training_id, train_fn, metadata=metadata)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _ends(self, training_id: str) -> tuple[int, RecordedEvent, RecordedEvent]:
-        """(version, last event, first event) of a run, without reading the whole stream."""
-        version = self.store.stream_version(training_id)
-        if version == 0:
-            raise self._not_found(training_id)
-        first = self.store.read_stream(training_id, 1, 1)[0]
-        if first.event_type != EventTypes.TRAINING_STARTED:
-            raise self._not_found(training_id)
-        last = first if version == 1 else self.store.read_stream(training_id, version, version)[0]
-        return version, last, first
-
-    @staticmethod
-    def _not_found(training_id: str) -> TrainingNotFoundError:
-        return TrainingNotFoundError(
-            f"no training run {training_id!r}: its stream has no training_started event. "
-            "Check the id (start_training returns it)"
-        )
-
-    def _load(self, training_id: str) -> _Run:
-        events = self.store.read_stream(str(training_id))
-        if not events or events[0].event_type != EventTypes.TRAINING_STARTED:
-            raise self._not_found(training_id)
-        run = _Run(
-            training_id=str(training_id),
-            events=events,
-            started=TrainingStarted.model_validate(events[0].payload),
-            started_event=events[0],
-        )
-        for event in events[1:]:
-            if event.event_type == EventTypes.TRAINING_PROGRESS:
-                run.steps.append(event)
-            elif event.event_type == EventTypes.TRAINING_COMPLETED:
-                run.completed = TrainingCompleted.model_validate(event.payload)
-                run.completed_event = event
-            elif event.event_type == EventTypes.TRAINING_FAILED:
-                run.failed = TrainingFailed.model_validate(event.payload)
-            elif event.event_type == EventTypes.TRAINING_VERIFIED:
-                run.verifications.append(TrainingVerified.model_validate(event.payload))
-        return run
-
-    @staticmethod
-    def _model_event_ids(model_id: str) -> tuple[str, str]:
-        return (
-            str(uuid.uuid5(_ID_NAMESPACE, f"{model_id}/model_created")),
-            str(uuid.uuid5(_ID_NAMESPACE, f"{model_id}/model_versioned")),
-        )
-
-    def _model_registered(self, run: _Run) -> bool:
-        assert run.completed is not None
-        created_id, versioned_id = self._model_event_ids(run.completed.model_id)
-        return (
-            self.store.get_event(created_id) is not None
-            and self.store.get_event(versioned_id) is not None
-        )
-
     def _register_model(
-        self,
-        completed_event: RecordedEvent,
-        run: _Run,
-        metadata: Mapping[str, Any] | None = None,
+        self, completed_event: RecordedEvent, run: Run, metadata: Mapping[str, Any] | None = None
     ) -> None:
-        """Append model_created and model_versioned for a training_completed (idempotent)."""
-        completed = TrainingCompleted.model_validate(completed_event.payload)
-        name = completed.model_name or "model"
-        created_id, versioned_id = self._model_event_ids(completed.model_id)
-        created = ModelCreated(
-            model_id=completed.model_id,
-            training_id=run.training_id,
-            model_name=name,
-            artifact=completed.model_artifact,
-            metrics=completed.final_metrics,
-            fingerprint=completed.model_fingerprint,
-        )
-        # Deterministic ids make the append a no-op when an earlier attempt got this far.
-        created_event = self.store.append(
-            completed.model_id,
-            [NewEvent(EventTypes.MODEL_CREATED, created.model_dump(mode="json"), id=created_id)],
-            stream_type=MODEL_STREAM_TYPE,
-            correlation_id=run.correlation_id,
-            causation_id=completed_event.id,
-            metadata=metadata,
-        )[0]
-        stream = model_name_stream(name)
-        for _attempt in range(_APPEND_ATTEMPTS):
-            if self.store.get_event(versioned_id) is not None:
-                return
-            current = self.store.stream_version(stream)
-            versioned = ModelVersioned(
-                model_id=completed.model_id,
-                model_name=name,
-                version=current + 1,
-                training_id=run.training_id,
-                artifact=completed.model_artifact,
-                metrics=completed.final_metrics,
-            )
-            try:
-                self.store.append(
-                    stream,
-                    [
-                        NewEvent(
-                            EventTypes.MODEL_VERSIONED,
-                            versioned.model_dump(mode="json"),
-                            id=versioned_id,
-                        )
-                    ],
-                    expected_version=current,
-                    stream_type=MODEL_NAME_STREAM_TYPE,
-                    correlation_id=run.correlation_id,
-                    causation_id=created_event.id,
-                    metadata=metadata,
-                )
-                return
-            except ConcurrencyError:
-                continue  # another run took that version number; take the next one
-        raise TrainingError(
-            f"could not allocate a version of model {name!r} after {_APPEND_ATTEMPTS} "
-            f"attempts (heavy contention); call complete_training({run.training_id!r}, ...) "
-            "again to finish registering the model"
-        )
-
-    def _load_dataset(self, started: TrainingStarted, differences: list[str]) -> Any | None:
-        uri = started.dataset_uri or artifact_uri(started.dataset_version)
-        if not uri.startswith(URI_PREFIX):
-            differences.append(
-                f"dataset: recorded at {uri}, outside the artifact store, so its content cannot "
-                f"be checked against dataset_version {started.dataset_version}; snapshot "
-                "datasets with ArtifactStore.put_table"
-            )
-            return None
-        try:
-            data = self.artifacts.get_bytes(uri)
-        except ArtifactIntegrityError as exc:
-            differences.append(
-                f"dataset: the dataset artifact {uri} (dataset {started.dataset_id!r}, version "
-                f"{started.dataset_version}) changed since the run: its bytes now hash to "
-                f"{exc.actual}. The recorded dataset is gone; restore it to re-run"
-            )
-            return None
-        except ArtifactNotFoundError:
-            differences.append(
-                f"dataset: the dataset artifact {uri} (dataset {started.dataset_id!r}) is not "
-                f"in the artifact store at {self.artifacts.root}"
-            )
-            return None
-        if sha256_hex(data) != started.dataset_version:
-            differences.append(
-                f"dataset: the artifact {uri} holds sha256 {sha256_hex(data)} but the run "
-                f"recorded dataset_version {started.dataset_version}"
-            )
-            return None
-        try:
-            return read_canonical_table(data)
-        except ArtifactError as exc:
-            differences.append(f"dataset: the dataset artifact {uri} cannot be read: {exc}")
-            return None
-
-    def _load_eval_set(
-        self, completed: TrainingCompleted, differences: list[str]
-    ) -> tuple[Any, bool]:
-        ref = completed.eval_set
-        if ref is None:
-            return None, True  # the fingerprint covered parameters only
-        try:
-            return self.artifacts.get_table(ref), True
-        except ArtifactIntegrityError as exc:
-            differences.append(
-                f"evaluation set: the artifact {ref.uri} changed since the run: its bytes now "
-                f"hash to {exc.actual}"
-            )
-        except ArtifactError as exc:
-            differences.append(f"evaluation set: {exc}")
-        return None, False
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    if not isinstance(metrics, Mapping):
-        raise TrainingError(f"metrics must be a mapping of name -> number, got {metrics!r}")
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise TrainingError(
-                f"metric {key!r} is {value!r}, not a number; metrics map names to numbers"
-            ) from None
-        if not np.isfinite(number):
-            raise TrainingError(
-                f"metric {key!r} is {number}; JSON has no NaN/inf, so record it as a "
-                "finite number or leave it out"
-            )
-        out[str(key)] = number
-    return out
-
-
-def _seed_globals(seed: int | None) -> None:
-    # For training code that (wrongly) relies on global RNGs; explicit seeding still wins.
-    if seed is not None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-
-
-def _code_differences(started: TrainingStarted, fn: TrainFn) -> list[str]:
-    recorded = started.code_version
-    current = code_version(fn)
-    out: list[str] = []
-    if recorded is None:
-        return ["code: the run recorded no code version"]
-    if recorded.source_sha256 != current.source_sha256:
-        out.append(
-            f"code: the training function's source sha256 was {recorded.source_sha256}, now "
-            f"{current.source_sha256} (the function changed since the run)"
-        )
-    if recorded.git_commit and current.git_commit and recorded.git_commit != current.git_commit:
-        out.append(f"code: git commit was {recorded.git_commit}, now {current.git_commit}")
-    if recorded.package_version != current.package_version:
-        out.append(
-            f"code: mlevents version was {recorded.package_version}, now {current.package_version}"
-        )
-    return out
-
-
-def _environment_differences(started: TrainingStarted) -> list[str]:
-    recorded = started.environment
-    if recorded is None:
-        return ["environment: the run recorded no environment"]
-    current = capture_environment(extra_packages=recorded.packages)
-    out: list[str] = []
-    if recorded.python != current.python:
-        out.append(f"environment: python was {recorded.python}, now {current.python}")
-    for name in sorted(set(recorded.packages) | set(current.packages)):
-        was, now = recorded.packages.get(name), current.packages.get(name)
-        if was != now:
-            out.append(
-                f"environment: {name} was {was or 'not installed'}, now {now or 'not installed'}"
-            )
-    return out
-
-
-_PART_NAMES = {
-    "params": "hyperparameters: the re-run estimator's parameters (get_params) differ from the "
-    "recorded model's, so the recorded hyper-parameters do not rebuild the same estimator",
-    "learned": "model: learned parameters (coefficients, importances, tree nodes) differ",
-    "predictions": "model: predictions on the recorded evaluation set differ",
-    "probabilities": "model: predicted probabilities on the recorded evaluation set differ",
-}
-
-
-def _model_differences(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    if not recorded:
-        return ["model: the fingerprint differs (the run recorded no per-part fingerprints)"]
-    out = []
-    for part in sorted(set(recorded) | set(current)):
-        if recorded.get(part) != current.get(part):
-            out.append(_PART_NAMES.get(part, f"model: fingerprint part {part!r} differs"))
-    return out or ["model: the fingerprint differs"]
+        register_model(self.store, completed_event, run, metadata)

@@ -134,12 +134,20 @@ def model_evaluation(
             expected_version=seen_version,
             stream_type=DEPLOYMENT_STREAM_TYPE,
             causation_id=candidate.versioned_event.id,
+            key="model_evaluated",
         )
     except ConcurrencyError:
         raise dg.Failure(
             f"the {ENVIRONMENT} deployment stream changed while the evaluation ran (another "
             "run deployed or evaluated); re-materialize model_evaluation and deployed_model"
         ) from None
+    if evaluated.payload["model_id"] != candidate.model_id:
+        raise dg.Failure(
+            f"an earlier attempt of this step evaluated {evaluated.payload['model_id']}, but the "
+            f"newest model is now {candidate.model_id}; launch a new retrain run"
+        )
+    # The first record wins: a retried step reports the verdict an earlier attempt recorded.
+    promote, reason = bool(evaluated.payload["promoted"]), str(evaluated.payload["reason"])
     evaluation.update(
         promote=promote,
         reason=reason,
@@ -204,7 +212,10 @@ def deployed_model(
                 "events; re-materialize model_evaluation and deployed_model"
             )
         current = current_deployment(store, ENVIRONMENT, MODEL_NAME)
-        if (current.model_id if current else None) != (champion["model_id"] if champion else None):
+        already = event_store.emitted(context, "deploy")  # by an earlier attempt of this step
+        if not already and (current.model_id if current else None) != (
+            champion["model_id"] if champion else None
+        ):
             raise dg.Failure(
                 "the deployed model changed since the evaluation ran; re-materialize "
                 "model_evaluation and deployed_model"
@@ -245,6 +256,7 @@ def deployed_model(
                 expected_version=model_evaluation["evaluated_stream_version"],
                 stream_type=DEPLOYMENT_STREAM_TYPE,
                 causation_id=model_evaluation["evaluated_event_id"],
+                key="deploy",
             )
         except ConcurrencyError:
             raise dg.Failure(
@@ -252,7 +264,8 @@ def deployed_model(
                 f"{model_evaluation['evaluated_event_id']}; re-materialize model_evaluation "
                 "and deployed_model"
             ) from None
-        context.log.info(f"deployed {candidate['model_id']} v{candidate['version']}")
+        if not already:
+            context.log.info(f"deployed {candidate['model_id']} v{candidate['version']}")
     serving = current_deployment(store, ENVIRONMENT, MODEL_NAME)
     promoted = model_evaluation["promote"] or (
         serving is not None and serving.model_id == candidate["model_id"]

@@ -141,6 +141,7 @@ def features(
             stream_type=FEATURE_STREAM_TYPE,
             causation_id=dataset.validated_event.id,
             metadata={"dataset_id": dataset.ingested.dataset_id},
+            key=f"features:{feature_version}",
         )
         recorded = new_events
     return dg.MaterializeResult(

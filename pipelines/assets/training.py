@@ -22,7 +22,12 @@ from event_sourcing.training.reproducibility import source_sha256
 from pipelines.assets.features import build_feature_pipeline, features
 from pipelines.dataset import DATASET_ID, FEATURE_COLUMNS, TARGET_COLUMN, split_holdout
 from pipelines.state import MODEL_NAME, event_summary, latest_feature_version, model_record
-from resources import ArtifactStoreResource, EventStoreResource, run_metadata
+from resources import (
+    ArtifactStoreResource,
+    EventStoreResource,
+    idempotency_scope,
+    run_metadata,
+)
 
 __all__ = [
     "TRAINING_CODE_VERSION",
@@ -109,13 +114,18 @@ def trained_model(
     hyperparameters = {"C": config.C, "max_iter": config.max_iter}
     service = TrainingService(store, artifacts)
     metadata = run_metadata(context)
+    # Keyed by the run family and step: a retry of this step (RetryPolicy, re-execution from
+    # failure, run retry) resumes the training run an earlier attempt left open, or closes it
+    # with training_failed if the inputs changed, instead of starting a second one.
+    key = idempotency_scope(context, "training")
+    earlier = service.keyed_run(key)
     training_id = service.start_training(
         {
             "model_name": MODEL_NAME,
             "estimator": "StandardScaler+LogisticRegression",
             "cv_folds": config.cv_folds,
             "holdout": "sha256(sample_id) bucket 0 of 5",
-            "dagster_run_id": context.run.run_id,
+            "dagster_root_run_id": context.run.root_run_id or context.run.run_id,
         },
         dataset_version,
         dataset_id=DATASET_ID,
@@ -127,39 +137,55 @@ def trained_model(
         user_id="dagster",
         correlation_id=context.run.run_id,
         metadata=metadata,
+        idempotency_key=key,
     )
-    try:
-        train_rows, holdout = split_holdout(dataset)
-        folds = StratifiedKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
-        cv_accuracy = []
-        for step, (fit_index, test_index) in enumerate(
-            folds.split(train_rows, train_rows[TARGET_COLUMN]), start=1
-        ):
-            fold_model = train_classifier(
-                train_rows.iloc[fit_index].reset_index(drop=True), hyperparameters, config.seed
+    train_rows, holdout = split_holdout(dataset)
+    reused_model = service.completed_model(training_id, metadata=metadata)
+    if training_id == earlier:
+        context.log.info(
+            f"training run {training_id} was started by an earlier attempt of this step; "
+            + ("reusing its model" if reused_model else "resuming it")
+        )
+    if reused_model is not None:
+        model_id = reused_model
+        metrics = service.replay_training(training_id)["final_metrics"] or {}
+    else:
+        try:
+            folds = StratifiedKFold(
+                n_splits=config.cv_folds, shuffle=True, random_state=config.seed
             )
-            fold_metrics = score_model(fold_model, train_rows.iloc[test_index])
-            cv_accuracy.append(fold_metrics["accuracy"])
-            service.record_training_step(
+            cv_accuracy = []
+            for step, (fit_index, test_index) in enumerate(
+                folds.split(train_rows, train_rows[TARGET_COLUMN]), start=1
+            ):
+                fold_model = train_classifier(
+                    train_rows.iloc[fit_index].reset_index(drop=True),
+                    hyperparameters,
+                    config.seed,
+                )
+                fold_metrics = score_model(fold_model, train_rows.iloc[test_index])
+                cv_accuracy.append(fold_metrics["accuracy"])
+                # A step recorded by an earlier attempt is returned, not recorded twice.
+                service.record_training_step(
+                    training_id,
+                    {"step": step, "metrics": fold_metrics, "loss": fold_metrics["log_loss"]},
+                    metadata=metadata,
+                )
+            model = train_classifier(dataset, hyperparameters, config.seed)
+            metrics = score_model(model, holdout)
+            metrics["cv_accuracy"] = float(np.mean(cv_accuracy))
+            model_id = service.complete_training(
                 training_id,
-                {"step": step, "metrics": fold_metrics, "loss": fold_metrics["log_loss"]},
+                model,
+                metrics,
+                X_eval=holdout[list(FEATURE_COLUMNS)],
+                model_name=MODEL_NAME,
                 metadata=metadata,
             )
-        model = train_classifier(dataset, hyperparameters, config.seed)
-        metrics = score_model(model, holdout)
-        metrics["cv_accuracy"] = float(np.mean(cv_accuracy))
-        model_id = service.complete_training(
-            training_id,
-            model,
-            metrics,
-            X_eval=holdout[list(FEATURE_COLUMNS)],
-            model_name=MODEL_NAME,
-            metadata=metadata,
-        )
-    except Exception as exc:
-        service.fail_training(training_id, exc, metadata=metadata)
-        context.log.error(f"training run {training_id} failed: {exc}")
-        raise
+        except Exception as exc:
+            service.fail_training(training_id, exc, metadata=metadata)
+            context.log.error(f"training run {training_id} failed: {exc}")
+            raise
     run = service.replay_training(training_id)
     record = model_record(store, model_id)
     events = store.read_stream(training_id) + store.read_stream(model_id)

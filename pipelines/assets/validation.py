@@ -152,6 +152,8 @@ def validate_pending(
         expected_version=history.stream_version,
         stream_type=DATASET_STREAM_TYPE,
         causation_id=pending[-1].ingested_event.id,
+        # One verdict per dataset version per run family, however often the step is retried.
+        key="data_validated:" + ",".join(version.version for version in pending),
     )
 
 
