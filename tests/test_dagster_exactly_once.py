@@ -5,6 +5,7 @@ Steps run in child processes (multiprocess executor) that `os._exit` after their
 Dagster never hears of their success; see tests/_crashing_pipeline.py.
 """
 
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,12 @@ import pytest
 from _crashing_pipeline import crashing_retrain_job
 
 import event_sourcing as es
-from event_sourcing.catalog import EventTypes
+from event_sourcing.catalog import EventTypes, ModelRetired
 from pipelines.assets import all_assets
 from pipelines.dataset import seed_landing
 from pipelines.definitions import make_resources
 from pipelines.jobs import INGESTION_ASSETS
-
-pytestmark = pytest.mark.slow
+from resources import EventStoreResource, keyed_event_id
 
 
 class Place:
@@ -76,6 +76,7 @@ def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return [record.user_message for record in instance.all_logs(run_id)]
 
 
+@pytest.mark.slow
 def test_steps_that_die_after_appending_are_retried_without_writing_twice(
     place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,6 +112,7 @@ def test_steps_that_die_after_appending_are_retried_without_writing_twice(
     assert any("idempotency key 'deploy': reusing 1 event(s)" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_reexecution_from_failure_reuses_then_a_fresh_run_is_new_history(
     place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,3 +150,37 @@ def test_reexecution_from_failure_reuses_then_a_fresh_run_is_new_history(
         assert counts[EventTypes.MODEL_EVALUATED] == 2
         # Same data and seed, same model: identical to the champion, so not deployed again.
         assert counts[EventTypes.MODEL_DEPLOYED] == 1
+
+
+def test_emit_with_a_key_records_once_per_step_and_run_family(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    seen: dict[str, object] = {}
+
+    def retired(n: int) -> ModelRetired:
+        return ModelRetired(model_id="m", model_name="m", version=1, environment="e", reason=str(n))
+
+    @dg.asset
+    def emitter(context: dg.AssetExecutionContext, event_store: EventStoreResource) -> None:
+        first = event_store.emit(context, "s", [retired(1)], key="tick")
+        again = event_store.emit(context, "s", [retired(2)], key="tick")
+        other = event_store.emit(context, "s", [retired(3)], key="tock")
+        assert again == first and first[0].id == keyed_event_id(context, "tick")
+        assert other[0].id != first[0].id
+        assert first[0].metadata["idempotency_key"] == "tick"
+        with pytest.raises(es.EventValidationError, match="derives every id"):
+            event_store.emit(
+                context, "s", [es.NewEvent.of(retired(4), id=str(uuid.uuid4()))], key="x"
+            )
+        seen["ids"] = {first[0].id, other[0].id}
+
+    resources = {"event_store": EventStoreResource(url=url)}
+    with dg.instance_for_test() as instance:
+        one = dg.materialize([emitter], resources=resources, instance=instance)
+        messages = _messages(instance, one.run_id)
+        first_ids = seen["ids"]
+        # A fresh run of the same job: new root run id, new ids.
+        dg.materialize([emitter], resources=resources, instance=instance)
+    assert any("idempotency key 'tick': reusing 1 event(s)" in m for m in messages)
+    assert not first_ids & seen["ids"]  # type: ignore[operator]
+    with es.connect(url) as store:
+        assert [e.payload["reason"] for e in store.read_stream("s")] == ["1", "3", "1", "3"]

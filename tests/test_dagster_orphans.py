@@ -186,7 +186,7 @@ def test_sigkilled_run_worker_leaves_its_training_failed_not_running(tmp_path: P
         # Many CV folds: the training runs long enough to be killed in the middle.
         run_id = dagster.launch(
             full_pipeline_job.name,
-            run_config={"ops": {"trained_model": {"config": {"cv_folds": 60}}}},
+            run_config={"ops": {"trained_model": {"config": {"cv_folds": 100}}}},
         )
 
         def training_in_progress() -> str | None:
