@@ -2,14 +2,14 @@
 
 Whatever the input, both backends give the same verdict; every failure is an EventStoreError
 and writes nothing; whatever is accepted reads back equal, types included, on both.
-Bounded: MLEVENTS_FUZZ_EXAMPLES examples (default 60), no deadline (the machine may be slow).
+Bounded: MLEVENTS_FUZZ_EXAMPLES examples (default 100), no deadline (the machine may be slow).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -136,7 +136,10 @@ reads = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "after": st.one_of(st.integers(0, 12).map(lambda k: ("index", k)), ints),
+            "after": mostly(
+                st.integers(0, 12).map(lambda k: ("index", k)),
+                st.sampled_from([-1, 2**63 - 1, 2**63, True, "1", 1.0, None]),
+            ),
             "event_types": type_filters, "until": untils, "limit": ints,
         },
     ).map(lambda kwargs: ("read_all", kwargs)),
@@ -179,40 +182,51 @@ def _run(store: es.EventStore, name: str, kwargs: dict[str, Any]) -> tuple[Any, 
     return "ok", result
 
 
-Backends = tuple[Clock, list[es.EventStore]]
+class StorePair:
+    """An SQLite store and a PostgreSQL store (in a schema of its own) fed the same calls.
+
+    Examples share the pair (opening one costs a schema's DDL); after a failing example,
+    whose calls may have left the two apart, the next example gets a new, empty pair.
+    """
+
+    def __init__(self, tmp_path: Any) -> None:
+        self.tmp_path = tmp_path
+        self.schemas: list[str] = []
+        self.stores: list[es.EventStore] = []
+        self.clock = Clock()
+
+    def get(self) -> list[es.EventStore]:
+        if not self.stores:
+            self.clock = Clock()
+            self.schemas.append(f"t_fuzz_{uuid.uuid4().hex[:16]}")
+            separator = "&" if "?" in PG_URL else "?"
+            self.stores = [
+                es.connect(f"sqlite:///{self.tmp_path / self.schemas[-1]}.db",
+                           validate=False, clock=self.clock),
+                es.connect(f"{PG_URL}{separator}schema={self.schemas[-1]}",
+                           validate=False, clock=self.clock),
+            ]
+        return self.stores
+
+    def discard(self) -> None:
+        for store in self.stores:
+            store.close()
+        self.stores = []
 
 
 @pytest.fixture
-def fresh_stores(tmp_path: Any) -> Iterator[Callable[[], Backends]]:
-    """Opens an empty SQLite store and an empty PostgreSQL store (its own schema) per call,
-    so that no example sees another's events."""
+def pair(tmp_path: Any) -> Iterator[StorePair]:
     require_pg()
-    opened: list[es.EventStore] = []
-    schemas: list[str] = []
-
-    def fresh() -> Backends:
-        for store in opened:
-            store.close()
-        opened.clear()
-        clock = Clock()
-        schemas.append(f"t_fuzz_{uuid.uuid4().hex[:16]}")
-        separator = "&" if "?" in PG_URL else "?"
-        opened.extend([
-            es.connect(f"sqlite:///{tmp_path / schemas[-1]}.db", validate=False, clock=clock),
-            es.connect(f"{PG_URL}{separator}schema={schemas[-1]}", validate=False, clock=clock),
-        ])
-        return clock, list(opened)
-
-    yield fresh
-    for store in opened:
-        store.close()
+    stores = StorePair(tmp_path)
+    yield stores
+    stores.discard()
     with psycopg.connect(PG_URL, autocommit=True) as connection:
-        for schema in schemas:
+        for schema in stores.schemas:
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
 
 
 @settings(
-    max_examples=int(os.environ.get("MLEVENTS_FUZZ_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("MLEVENTS_FUZZ_EXAMPLES", "100")),
     deadline=None,
     database=None,
     suppress_health_check=[
@@ -221,25 +235,35 @@ def fresh_stores(tmp_path: Any) -> Iterator[Callable[[], Backends]]:
 )
 @given(ops=st.lists(operations, min_size=1, max_size=4))
 def test_random_calls_get_one_verdict_and_exact_values_on_both_backends(
-    fresh_stores: Callable[[], Backends], ops: list[tuple[str, dict[str, Any]]]
+    pair: StorePair, ops: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    clock, backends = fresh_stores()
-    for name, kwargs in ops:
-        clock.now += timedelta(seconds=1)
-        before = [_snapshot(store) for store in backends]
-        outcomes = [_run(store, name, kwargs) for store in backends]
-        (sqlite_outcome, sqlite_result), (pg_outcome, pg_result) = outcomes
-        assert sqlite_outcome == pg_outcome, (name, kwargs, outcomes)
-        event(f"{name}: {getattr(sqlite_outcome, '__name__', sqlite_outcome)}")
-        if sqlite_outcome != "ok":
-            assert [_snapshot(store) for store in backends] == before, "a failed call wrote"
-            continue
-        assert _comparable(sqlite_result) == _comparable(pg_result)
-        if name == "append":
-            _check_appended(backends, kwargs, sqlite_result, pg_result)
-        elif name == "read_all":
-            positions = [e.position for e in sqlite_result]
-            assert positions == sorted(set(positions))
+    backends = pair.get()
+    try:
+        for name, kwargs in ops:
+            _check_call(pair.clock, backends, name, kwargs)
+    except BaseException:
+        pair.discard()
+        raise
+
+
+def _check_call(
+    clock: Clock, backends: list[es.EventStore], name: str, kwargs: dict[str, Any]
+) -> None:
+    clock.now += timedelta(seconds=1)
+    before = [_snapshot(store) for store in backends]
+    outcomes = [_run(store, name, kwargs) for store in backends]
+    (sqlite_outcome, sqlite_result), (pg_outcome, pg_result) = outcomes
+    assert sqlite_outcome == pg_outcome, (name, kwargs, outcomes)
+    event(f"{name}: {getattr(sqlite_outcome, '__name__', sqlite_outcome)}")
+    if sqlite_outcome != "ok":
+        assert [_snapshot(store) for store in backends] == before, "a failed call wrote"
+        return
+    assert _comparable(sqlite_result) == _comparable(pg_result), (name, kwargs)
+    if name == "append":
+        _check_appended(backends, kwargs, sqlite_result, pg_result)
+    elif name == "read_all":
+        positions = [e.position for e in sqlite_result]
+        assert positions == sorted(set(positions))
 
 
 def _check_appended(
