@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -29,7 +30,8 @@ _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _JSONB_UNSAFE = re.compile(rf"{_STRING}|(-?\d+(?:\.\d+)?e\+\d+|-0\.0(?=[,\]}}]))")
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + u0000
 _STRINGS = re.compile(_STRING)
-_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"{": 1, "[": 1, "}": -1, "]": -1}
 
 
 def _jsonb_safe(match: re.Match[str]) -> str:
@@ -45,14 +47,8 @@ def _jsonb_safe(match: re.Match[str]) -> str:
 
 def _depth(text: str) -> int:
     """How deep the objects and arrays of `text` nest (strings skipped)."""
-    depth = deepest = 0
-    for char in _STRINGS.sub("", text).translate(_BRACKETS):
-        if char == "(":
-            depth += 1
-            deepest = max(depth, deepest)
-        elif char == ")":
-            depth -= 1
-    return deepest
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def encode(value: Any, what: str) -> tuple[str, int, Any]:
