@@ -24,7 +24,7 @@ class ConcurrencyError(EventStoreError):
 
 
 class EventValidationError(EventStoreError, ValueError):
-    """An event, its payload, its metadata or an append argument is invalid."""
+    """An event, its payload, its metadata or an argument of a store call is invalid."""
 
 
 class UnknownEventTypeError(EventStoreError, LookupError):

@@ -102,6 +102,18 @@ def test_idempotency_compares_types_not_just_values(loose: es.EventStore) -> Non
     assert loose.head_position() == 1
 
 
+def test_a_batch_mixing_new_and_recorded_ids_is_refused(loose: es.EventStore) -> None:
+    recorded = str(uuid.uuid4())
+    batch = [es.NewEvent("t", {"i": 1}), es.NewEvent("t", {"i": 2}, id=recorded)]
+    loose.append("s", batch)
+    # The fresh ids of the first event make this another batch, not a retry of the first.
+    with pytest.raises(es.DuplicateEventError, match="same batch"):
+        loose.append("s", batch)
+    with pytest.raises(es.DuplicateEventError, match="same batch"):
+        loose.append("s", [es.NewEvent("t", {"i": 1}, id=str(uuid.uuid4())), batch[1]])
+    assert [e.version for e in loose.read_all()] == [1, 2]
+
+
 def test_payload_stays_queryable_as_jsonb(pg_schema_url: str) -> None:
     with es.connect(pg_schema_url, validate=False) as pg:
         pg.append("s", [es.NewEvent("t", {"loss": 1e23, "name": "x", "n": [1, 2]})])

@@ -383,7 +383,7 @@ class SQLiteRecorder:
             ).fetchone()
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
-                self._raise_if_recorded(connection, rows)
+                self._raise_if_recorded(connection, rows, head)
                 raise ConcurrencyError(stream_id, expected_version, current)
             try:
                 connection.executemany(
@@ -396,7 +396,7 @@ class SQLiteRecorder:
                     ],
                 )
             except sqlite3.IntegrityError:
-                self._raise_if_recorded(connection, rows)
+                self._raise_if_recorded(connection, rows, head)
                 raise
             if not current:
                 connection.execute(
@@ -406,11 +406,16 @@ class SQLiteRecorder:
                 )
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
 
-    def _raise_if_recorded(self, connection: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
+    def _raise_if_recorded(
+        self, connection: sqlite3.Connection, rows: Sequence[EventRow], head: int
+    ) -> None:
+        # Only events recorded before this append (position <= head): the rows this failed
+        # append inserted before its conflict are visible here until the rollback.
         marks = ",".join("?" * len(rows))
         found = connection.execute(
-            f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({marks}) ORDER BY position",
-            [row.id for row in rows],
+            f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({marks}) AND position <= ? "
+            "ORDER BY position",
+            [*(row.id for row in rows), head],
         ).fetchall()
         if found:
             raise AlreadyRecorded([_event(row) for row in found])

@@ -31,7 +31,6 @@ from event_sourcing.stores.times import utc_time
 from event_sourcing.stores.values import (
     decode,
     encode,
-    encode_exact,
     refuse_lone_surrogates,
     same,
 )
@@ -269,7 +268,7 @@ class EventStore:
         limit = self.max_payload_bytes
         batch_metadata = dict(metadata) if metadata else {}
         batch_metadata_json, batch_metadata_size, batch_metadata = (
-            encode_exact(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {})
+            encode(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {})
         )
         rows: list[EventRow] = []
         payloads: list[dict[str, Any]] = []
@@ -298,12 +297,12 @@ class EventStore:
                 what = f"{what} ({event_type})"
                 if registered:
                     schema_version, payload = registry.encode(event_type, raw_payload)
-                    payload_json, size = encode(payload, what)
+                    payload_json, size, payload = encode(payload, what)
                     if "\ufffd" in payload_json:
                         refuse_lone_surrogates(raw_payload, what)
                 else:
                     schema_version = 1
-                    payload_json, size, payload = encode_exact(dict(raw_payload), what)
+                    payload_json, size, payload = encode(dict(raw_payload), what)
                 if event.id is None:
                     event_id = new_event_id()  # fresh ids never collide; given ones may
                 else:
@@ -326,7 +325,7 @@ class EventStore:
             elif isinstance(event, DomainEvent):
                 event_type, schema_version, payload = registry.encode_model(event)
                 what = f"{what} ({event_type})"
-                payload_json, size = encode(payload, what)
+                payload_json, size, payload = encode(payload, what)
                 if "\ufffd" in payload_json:
                     refuse_lone_surrogates(event.model_dump(), what)
                 event_id = new_event_id()
@@ -336,7 +335,7 @@ class EventStore:
                     "typed catalog event"
                 )
             if event_metadata:
-                metadata_json, metadata_size, merged = encode_exact(
+                metadata_json, metadata_size, merged = encode(
                     {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
                 )
                 metadatas.append(merged)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any
+
+import orjson
 
 from event_sourcing.errors import EventValidationError
 
@@ -27,7 +30,8 @@ _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _JSONB_UNSAFE = re.compile(rf"{_STRING}|(-?\d+(?:\.\d+)?e\+\d+|-0\.0(?=[,\]}}]))")
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + u0000
 _STRINGS = re.compile(_STRING)
-_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"{": 1, "[": 1, "}": -1, "]": -1}
 
 
 def _jsonb_safe(match: re.Match[str]) -> str:
@@ -43,25 +47,40 @@ def _jsonb_safe(match: re.Match[str]) -> str:
 
 def _depth(text: str) -> int:
     """How deep the objects and arrays of `text` nest (strings skipped)."""
-    depth = deepest = 0
-    for char in _STRINGS.sub("", text).translate(_BRACKETS):
-        if char == "(":
-            depth += 1
-            deepest = max(depth, deepest)
-        elif char == ")":
-            depth -= 1
-    return deepest
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
-def encode(value: Any, what: str) -> tuple[str, int]:
-    """`value` as canonical JSON text and its size in UTF-8 bytes.
+def encode(value: Any, what: str) -> tuple[str, int, Any]:
+    """`value` as canonical JSON text, its size in UTF-8 bytes, and the value as every
+    reader will decode it.
 
     Refused (EventValidationError, saying what to do): values JSON cannot carry (sets,
-    bytes, objects, NaN and Infinity), nesting deeper than MAX_NESTING_DEPTH, integers of
-    more than 4,300 digits, and strings or keys holding NUL or a lone surrogate, which
-    neither UTF-8 nor PostgreSQL text can hold. -0.0 is written as 0.0 (PostgreSQL has no
-    negative zero; the two compare equal).
+    bytes, objects, NaN and Infinity), values that would read back different (keys that
+    are not strings; tuples, which come back as lists), nesting deeper than
+    MAX_NESTING_DEPTH, integers of more than 4,300 digits, and strings or keys holding NUL
+    or a lone surrogate, which neither UTF-8 nor PostgreSQL text can hold. -0.0 is written
+    as 0.0 (PostgreSQL has no negative zero; the two compare equal).
     """
+    try:
+        # orjson refuses keys that are not str, lone surrogates, ints beyond 64 bits and
+        # foreign types, but writes NaN as null and tuples as lists: the comparison below
+        # catches those.
+        data = orjson.dumps(value)
+    except TypeError:
+        text = _encode_slowly(value, what)
+        decoded = decode(text)  # orjson.loads would turn ints beyond 64 bits into floats
+    else:
+        text = _checked(data.decode(), what)
+        decoded = orjson.loads(text)
+    if decoded != value:
+        _encode_slowly(value, what)  # the precise error, if there is one (NaN, objects...)
+        raise EventValidationError(f"{what} would not read back as written: {_difference(value)}")
+    return text, len(text) if text.isascii() else _utf8_size(text, what), decoded
+
+
+def _encode_slowly(value: Any, what: str) -> str:
+    """The json module's text for `value`, or the error that says what is wrong with it."""
     try:
         text = _ENCODER.encode(value)
     except TypeError as exc:
@@ -79,6 +98,13 @@ def encode(value: Any, what: str) -> tuple[str, int]:
         else:
             advice = "NaN and Infinity have no JSON form, record them as null or as a string"
         raise EventValidationError(f"{what} is not valid JSON ({exc}); {advice}") from None
+    text = _checked(text, what)
+    _utf8_size(text, what)
+    return text
+
+
+def _checked(text: str, what: str) -> str:
+    """`text` with jsonb-unsafe numbers rewritten, once its depth and NULs are checked."""
     if "e+" in text or "-0.0" in text:
         text = _JSONB_UNSAFE.sub(_jsonb_safe, text)
     if (text.count("{") + text.count("[") > MAX_NESTING_DEPTH
@@ -89,10 +115,12 @@ def encode(value: Any, what: str) -> tuple[str, int]:
             f"{what} contains a NUL character (\\u0000) in a string or key; PostgreSQL "
             "cannot store it. Remove it, or encode binary data as base64 text"
         )
-    if text.isascii():
-        return text, len(text)
+    return text
+
+
+def _utf8_size(text: str, what: str) -> int:
     try:
-        return text, len(text.encode())
+        return len(text.encode())
     except UnicodeEncodeError as exc:
         raise _surrogate(what, exc) from None
 
@@ -106,18 +134,6 @@ def refuse_lone_surrogates(source: Any, what: str) -> None:
         raise _surrogate(what, exc) from None
     except (TypeError, ValueError, RecursionError):
         return  # not plain enough to check; pydantic validated it
-
-
-def encode_exact(value: Any, what: str) -> tuple[str, int, Any]:
-    """`encode`, plus the value as every reader will decode it, refusing values that would
-    read back different: keys that are not strings, tuples (JSON turns them into lists)."""
-    text, size = encode(value, what)
-    decoded = decode(text)
-    if decoded != value:
-        raise EventValidationError(
-            f"{what} would not read back as written: {_difference(value)}"
-        )
-    return text, size, decoded
 
 
 def _difference(value: Any, path: str = "") -> str:
