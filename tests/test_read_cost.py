@@ -29,9 +29,9 @@ def fill(store: es.EventStore) -> int:
     return store.head_position()
 
 
-def pg_pages_touched(url: str, after: int, types: list[str] | None) -> int:
+def pg_pages_touched(url: str, after: int, types: list[str] | None, limit: int = 1000) -> int:
     base, _, schema = url.partition("?schema=")
-    query, params = postgres.page_query(after, types, None, 1000)
+    query, params = postgres.page_query(after, types, None, limit)
     with psycopg.connect(base, autocommit=True, options=f"-c search_path={schema}") as conn:
         row = conn.execute(
             f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}", params  # type: ignore[arg-type]
@@ -118,3 +118,35 @@ def test_postgres_page_queries_keep_custom_plans_on_a_long_lived_connection(
         recorder.close()
     generic = [(statement, count) for statement, count, _ in plans if count]
     assert generic == [], f"page queries ran generic plans: {generic}"
+
+
+@pytest.mark.parametrize("types", [["rare"], ["rare", "never_written"]])
+def test_postgres_rare_types_from_a_reset_cursor_are_seeks(
+    pg_schema_url: str, types: list[str]
+) -> None:
+    """A sensor reading a rare type from position 0 seeks the type index (one ordered seek
+    per type, merged), instead of walking the log in position order filtering every row."""
+    base, _, schema = pg_schema_url.partition("?schema=")
+    with es.connect(pg_schema_url, validate=False) as store:
+        fill_skewed(store)
+        assert len(list(store.read_all(event_types=types, limit=10))) == 10
+    with psycopg.connect(base, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute("ANALYZE event_store")
+    # 10 rare events, one per 100: a seek reads ~10 heap pages and a few index pages; a
+    # walk in position order reads ~1,000 rows (~45 pages).
+    touched = pg_pages_touched(pg_schema_url, 0, types, limit=10)
+    assert touched <= 25, f"reading 10 rare events touched {touched} pages"
+
+
+def test_sqlite_type_filters_are_index_seeks(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        fill_skewed(store)
+    query, params = sqlite.page_query(0, ["rare", "never_written"], None, 10)
+    connection = sqlite3.connect(path)
+    try:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {query}", params)]
+    finally:
+        connection.close()
+    scans = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]
+    assert scans and all("idx_event_store_type" in step for step in scans), plan

@@ -115,13 +115,13 @@ def _events(
 def _up_to(store: EventStore, types: list[str], at: int) -> Iterator[RecordedEvent]:
     """The events of `types` at or below position `at`, read in short pages so that what
     lies beyond `at` is never read (the cost is that of the events before it)."""
-    after = 0
+    after, size = 0, 16  # pages grow from 16 events: the first ones cost what `at` holds
     while True:
-        page = list(store.read_all(after=after, event_types=types, limit=_PAGE))
+        page = list(store.read_all(after=after, event_types=types, limit=size))
         yield from itertools.takewhile(lambda e: e.position <= at, page)
-        if len(page) < _PAGE or page[-1].position >= at:
+        if len(page) < size or page[-1].position >= at:
             return
-        after = page[-1].position
+        after, size = page[-1].position, min(size * 2, _PAGE)
 
 
 def as_of(

@@ -339,18 +339,28 @@ def page_query(
 
     The horizon is applied by the caller, not in SQL: a `position < h` bound makes the
     planner trade the ordered index scan for a bitmap scan and a sort of the whole tail
-    whenever statistics lag behind a burst of appends.
+    whenever statistics lag behind a burst of appends. A type filter is one ordered seek
+    of the (event_type, position) index per type, each at most a page, then sorted:
+    `event_type = ANY(...)` would walk the position index and filter every row until the
+    page fills (rare types), and unlimited branches may be planned as a whole-type scan.
     """
-    where = "position > %s"
-    params: list[Any] = [after]
-    if event_types is not None:
-        where += " AND event_type = ANY(%s)"
-        params.append(list(event_types))
-    if until is not None:
-        where += " AND created_at <= %s"
-        params.append(until)
+    time_filter = " AND created_at <= %s" if until is not None else ""
+    types = sorted(set(event_types)) if event_types is not None else []
+    if event_types is None or len(types) == 1:
+        where = "position > %s" + (" AND event_type = %s" if types else "")
+        query = f"SELECT {_COLUMNS} FROM event_store WHERE {where}{time_filter}"
+        params: list[Any] = [after, *types] + ([until] if until is not None else [])
+    else:
+        branches, params = [], []
+        for event_type in types:
+            branches.append(
+                f"(SELECT {_COLUMNS} FROM event_store WHERE position > %s AND event_type = %s"
+                f"{time_filter} ORDER BY position LIMIT %s)"
+            )
+            params += [after, event_type] + ([until] if until is not None else []) + [limit]
+        query = " UNION ALL ".join(branches)
     params.append(limit)
-    return f"SELECT {_COLUMNS} FROM event_store WHERE {where} ORDER BY position LIMIT %s", params
+    return f"{query} ORDER BY position LIMIT %s", params
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -630,6 +640,8 @@ class PostgresRecorder:
         until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
+        if event_types is not None and not event_types:
+            return []
         query, params = page_query(after, event_types, until, limit)
 
         def read(connection: psycopg.Connection[Any]) -> list[RecordedEvent]:

@@ -183,21 +183,24 @@ def _holds_a_store(path: str) -> bool:
 def page_query(
     after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
 ) -> tuple[str, list[Any]]:
-    """The keyset query of one page of the global log: a range seek on the rowid."""
-    where: list[str] = ["position > ?"]
-    params: list[Any] = [after]
-    if event_types is not None:
-        where.append(f"event_type IN ({','.join('?' * len(event_types))})")
-        params.extend(event_types)
-    if until is not None:
-        where.append("created_at <= ?")
-        params.append(_ts(until))
+    """The keyset query of one page of the global log: a range seek on the rowid, or with a
+    type filter one ordered seek of the (event_type, position) index per type, merged."""
+    time_filter = " AND created_at <= ?" if until is not None else ""
+    stamp = [_ts(until)] if until is not None else []
+    if event_types is None:
+        query = f"SELECT {_COLUMNS} FROM event_store WHERE position > ?{time_filter}"
+        params: list[Any] = [after, *stamp]
+    else:
+        branches, params = [], []
+        for event_type in sorted(set(event_types)):
+            branches.append(
+                f"SELECT {_COLUMNS} FROM event_store WHERE position > ? AND event_type = ?"
+                f"{time_filter}"
+            )
+            params += [after, event_type, *stamp]
+        query = " UNION ALL ".join(branches)
     params.append(limit)
-    query = (
-        f"SELECT {_COLUMNS} FROM event_store WHERE {' AND '.join(where)} "
-        "ORDER BY position LIMIT ?"
-    )
-    return query, params
+    return f"{query} ORDER BY position LIMIT ?", params
 
 
 class _Transaction:
