@@ -795,6 +795,11 @@ def test_dead_letters_are_listed_and_retried(
     assert code == 0 and [x["event_id"] for x in letters] == [early.id, other.id]
     assert letters[0]["projection"] == "training_summaries" and letters[0]["traceback"]
 
+    code, _, err = run(capsys, "dead-letters", "--url", store_url, "--projection", "deployment")
+    assert code == 2 and "no projection named 'deployment'; did you mean 'deployments'?" in err
+    code, _, err = run(capsys, "project", "--url", store_url, "--rebuild", "model_catlog")
+    assert code == 2 and "--rebuild: no projection named 'model_catlog'; did you mean " \
+        "'model_catalog'? (known: deployments, inference_quality, model_catalog" in err
     code, _, err = run(capsys, "dead-letters", "--url", store_url, "--retry", "nope")
     assert code == 2 and f"no dead letter for event 'nope'; parked event ids: {early.id}" in err
     # The cause fixed (run-x now has a start), retry one by a prefix of its id.

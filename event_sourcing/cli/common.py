@@ -104,7 +104,7 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise CommandLineError(
             f"{source} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            'give an object such as \'{"dataset_id": "wine"}\' (quote it for the shell)'
+            'give an object such as \'{"dataset_id": "breast_cancer"}\' (quote it for the shell)'
         ) from None
     if not isinstance(value, dict):
         raise CommandLineError(

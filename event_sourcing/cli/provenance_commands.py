@@ -161,7 +161,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         runner = ProjectionRunner(store, builtin_projections(args.inference_window))
         if args.rebuild:
-            runner.get(args.rebuild)
+            _check_projection(runner, args.rebuild, "--rebuild")
             rebuilt = _rebuild_with_progress(runner, args.rebuild, args.batch_size)
             stats = {
                 name: runner.run(name, args.batch_size)[name]
@@ -203,6 +203,15 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_projection(runner: ProjectionRunner, name: str, option: str) -> None:
+    if name not in runner.projections:
+        known = sorted(runner.projections)
+        raise CommandLineError(
+            f"{option}: no projection named {name!r}{did_you_mean(name, known)} "
+            f"(known: {', '.join(known)})"
+        )
+
+
 def _rebuild_with_progress(runner: ProjectionRunner, name: str, batch_size: int) -> RunStats:
     """runner.rebuild, with a progress bar (positions replayed of the head) on a terminal."""
     with progress_bar(f"rebuilding {name}", runner.store.head_position()) as advance_to:
@@ -217,7 +226,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         runner = ProjectionRunner(store, builtin_projections())
         if args.projection is not None:
-            runner.get(args.projection)
+            _check_projection(runner, args.projection, "--projection")
         letters = runner.dead_letters(args.projection)
         if args.retry or args.all:
             chosen = letters if args.all else _chosen_letters(letters, args.retry)

@@ -120,7 +120,7 @@ def _line(graph: LineageGraph, node_id: str) -> str:
     label = _ISO_UTC.sub(r"\1 \2", " · ".join(p for p in node.label.splitlines() if p))
     text = escape(label) or node.id
     kind = node.kind.replace("_", " ")
-    # The kind in bold, unless the label starts with it ("model wine-clf v2", not "model model").
+    # The kind in bold, unless the label starts with it ("model iris v2", not "model model ...").
     text = f"[bold]{text}[/]" if kind[:5] == label[:5] else f"[bold]{kind}[/] {text}"
     if node.kind == "inference":
         attrs = node.attributes
