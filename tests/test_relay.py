@@ -312,9 +312,9 @@ def test_the_cli_relay_stops_cleanly_on_a_signal(
             start_new_session=True,
         )
         try:
-            _wait_for(lambda: read_checkpoint(store, destination.stream) == 35, 60, "the relay")
+            _wait_for(lambda: read_checkpoint(store, destination.stream) == 35, 120, "the relay")
             later = fill(store, 1)  # live tailing picks new events up
-            _wait_for(lambda: read_checkpoint(store, destination.stream) == 42, 60, "tailing")
+            _wait_for(lambda: read_checkpoint(store, destination.stream) == 42, 120, "tailing")
         finally:
             process.send_signal(signum)
             out, _ = process.communicate(timeout=60)
