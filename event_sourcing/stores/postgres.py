@@ -42,6 +42,7 @@ from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import (
+    MAX_SEEK_BRANCHES,
     AlreadyRecorded,
     Appended,
     EventRow,
@@ -350,6 +351,12 @@ def page_query(
         where = "position > %s" + (" AND event_type = %s" if types else "")
         query = f"SELECT {_COLUMNS} FROM event_store WHERE {where}{time_filter}"
         params: list[Any] = [after, *types] + ([until] if until is not None else [])
+    elif len(types) > MAX_SEEK_BRANCHES:  # one statement of hundreds of branches plans slowly
+        query = (
+            f"SELECT {_COLUMNS} FROM event_store WHERE position > %s "
+            f"AND event_type = ANY(%s){time_filter}"
+        )
+        params = [after, types] + ([until] if until is not None else [])
     else:
         branches, params = [], []
         for event_type in types:

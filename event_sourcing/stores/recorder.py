@@ -14,6 +14,10 @@ from urllib.parse import unquote
 
 from event_sourcing.events import RecordedEvent
 
+# A read_all type filter of more types than this is one IN (...) scan of the page instead
+# of an ordered index seek per type, merged (SQLite allows 500 terms in a compound SELECT).
+MAX_SEEK_BRANCHES = 64
+
 
 class EventRow(NamedTuple):
     """One validated, encoded event, ready to be written (a tuple: built once per event)."""
