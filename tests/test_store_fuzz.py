@@ -125,7 +125,7 @@ appends = st.fixed_dictionaries(
 untils = st.one_of(
     st.none(),
     st.integers(-2, 10).map(lambda n: BASE + timedelta(seconds=n)),
-    st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.just(UTC)),
+    st.datetimes(timezones=st.just(UTC)),  # the whole range both backends hold
     st.sampled_from([datetime(2026, 1, 1), date(2026, 1, 1), "2026-01-01", 0]),
 )
 type_filters = st.one_of(
