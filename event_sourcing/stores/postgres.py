@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import threading
 import weakref
 from collections.abc import Collection, Iterator, Sequence
@@ -34,9 +35,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
+from event_sourcing.integrity.hashing import (
+    GENESIS,
+    canonical_json,
+    canonical_json_text,
+    content_hash,
+    fold_chain,
+    timestamp_text,
+)
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow, redact_url
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -67,6 +76,8 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     timestamptz NOT NULL,
     correlation_id text,
     causation_id   text,
+    content_hash   bytea,  -- integrity: docs/integrity.md
+    chain_hash     bytea,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
@@ -90,6 +101,14 @@ FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 DROP TRIGGER IF EXISTS event_store_no_truncate ON event_store;
 CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
+
+-- A stream's hash chain over a batch whose head the append located: mlevents_chain(head's
+-- chain hash, link) OVER (ORDER BY version), link = version || stream type || content hash.
+CREATE OR REPLACE FUNCTION mlevents_chain_step(state bytea, head bytea, link bytea)
+RETURNS bytea LANGUAGE sql IMMUTABLE AS $$ SELECT sha256(coalesce(state, head) || link) $$;
+CREATE OR REPLACE AGGREGATE mlevents_chain(bytea, bytea) (
+    SFUNC = mlevents_chain_step, STYPE = bytea
+);
 
 -- The advisory-lock key (first half) of in-flight markers, per schema.
 CREATE OR REPLACE FUNCTION mlevents_inflight_key() RETURNS integer
@@ -145,27 +164,68 @@ _MIGRATIONS = {
     DROP FUNCTION IF EXISTS mlevents_append(jsonb);
     ALTER TABLE streams DROP COLUMN IF EXISTS version, DROP COLUMN IF EXISTS updated_at;
     """,
+    # v3: content and chain hashes (tamper evidence); _add_hashes computes them in order.
+    2: """
+    ALTER TABLE event_store ADD COLUMN IF NOT EXISTS content_hash bytea,
+        ADD COLUMN IF NOT EXISTS chain_hash bytea;
+    """,
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
     2: "streams without a version counter; appends are one INSERT statement",
+    3: "per-stream hash chains (content_hash, chain_hash)",
 }
+_HASHED = (
+    "position, id::text, stream_id, stream_type, version, event_type, schema_version, payload, "
+    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+
+
+def hashed_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row of _HASHED with payload and metadata as hashed (canonical JSON: jsonb keeps
+    the value, not the text) and the time as text."""
+    return (
+        *row[:7], canonical_json(row[7]), canonical_json(row[8]), timestamp_text(row[9]),
+        *row[10:],
+    )
+
+
+def _add_hashes(connection: psycopg.Connection[Any]) -> None:
+    """Migration to v3: compute every event's content and chain hash in position order."""
+    heads: dict[str, bytes] = {}
+    updates = []
+    for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
+        row = hashed_row(row)
+        content = content_hash(*row[1:3], *row[5:12])
+        heads[row[2]] = fold_chain(heads.get(row[2], GENESIS), [(row[4], row[3], content)])[0]
+        updates.append((content, heads[row[2]], row[0]))
+    connection.execute("ALTER TABLE event_store DISABLE TRIGGER event_store_no_update")
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE event_store SET content_hash = %s, chain_hash = %s WHERE position = %s",
+            updates,
+        )
+    connection.execute("ALTER TABLE event_store ENABLE TRIGGER event_store_no_update")
+
+
+_MIGRATION_STEPS = {2: _add_hashes}  # Python run after a version's SQL
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
-# The stream's head before an append, as (stream type, version). Expecting version n >= 1:
+# The stream's head before an append, as (stream type, version, chain hash). Expecting n >= 1:
 # no row unless the stream has an event n, so a stale expectation inserts nothing and a
 # moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
 # stream is known to have reached: as given, and the unique index alone decides. No
 # expectation: the latest event, if any.
 _HEAD_AT = """
-        SELECT e.stream_type, e.version FROM event_store AS e
+        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
         WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
-_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint"
+_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea"
 _HEAD_LATEST = """
-        SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0)
+        SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
+            coalesce(h.chain_hash, %(genesis)s::bytea)
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version FROM event_store AS e
+            SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
             WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
         ) AS h ON true"""
 
@@ -174,27 +234,41 @@ _HEAD_LATEST = """
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
 # The events: one as scalar parameters (cheaper to send and to plan), or a batch as one
-# JSON array of [id, type, schema version, payload, metadata].
+# JSON array of [id, type, schema version, payload, metadata, content hash, chain hash]
+# (hashes in hex; the chain hash is null when the statement computes it from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
-            %(metadata)s::jsonb, 1::bigint"""
+            %(metadata)s::jsonb, 1::bigint, %(content)s::bytea, %(chain)s::bytea"""
 _EVENT_BATCH = """
-        SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i
+        SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
+            decode(x.item->>5, 'hex'), decode(x.item->>6, 'hex')
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
+# The chain hash of each event (docs/integrity.md): given by the client when it knows the
+# head's (a new stream, or the version it last appended), else linked here to the head
+# the statement located.
+_LINK = """head.version + u.i) || int4send(octet_length(convert_to(head.stream_type, 'UTF8')))
+        || convert_to(head.stream_type, 'UTF8') || u.content"""
+_CHAIN = {
+    "given": "u.chain",
+    "one": f"sha256(head.chain || int8send({_LINK})",
+    "batch": f"mlevents_chain(head.chain, int8send({_LINK}) OVER (ORDER BY u.i)",
+}
 _INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
-        schema_version, payload, metadata, created_at, correlation_id, causation_id)
+        schema_version, payload, metadata, created_at, correlation_id, causation_id,
+        content_hash, chain_hash)
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
-        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s
-    FROM ({head}) AS head (stream_type, version)
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
+    FROM ({head}) AS head (stream_type, version, chain)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
             ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
              - 2147483648)::integer)
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
-    CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i)
-    RETURNING e.stream_type, e.version, e.position"""
+    CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
+        content, chain)
+    RETURNING e.stream_type, e.version, e.position, e.chain_hash"""
 
 
 def _registering(insert: str) -> str:
@@ -206,15 +280,18 @@ WITH appended AS ({insert}
     SELECT %(stream)s, a.stream_type, %(now)s FROM appended AS a WHERE a.version = 1
     ON CONFLICT DO NOTHING
 )
-SELECT stream_type, version, position FROM appended"""
+SELECT stream_type, version, position, chain_hash FROM appended"""
 
 
 # (head, events) -> statement. AT and KNOWN never write a stream's first event.
 _APPEND = {
     (head_name, events_name): (
-        _INSERT.format(head=head, events=events)
-        if head_name in {"at", "known"}
-        else _registering(_INSERT.format(head=head, events=events))
+        (lambda insert: insert if head_name in {"at", "known"} else _registering(insert))(
+            _INSERT.format(
+                head=head, events=events,
+                chain=_CHAIN["given" if head_name in {"known", "new"} else events_name],
+            )
+        )
     )
     for head_name, head in (
         ("at", _HEAD_AT), ("known", _HEAD_GIVEN), ("new", _HEAD_GIVEN), ("latest", _HEAD_LATEST)
@@ -224,13 +301,16 @@ _APPEND = {
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def _events_json(rows: Sequence[EventRow]) -> str:
-    """The batch as one JSON array of [id, type, schema version, payload, metadata]; the
-    payloads are spliced in already encoded rather than encoded a second time."""
+def _events_json(
+    rows: Sequence[EventRow], contents: Sequence[bytes], chains: Sequence[bytes] | None
+) -> str:
+    """The batch as one JSON array of [id, type, schema version, payload, metadata, content
+    hash, chain hash]; the payloads are spliced in already encoded, not encoded again."""
     events = ",".join(
         f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
-        f"{row.payload_json},{row.metadata_json}]"
-        for row in rows
+        f'{row.payload_json},{row.metadata_json},"{content.hex()}",'
+        + (f'"{chains[n].hex()}"]' if chains is not None else "null]")
+        for n, (row, content) in enumerate(zip(rows, contents, strict=True))
     )
     return f"[{events}]"
 
@@ -244,35 +324,52 @@ def append_query(
     correlation_id: str | None,
     causation_id: str | None,
     *,
-    reached: bool = False,
+    head_chain: bytes | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The one statement that appends a batch, and its parameters. It returns (stream
-    type, version, position) per event, or no row when the stream is not at
+    type, version, position, chain hash) per event, or no row when the stream is not at
     `expected_version`; it raises UniqueViolation when the version or an id is taken.
 
-    `reached`: the caller knows the stream has reached `expected_version` (>= 1) and that
-    `stream_type` is the stream's type, so the statement skips looking that up.
+    `head_chain`: the caller knows the stream's event at `expected_version` (>= 1) has this
+    chain hash and that `stream_type` is the stream's type, so the statement skips looking
+    that up and the chain hashes are computed here.
     """
+    kind = stream_type or "default"
     request: dict[str, Any] = {
-        "stream": stream_id, "kind": stream_type or "default", "expected": expected_version,
+        "stream": stream_id, "kind": kind, "expected": expected_version,
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
     }
+    now = timestamp_text(created_at)
+    contents = [
+        content_hash(row.id, stream_id, row.event_type, row.schema_version,
+                     canonical_json_text(row.payload_json),
+                     canonical_json_text(row.metadata_json), now, correlation_id, causation_id)
+        for row in rows
+    ]
+    if expected_version is None:
+        head = "latest"
+        request["genesis"] = GENESIS
+    elif not expected_version:
+        head, head_chain = "new", GENESIS
+    else:
+        head = "known" if head_chain is not None else "at"
+    chains = None
+    if head_chain is not None and expected_version is not None:
+        chains = fold_chain(
+            head_chain,
+            [(expected_version + n, kind, content) for n, content in enumerate(contents, 1)],
+        )
     if len(rows) == 1:
         row = rows[0]
         request.update(
             id=row.id, type=row.event_type, schema_version=row.schema_version,
-            payload=row.payload_json, metadata=row.metadata_json,
+            payload=row.payload_json, metadata=row.metadata_json, content=contents[0],
+            chain=chains[0] if chains is not None else None,
         )
         events = "one"
     else:
-        request["events"] = _events_json(rows)
+        request["events"] = _events_json(rows, contents, chains)
         events = "batch"
-    if expected_version is None:
-        head = "latest"
-    elif not expected_version:
-        head = "new"
-    else:
-        head = "known" if reached else "at"
     return _APPEND[head, events], request
 
 
@@ -373,11 +470,11 @@ class PostgresRecorder:
         self._appender = threading.local()
         self._appenders: list[weakref.finalize[Any, Any]] = []
         self._appenders_lock = threading.Lock()
-        # Stream id -> (its type, a version it has reached). Versions are contiguous and
-        # events are never deleted, so a stream that reached v keeps every version up to v:
-        # an append expecting one of them needs no lookup (~30 us of server CPU). This
+        # Stream id -> (its type, the version it reached, that event's chain hash). Events
+        # are never deleted or changed, so an append expecting that version needs no lookup
+        # (~30 us of server CPU) and can compute its chain hashes itself. This
         # holds unless the schema is dropped and recreated under a running store.
-        self._reached: dict[str, tuple[str, int]] = {}
+        self._reached: dict[str, tuple[str, int, bytes]] = {}
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=kwargs, open=True,
             name=f"mlevents-{schema}", configure=_configure,
@@ -414,6 +511,8 @@ class PostgresRecorder:
                         return
             for version in range(found, SCHEMA_VERSION):
                 connection.execute(_MIGRATIONS[version])
+                if version in _MIGRATION_STEPS:
+                    _MIGRATION_STEPS[version](connection)
             connection.execute(_SCHEMA)
             connection.execute(
                 "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
@@ -471,18 +570,20 @@ class PostgresRecorder:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended:
-        reached = False
+        head_chain = None
         if expected_version:
             known = self._reached.get(stream_id)
-            if known is not None and known[1] >= expected_version:
-                stream_type, reached = known[0], True
+            if known is not None and known[1] == expected_version:
+                stream_type, head_chain = known[0], known[2]
         statement, request = append_query(
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-            causation_id, reached=reached,
+            causation_id, head_chain=head_chain,
         )
         cursor = self._append_cursor()
         try:
-            appended = self._append_on(cursor, statement, request, rows, expected_version)
+            appended, last_chain = self._append_on(
+                cursor, statement, request, rows, expected_version
+            )
         except psycopg.OperationalError as exc:
             if not cursor.connection.closed:
                 raise
@@ -490,7 +591,7 @@ class PostgresRecorder:
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
             try:
-                appended = self._append_on(
+                appended, last_chain = self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
             except psycopg.OperationalError as again:
@@ -500,7 +601,9 @@ class PostgresRecorder:
                 ) from exc
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
-        self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
+        self._reached[stream_id] = (
+            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
+        )
         return appended
 
     def _append_on(
@@ -510,7 +613,8 @@ class PostgresRecorder:
         request: dict[str, Any],
         rows: Sequence[EventRow],
         expected_version: int | None,
-    ) -> Appended:
+    ) -> tuple[Appended, bytes]:
+        """Run the append statement: where the batch landed, and its last chain hash."""
         while True:
             try:
                 claimed = cursor.execute(statement, request).fetchall()
@@ -525,8 +629,9 @@ class PostgresRecorder:
         if claimed:
             if len(claimed) > 1:
                 claimed.sort(key=lambda row: row[1])  # by version
-            kind, first_version, _ = claimed[0]
-            return Appended(kind, first_version, [position for _, _, position in claimed])
+            kind, first_version, _, _ = claimed[0]
+            positions = [row[2] for row in claimed]
+            return Appended(kind, first_version, positions), bytes(claimed[-1][3])
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
         found = self._select_on(
@@ -550,6 +655,55 @@ class PostgresRecorder:
             (stream_id,),
         ).fetchone()
         return int(row[0]) if row else 0
+
+    # -- integrity (event_sourcing.integrity) ---------------------------------------------
+    def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
+        """Rows (position order, `through` at most the head) as hashed: position, id, stream,
+        stream type, version, type, schema version, payload, metadata (canonical JSON), time
+        (text), correlation, causation, content, chain."""
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                f"SELECT {_HASHED} FROM event_store WHERE position > %s AND position <= %s "
+                "ORDER BY position LIMIT %s",
+                (after, through, limit),
+            ).fetchall()
+        return [hashed_row(row) for row in rows]
+
+    def restore_triggers(self) -> tuple[list[str], str | None]:
+        """Recreate missing and re-enable disabled append-only triggers: (what was wrong,
+        why it could not be fixed or None)."""
+        expected = re.findall(r"CREATE TRIGGER (\w+)", _SCHEMA)
+        with self._pool.connection() as connection:
+            states = dict(
+                connection.execute(
+                    "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
+                    "AND tgrelid = to_regclass('event_store')"
+                ).fetchall()
+            )
+            missing = [name for name in expected if name not in states]
+            # 'O' fires in normal sessions, 'A' always; 'D' is disabled, 'R' replica-only.
+            disabled = [
+                name for name in expected if states.get(name, "O") not in {"O", "A"}
+            ]
+            found = [f"trigger {name} was missing" for name in missing] + [
+                f"trigger {name} was disabled" for name in disabled
+            ]
+            if not found:
+                return [], None
+            try:
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    if missing:
+                        connection.execute(_SCHEMA)
+                    for name in disabled:
+                        connection.execute(
+                            sql.SQL("ALTER TABLE event_store ENABLE TRIGGER {}").format(
+                                sql.Identifier(name)
+                            )
+                        )
+            except psycopg.Error as exc:
+                return found, str(exc).strip().splitlines()[0]
+        return found, None
 
     # -- reading ------------------------------------------------------------------------
     @staticmethod

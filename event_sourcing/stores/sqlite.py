@@ -7,6 +7,7 @@ out in commit order and a reader can never see a lower position appear later.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -17,9 +18,10 @@ from typing import Any
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
+from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -46,6 +48,8 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     TEXT NOT NULL,
     correlation_id TEXT,
     causation_id   TEXT,
+    content_hash   BLOB,  -- integrity: docs/integrity.md
+    chain_hash     BLOB,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
@@ -73,23 +77,49 @@ _MIGRATIONS = {
     ALTER TABLE streams DROP COLUMN version;
     ALTER TABLE streams DROP COLUMN updated_at;
     """,
+    # v3: content and chain hashes (tamper evidence); _add_hashes computes them in order.
+    2: "DROP TRIGGER IF EXISTS event_store_no_update;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, append-only triggers",
     2: "streams without a version counter",
+    3: "per-stream hash chains (content_hash, chain_hash)",
 }
+_HASHED = (
+    "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
+    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+
+
+def _add_hashes(connection: sqlite3.Connection) -> None:
+    """Migration to v3: add the hash columns and compute every chain in position order
+    (the update trigger is dropped by the SQL step; the schema script recreates it)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
+    for name in ("content_hash", "chain_hash"):
+        if name not in columns:
+            connection.execute(f"ALTER TABLE event_store ADD COLUMN {name} BLOB")
+    heads: dict[str, bytes] = {}
+    updates = []
+    for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
+        content = content_hash(*row[1:3], *row[5:12])
+        chain = chain_hash(heads.get(row[2], GENESIS), row[4], row[3], content)
+        heads[row[2]] = chain
+        updates.append((content, chain, row[0]))
+    connection.executemany(
+        "UPDATE event_store SET content_hash = ?, chain_hash = ? WHERE position = ?", updates
+    )
+
+
+_MIGRATION_STEPS = {2: _add_hashes}  # Python run after a version's SQL
 
 
 _INSERT = (
     "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
-    "schema_version, payload, metadata, created_at, correlation_id, causation_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
+    "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _ts(value: datetime) -> str:
-    # Fixed-width ISO 8601 in UTC sorts as text, which `until` filters rely on.
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+# Fixed-width ISO 8601 in UTC sorts as text, which `until` filters rely on.
+_ts = timestamp_text
 
 
 def _event(row: tuple[Any, ...]) -> RecordedEvent:
@@ -235,6 +265,8 @@ class SQLiteRecorder:
                 for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
                     for statement in _statements(_MIGRATIONS[version]):
                         connection.execute(statement)
+                    if version in _MIGRATION_STEPS:
+                        _MIGRATION_STEPS[version](connection)
                 for statement in _statements(_SCHEMA):
                     connection.execute(statement)
                 connection.execute(
@@ -269,27 +301,34 @@ class SQLiteRecorder:
         causation_id: str | None,
     ) -> Appended:
         now = _ts(created_at)
+        contents = [
+            content_hash(row.id, stream_id, row.event_type, row.schema_version,
+                         row.payload_json, row.metadata_json, now, correlation_id, causation_id)
+            for row in rows
+        ]
         with self._write() as connection:
-            # (SQLite gives the bare stream_type of the row holding max(version).)
-            head, current, kind = connection.execute(
+            # (SQLite gives the bare columns of the row holding max(version).)
+            head, current, kind, chain = connection.execute(
                 "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
-                "coalesce(max(version), 0), stream_type FROM event_store WHERE stream_id = ?",
+                "coalesce(max(version), 0), stream_type, chain_hash FROM event_store "
+                "WHERE stream_id = ?",
                 (stream_id,),
             ).fetchone()
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows)
                 raise ConcurrencyError(stream_id, expected_version, current)
-            try:
-                connection.executemany(
-                    _INSERT,
-                    [
-                        (head + n, row.id, stream_id, kind, current + n, row.event_type,
-                         row.schema_version, row.payload_json, row.metadata_json, now,
-                         correlation_id, causation_id)
-                        for n, row in enumerate(rows, start=1)
-                    ],
+            values = []
+            chain = chain or GENESIS
+            for n, (row, content) in enumerate(zip(rows, contents, strict=True), start=1):
+                chain = chain_hash(chain, current + n, kind, content)
+                values.append(
+                    (head + n, row.id, stream_id, kind, current + n, row.event_type,
+                     row.schema_version, row.payload_json, row.metadata_json, now,
+                     correlation_id, causation_id, content, chain)
                 )
+            try:
+                connection.executemany(_INSERT, values)
             except sqlite3.IntegrityError:
                 self._raise_if_recorded(connection, rows)
                 raise
@@ -309,6 +348,38 @@ class SQLiteRecorder:
         ).fetchall()
         if found:
             raise AlreadyRecorded([_event(row) for row in found])
+
+    # -- integrity (event_sourcing.integrity) ---------------------------------------------
+    def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
+        """Rows (position order) as hashed: position, id, stream, stream type, version, type,
+        schema version, payload, metadata, time, correlation, causation, content, chain."""
+        with self._connection() as connection:
+            return connection.execute(
+                f"SELECT {_HASHED} FROM event_store WHERE position > ? AND position <= ? "
+                "ORDER BY position LIMIT ?",
+                (after, through, limit),
+            ).fetchall()
+
+    def restore_triggers(self) -> tuple[list[str], str | None]:
+        """Recreate missing append-only triggers: (what was wrong, why it could not be
+        fixed or None)."""
+        expected = re.findall(r"CREATE TRIGGER IF NOT EXISTS (\w+)", _SCHEMA)
+        with self._connection() as connection:
+            present = {
+                row[0] for row in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                )
+            }
+        found = [f"trigger {name} was missing" for name in expected if name not in present]
+        if not found:
+            return [], None
+        try:
+            with self._write() as connection:
+                for statement in _statements(_SCHEMA):
+                    connection.execute(statement)
+        except sqlite3.Error as exc:
+            return found, str(exc)
+        return found, None
 
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
