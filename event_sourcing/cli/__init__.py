@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "event_sourcing.cli.store_commands",
     "event_sourcing.cli.provenance_commands",
     "event_sourcing.cli.predict_commands",
+    "event_sourcing.cli.integrity_commands",
 )
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]

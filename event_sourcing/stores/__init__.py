@@ -88,10 +88,18 @@ def connect(
         )
     if max_payload_bytes <= 0:
         raise ConfigurationError("max_payload_bytes must be positive")
-    return EventStore(
+    store = EventStore(
         _recorder(url, dict(options)),
         registry=registry,
         validate=validate,
         clock=clock,
         max_payload_bytes=max_payload_bytes,
     )
+    from event_sourcing.integrity.audit import check_triggers
+
+    try:
+        check_triggers(store)  # append-only triggers missing or disabled: restore, say so
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, default_registry
 from event_sourcing.errors import (
@@ -32,6 +33,9 @@ MAX_STREAM_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 READ_PAGE_SIZE = 2000
+
+if TYPE_CHECKING:
+    from event_sourcing.integrity.audit import Seal, VerifyReport
 
 Clock = Callable[[], datetime]
 
@@ -399,3 +403,22 @@ class EventStore:
     def transaction(self) -> AbstractContextManager[SqlTransaction]:
         """A transaction on the store's database, for read models kept beside the log."""
         return self.recorder.transaction()
+
+    # -- integrity (docs/integrity.md) --------------------------------------------------
+    def seal(self) -> Seal:
+        """Verify the events since the last seal and append an `integrity_sealed` event with
+        their Merkle root, chained to the previous seal's."""
+        from event_sourcing.integrity.audit import seal
+
+        return seal(self)
+
+    def verify(
+        self,
+        *,
+        since_last_verified: bool = False,
+        against: Sequence[Seal] | str | Path | None = None,
+    ) -> VerifyReport:
+        """Recompute hash chains and seals (see event_sourcing.integrity.audit.verify)."""
+        from event_sourcing.integrity.audit import verify
+
+        return verify(self, since_last_verified=since_last_verified, against=against)
