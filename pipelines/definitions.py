@@ -6,6 +6,7 @@ Resource keys: `event_store`, `artifact_store`, `landing`; swap any of them to p
 import dagster as dg
 
 from pipelines.assets import all_assets
+from pipelines.integrity import integrity_defs
 from pipelines.jobs import jobs
 from pipelines.schedules import schedules
 from pipelines.sensors import sensors
@@ -35,3 +36,4 @@ defs = dg.Definitions(
     # and it opens the event store once per run.
     executor=dg.in_process_executor,
 )
+defs = dg.Definitions.merge(defs, integrity_defs)  # seal + verify the log (docs/integrity.md)

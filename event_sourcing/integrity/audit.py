@@ -38,17 +38,6 @@ SEAL_STREAM = "mlevents.integrity.seals"
 ALERT_STREAM = "mlevents.integrity.alerts"
 PAGE = 20_000
 logger = logging.getLogger("event_sourcing.integrity")
-_CHECKPOINT_DDL = """CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
-    id            INTEGER PRIMARY KEY CHECK (id = 1),
-    seal_version  BIGINT NOT NULL,
-    seal_chain    TEXT NOT NULL,
-    seal_to       BIGINT NOT NULL,
-    head_position BIGINT NOT NULL,
-    head_chain    TEXT NOT NULL,
-    verified_at   TEXT NOT NULL
-)"""
-
-
 class IntegrityError(EventStoreError):
     """The log does not match its hashes, its seals or a witness (or a witness is unusable)."""
 
@@ -310,7 +299,6 @@ class _Checker:
 
 def _load_checkpoint(store: EventStore) -> dict[str, Any] | None:
     with store.transaction() as tx:
-        tx.execute(_CHECKPOINT_DDL)
         row = tx.execute(
             "SELECT seal_version, seal_chain, seal_to, head_position, head_chain, verified_at "
             "FROM mlevents_integrity_checkpoint WHERE id = 1"
@@ -324,7 +312,6 @@ def _load_checkpoint(store: EventStore) -> dict[str, Any] | None:
 
 def _save_checkpoint(store: EventStore, values: Sequence[Any]) -> None:
     with store.transaction() as tx:
-        tx.execute(_CHECKPOINT_DDL)
         tx.execute(
             "INSERT INTO mlevents_integrity_checkpoint (id, seal_version, seal_chain, seal_to, "
             "head_position, head_chain, verified_at) VALUES (1, ?, ?, ?, ?, ?, ?) "

@@ -7,13 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 GENESIS = bytes(32)  # the "previous chain hash" of a stream's first event and first seal
+_PYTHON_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _NULL = b"\xff\xff\xff\xff"
+_U32 = struct.Struct(">I").pack
 _sha256 = hashlib.sha256
 
 
@@ -22,6 +27,9 @@ def _field(value: str | None) -> bytes:
         return _NULL
     data = value.encode("utf-8", "surrogatepass")
     return len(data).to_bytes(4, "big") + data
+
+
+_EMPTY_OBJECT = _field("{}")
 
 
 def content_hash(
@@ -37,15 +45,21 @@ def content_hash(
 ) -> bytes:
     """SHA-256 over an event's stored content: text fields length-prefixed (4-byte
     big-endian UTF-8 length, 0xFFFFFFFF for NULL), the schema version as 8 bytes."""
+    # Written out (no per-field call): every append and every verified event runs this.
+    i = event_id.encode()
+    s = stream_id.encode("utf-8", "surrogatepass")
+    t = event_type.encode("utf-8", "surrogatepass")
+    p = payload.encode("utf-8", "surrogatepass")
+    m = _EMPTY_OBJECT if metadata == "{}" else _field(metadata)
+    c = created_at.encode()
     return _sha256(
-        b"".join(
-            (
-                _field(event_id), _field(stream_id), _field(event_type),
-                schema_version.to_bytes(8, "big", signed=True), _field(payload),
-                _field(metadata), _field(created_at), _field(correlation_id),
-                _field(causation_id),
-            )
-        )
+        b"".join((
+            _U32(len(i)), i, _U32(len(s)), s, _U32(len(t)), t,
+            schema_version.to_bytes(8, "big", signed=True), _U32(len(p)), p, m,
+            _U32(len(c)), c,
+            _NULL if correlation_id is None else _field(correlation_id),
+            _NULL if causation_id is None else _field(causation_id),
+        ))
     ).digest()
 
 
@@ -59,21 +73,22 @@ def chain_hash(previous: bytes, version: int, stream_type: str, content: bytes) 
 
 
 # -- PostgreSQL: jsonb keeps the value, not the text -------------------------------------------
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-# Only numbers PostgreSQL would print differently from Python: -0.0 and integral floats
-# written with an exponent (>= 1e16). A false hit (inside a string) only costs a walk.
-_RENUMBER = re.compile(r"e\+|-0\.0(?![0-9])")
+_SORTED = orjson.OPT_SORT_KEYS
+# Numbers whose canonical form differs from orjson's: -0.0 and doubles >= 1e16 (written with
+# an exponent e+). A false hit (inside a string) only costs a walk.
+_RENUMBER = re.compile(rb"e\+|-0\.0(?![0-9])")
+_INT64 = range(-(2**63), 2**64)  # what orjson writes itself
 
 
 def _renumber(value: Any) -> Any:
     if isinstance(value, float):
         if value == 0:
             return 0.0
-        if "e+" in repr(value):
-            return int(Decimal(repr(value)))  # integral: jsonb stores its exact digits
+        if "e+" in repr(value):  # integral: jsonb stores the exact digits of its text
+            return orjson.Fragment(str(int(Decimal(repr(value)))))
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return orjson.Fragment(str(value))
     if isinstance(value, dict):
         return {key: _renumber(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -82,17 +97,23 @@ def _renumber(value: Any) -> Any:
 
 
 def canonical_json(value: Any) -> str:
-    """The canonical text of a JSON value as PostgreSQL's jsonb stores it: keys sorted by
-    code point, no whitespace, non-ASCII kept, integral numbers >= 1e16 as integers."""
-    text: str = _CANONICAL(value)
-    if _RENUMBER.search(text):
-        text = _CANONICAL(_renumber(value))
-    return text
+    """The canonical text of a JSON value (docs/integrity.md): keys sorted, no whitespace,
+    non-ASCII as is, numbers as PostgreSQL's jsonb gives them back (orjson's format)."""
+    try:
+        data = orjson.dumps(value, option=_SORTED)
+        if _RENUMBER.search(data):
+            data = orjson.dumps(_renumber(value), option=_SORTED)
+    except TypeError:  # an integer beyond 64 bits, or text that is not valid Unicode
+        try:
+            data = orjson.dumps(_renumber(value), option=_SORTED)
+        except TypeError:
+            return _PYTHON_SORTED(_renumber(value))
+    return data.decode()
 
 
 def canonical_json_text(text: str) -> str:
     """canonical_json of the value a JSON text encodes ('{}' fast)."""
-    return "{}" if text == "{}" else canonical_json(json.loads(text))
+    return "{}" if text == "{}" else canonical_json(orjson.loads(text))
 
 
 # -- Merkle trees (RFC 6962, section 2.1) ------------------------------------------------------

@@ -84,6 +84,16 @@ CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, posi
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
+CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    seal_version  BIGINT NOT NULL,
+    seal_chain    TEXT NOT NULL,
+    seal_to       BIGINT NOT NULL,
+    head_position BIGINT NOT NULL,
+    head_chain    TEXT NOT NULL,
+    verified_at   TEXT NOT NULL
+);
 
 CREATE OR REPLACE FUNCTION mlevents_reject_mutation() RETURNS trigger
 LANGUAGE plpgsql AS $$
