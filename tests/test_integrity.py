@@ -130,6 +130,12 @@ def test_canonical_json_matches_what_postgresql_jsonb_gives_back() -> None:
                 "é": None}
     assert canonical_json(sent) == canonical_json(returned)
     assert canonical_json(sent).startswith('{"a":0.0,"b":100000000000000000000,')
+    # the number forms docs/integrity.md spells out
+    assert canonical_json([1e-05, 100.0, 1.5e-07, 9.99e-06, 0.30000000000000004, 2**70, 1e300]) == (
+        "[0.00001,100.0,1.5e-7,9.99e-6,0.30000000000000004,1180591620717411303424,1"
+        + "0" * 300 + "]"
+    )
+    assert canonical_json({"é": "\u2028\x1f\"\\\n"}) == '{"é":"\u2028\\u001f\\"\\\\\\n"}'
 
 
 def test_chains_seals_and_hashes_are_recomputable_from_the_documented_encoding(
@@ -140,10 +146,11 @@ def test_chains_seals_and_hashes_are_recomputable_from_the_documented_encoding(
     heads: dict[str, bytes] = {}
     rows = history.recorder.hashed_rows(0, history.head_position(), 1000)
     for row in rows:
-        def field(value: str | None) -> bytes:
+        def field(value: str | bytes | None) -> bytes:  # SQLite gives payloads as bytes
             if value is None:
                 return b"\xff\xff\xff\xff"
-            return len(value.encode()).to_bytes(4, "big") + value.encode()
+            data = value.encode() if isinstance(value, str) else value
+            return len(data).to_bytes(4, "big") + data
 
         content = hashlib.sha256(
             field(row[1]) + field(row[2]) + field(row[5]) + row[6].to_bytes(8, "big")

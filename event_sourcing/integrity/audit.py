@@ -5,11 +5,12 @@ roots kept elsewhere (a witness file), and restore append-only triggers found mi
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +25,11 @@ from event_sourcing.catalog.ml_events import (
 from event_sourcing.errors import ConcurrencyError, EventStoreError
 from event_sourcing.integrity.hashing import (
     GENESIS,
-    chain_hash,
     content_hash,
-    leaf_hash,
     merkle_root,
     seal_chain,
 )
+from event_sourcing.integrity.hashing import field as text_field
 
 if TYPE_CHECKING:
     from event_sourcing.stores.store import EventStore
@@ -178,16 +178,16 @@ def seal(store: EventStore) -> Seal:
         previous = bytes.fromhex(last.chain) if last else GENESIS
         through = store.head_position()
         checker = _Checker(store, start, incremental=start > 0)
-        leaves = [leaf for _, leaf in checker.run(through)]
+        sealed = leaves(checker.run(through))
         if checker.problems:
             raise IntegrityError(
                 f"not sealing: positions {start + 1}-{through} do not verify; first problem: "
                 f"{checker.problems[0]}"
             )
-        root = merkle_root(leaves)
-        chain = seal_chain(previous, start, through, len(leaves), root)
+        root = merkle_root(sealed)
+        chain = seal_chain(previous, start, through, len(sealed), root)
         event = IntegritySealed(
-            from_position=start, to_position=through, count=len(leaves), root=root.hex(),
+            from_position=start, to_position=through, count=len(sealed), root=root.hex(),
             previous=previous.hex(), chain=chain.hex(),
         )
         try:
@@ -222,11 +222,16 @@ class _Checker:
             ).fetchone()
         return (version - 1, bytes(row[0])) if row and row[0] is not None else None
 
-    def run(self, through: int) -> Iterator[tuple[int, bytes]]:
+    def run(self, through: int) -> list[tuple[int, bytes]]:
+        """Check every event in (after, through]; return their (position, chain hash)."""
         recorder = self.store.recorder
         contiguous = self.store.dialect == "sqlite"  # PostgreSQL positions have gaps
-        problem = self.problems.append
         heads = self.heads
+        kinds: dict[str, bytes] = {}
+        pairs: list[tuple[int, bytes]] = []
+        keep = pairs.append
+        sha256 = hashlib.sha256
+        special = {EventTypes.INTEGRITY_SEALED, EventTypes.INTEGRITY_TRIGGERS_RESTORED}
         expected_position = self.after + 1
         after = self.after
         while True:
@@ -235,66 +240,102 @@ class _Checker:
                 (position, event_id, stream, kind, version, event_type, schema_version,
                  payload, metadata, created_at, correlation, causation, stored_content,
                  stored_chain) = row
-                if contiguous and position != expected_position:
-                    problem(Problem(
-                        "missing",
-                        f"positions {expected_position}-{position - 1} are missing (SQLite "
-                        "positions are contiguous): events were deleted",
-                        expected_position,
-                    ))
-                expected_position = position + 1
                 content = content_hash(
                     event_id, stream, event_type, schema_version, payload, metadata,
                     created_at, correlation, causation,
                 )
                 head = heads.get(stream)
-                if head is None:
-                    head = self._head(stream, version)
-                    if head is None:
-                        problem(Problem(
-                            "version", f"version {version - 1} of this stream is missing",
-                            position, stream, version,
-                        ))
-                        head = (version - 1, GENESIS)
-                if version != head[0] + 1:
-                    problem(Problem(
-                        "version",
-                        f"follows version {head[0]} of its stream: "
-                        + ("events were deleted" if version > head[0] + 1
-                           else "versions were swapped or an event was inserted"),
-                        position, stream, version,
-                    ))
-                if stored_content is None or bytes(stored_content) != content:
-                    problem(Problem(
-                        "content",
-                        "the stored content no longer matches its hash: payload, metadata, "
-                        "time, type, schema version or ids were changed",
-                        position, stream, version,
-                    ))
+                if (
+                    head is None
+                    or version != head[0] + 1
+                    or content != stored_content
+                    or (contiguous and position != expected_position)
+                ):
+                    head = self._inspect(row, content, head, expected_position, contiguous)
+                expected_position = position + 1
                 # Linked from the stored content hash: an edit is named once, as content.
-                chain = chain_hash(head[1], version, kind, bytes(stored_content or content))
-                stored = bytes(stored_chain) if stored_chain is not None else b""
-                if stored != chain:
-                    problem(Problem(
+                kind_field = kinds.get(kind)
+                if kind_field is None:
+                    kind_field = kinds[kind] = text_field(kind)
+                chain = sha256(
+                    head[1] + version.to_bytes(8, "big", signed=True) + kind_field
+                    + (stored_content or content)
+                ).digest()
+                if chain != stored_chain:
+                    self.problems.append(Problem(
                         "chain",
                         "the chain hash does not link to the previous event of the stream "
                         "(an event before it was changed, removed or inserted, or this one "
                         "was forged)",
                         position, stream, version,
                     ))
-                heads[stream] = (version, stored or chain)
-                if event_type == EventTypes.INTEGRITY_SEALED and stream == SEAL_STREAM:
-                    self.seal_rows.append(position)
-                elif event_type == EventTypes.INTEGRITY_TRIGGERS_RESTORED:
-                    self.alert_rows.append((position, stream, version, payload))
-                yield position, leaf_hash(position, stored or chain)
+                    stored_chain = bytes(stored_chain or chain)
+                heads[stream] = (version, stored_chain)
+                keep((position, stored_chain))
+                if event_type in special:
+                    if event_type == EventTypes.INTEGRITY_TRIGGERS_RESTORED:
+                        self.alert_rows.append((position, stream, version, payload))
+                    elif stream == SEAL_STREAM:
+                        self.seal_rows.append(position)
             self.events += len(rows)
             if rows:
-                last = rows[-1]
-                self.last = (last[0], bytes(last[13]) if last[13] is not None else b"")
-                after = last[0]
+                after = rows[-1][0]
+                self.last = pairs[-1]
             if len(rows) < PAGE:
-                return
+                return pairs
+
+    def _inspect(
+        self,
+        row: tuple[Any, ...],
+        content: bytes,
+        head: tuple[int, bytes] | None,
+        expected_position: int,
+        contiguous: bool,
+    ) -> tuple[int, bytes]:
+        """The slow path of a row: a stream seen first, or something wrong. Returns the
+        head to link the row's chain hash to."""
+        position, stream, version, stored_content = row[0], row[2], row[4], row[12]
+        problem = self.problems.append
+        if contiguous and position != expected_position:
+            problem(Problem(
+                "missing",
+                f"positions {expected_position}-{position - 1} are missing (SQLite "
+                "positions are contiguous): events were deleted",
+                expected_position,
+            ))
+        if head is None:
+            head = self._head(stream, version)
+            if head is None:
+                problem(Problem(
+                    "version", f"version {version - 1} of this stream is missing",
+                    position, stream, version,
+                ))
+                head = (version - 1, GENESIS)
+        if version != head[0] + 1:
+            problem(Problem(
+                "version",
+                f"follows version {head[0]} of its stream: "
+                + ("events before it were removed" if version > head[0] + 1
+                   else "versions were swapped or an event was inserted"),
+                position, stream, version,
+            ))
+        if stored_content is None or bytes(stored_content) != content:
+            problem(Problem(
+                "content",
+                "the stored content no longer matches its hash: payload, metadata, "
+                "time, type, schema version or ids were changed",
+                position, stream, version,
+            ))
+        return head
+
+
+def leaves(pairs: list[tuple[int, bytes]]) -> list[bytes]:
+    """The Merkle leaves of (position, chain hash) pairs (hashing.leaf_hash, inlined)."""
+    sha256 = hashlib.sha256
+    return [
+        sha256(b"\x00" + position.to_bytes(8, "big", signed=True) + chain).digest()
+        for position, chain in pairs
+    ]
 
 
 def _load_checkpoint(store: EventStore) -> dict[str, Any] | None:
@@ -371,11 +412,14 @@ def verify(
     through = store.head_position()
     report.to_position = through
     checker = _Checker(store, start, incremental=start > 0)
-    leaves = list(checker.run(through))
+    pairs = checker.run(through)
     report.events = checker.events
     report.problems.extend(checker.problems)
     # Seals: each range starts where the previous ended and hashes to its root.
-    positions = [position for position, _ in leaves]
+    positions = [position for position, _ in pairs]
+    sealed_to = max((s.to_position for s in recorded if s.position in checker.seal_rows),
+                    default=0)
+    hashed = leaves(pairs[: bisect.bisect_right(positions, sealed_to)])
     by_position = {s.position: s for s in recorded}
     verified_before = base.number if base else 0
     for seal_position in checker.seal_rows:
@@ -386,7 +430,7 @@ def verify(
         base = s
         lo = bisect.bisect_right(positions, s.from_position)
         hi = bisect.bisect_right(positions, s.to_position)
-        root = merkle_root([leaf for _, leaf in leaves[lo:hi]])
+        root = merkle_root(hashed[lo:hi])
         expected_chain = seal_chain(
             bytes.fromhex(previous[1]), s.from_position, s.to_position, hi - lo, root
         ).hex()

@@ -22,14 +22,15 @@ _U32 = struct.Struct(">I").pack
 _sha256 = hashlib.sha256
 
 
-def _field(value: str | None) -> bytes:
+def field(value: str | None) -> bytes:
+    """A text field as hashed: its UTF-8 length (4 bytes, big-endian), then its bytes."""
     if value is None:
         return _NULL
     data = value.encode("utf-8", "surrogatepass")
     return len(data).to_bytes(4, "big") + data
 
 
-_EMPTY_OBJECT = _field("{}")
+_EMPTY_OBJECT = field("{}")
 
 
 def content_hash(
@@ -37,8 +38,8 @@ def content_hash(
     stream_id: str,
     event_type: str,
     schema_version: int,
-    payload: str,
-    metadata: str,
+    payload: str | bytes,
+    metadata: str | bytes,
     created_at: str,
     correlation_id: str | None,
     causation_id: str | None,
@@ -49,16 +50,21 @@ def content_hash(
     i = event_id.encode()
     s = stream_id.encode("utf-8", "surrogatepass")
     t = event_type.encode("utf-8", "surrogatepass")
-    p = payload.encode("utf-8", "surrogatepass")
-    m = _EMPTY_OBJECT if metadata == "{}" else _field(metadata)
+    # (payload and metadata may come as their UTF-8 bytes already)
+    p = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if metadata == "{}" or metadata == b"{}":
+        m = _EMPTY_OBJECT
+    else:
+        raw = metadata.encode("utf-8", "surrogatepass") if isinstance(metadata, str) else metadata
+        m = _U32(len(raw)) + raw
     c = created_at.encode()
     return _sha256(
         b"".join((
             _U32(len(i)), i, _U32(len(s)), s, _U32(len(t)), t,
             schema_version.to_bytes(8, "big", signed=True), _U32(len(p)), p, m,
             _U32(len(c)), c,
-            _NULL if correlation_id is None else _field(correlation_id),
-            _NULL if causation_id is None else _field(causation_id),
+            _NULL if correlation_id is None else field(correlation_id),
+            _NULL if causation_id is None else field(causation_id),
         ))
     ).digest()
 
@@ -68,7 +74,7 @@ def chain_hash(previous: bytes, version: int, stream_type: str, content: bytes) 
     || stream type (length-prefixed) || content hash); a stream's first event links to
     GENESIS."""
     return _sha256(
-        previous + version.to_bytes(8, "big", signed=True) + _field(stream_type) + content
+        previous + version.to_bytes(8, "big", signed=True) + field(stream_type) + content
     ).digest()
 
 

@@ -99,6 +99,10 @@ _HASHED = (
     "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
     "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
 )
+# The same, with payload and metadata as their UTF-8 bytes (what is hashed; no decoding).
+_HASHED_BYTES = _HASHED.replace(
+    "payload, metadata,", "CAST(payload AS BLOB), CAST(metadata AS BLOB),"
+)
 
 
 def _add_hashes(connection: sqlite3.Connection) -> None:
@@ -362,11 +366,12 @@ class SQLiteRecorder:
     # -- integrity (event_sourcing.integrity) ---------------------------------------------
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order) as hashed: position, id, stream, stream type, version, type,
-        schema version, payload, metadata, time, correlation, causation, content, chain."""
+        schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
+        content hash, chain hash."""
         with self._connection() as connection:
             return connection.execute(
-                f"SELECT {_HASHED} FROM event_store WHERE position > ? AND position <= ? "
-                "ORDER BY position LIMIT ?",
+                f"SELECT {_HASHED_BYTES} FROM event_store WHERE position > ? "
+                "AND position <= ? ORDER BY position LIMIT ?",
                 (after, through, limit),
             ).fetchall()
 
