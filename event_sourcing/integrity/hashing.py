@@ -137,10 +137,11 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     if not leaves:
         return EMPTY_ROOT
     level = list(leaves)
+    sha256 = _sha256
     while len(level) > 1:
         paired = [
-            _sha256(b"\x01" + level[i] + level[i + 1]).digest()
-            for i in range(0, len(level) - 1, 2)
+            sha256(b"\x01" + left + right).digest()
+            for left, right in zip(level[::2], level[1::2], strict=False)
         ]
         if len(level) % 2:
             paired.append(level[-1])
