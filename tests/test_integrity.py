@@ -12,6 +12,7 @@ import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from conftest import PG_URL
 
 import event_sourcing as es
 from event_sourcing.cli import main
+from event_sourcing.events import new_event_id
 from event_sourcing.integrity.audit import (
     ALERT_STREAM,
     SEAL_STREAM,
@@ -38,6 +40,8 @@ from event_sourcing.integrity.hashing import (
     merkle_root,
     seal_chain,
 )
+from event_sourcing.stores.postgres import append_query
+from event_sourcing.stores.recorder import EventRow
 
 Raw = Callable[..., list[tuple[Any, ...]]]
 
@@ -395,6 +399,31 @@ def test_seals_chain_cover_contiguous_ranges_and_export(history: es.EventStore) 
     assert second.count == 2  # the first seal's own event and the new one
     assert third.count == 1  # nothing new but the second seal's own event
     assert history.read_stream(SEAL_STREAM)[0].event_type == "integrity_sealed"
+
+
+def test_a_postgresql_seal_covers_only_settled_positions(pg_schema_url: str) -> None:
+    """An append in flight (uncommitted, its position taken) holds the seal below it, as it
+    holds readers back (docs/ordering.md); the next seal covers it once committed."""
+    store = es.connect(pg_schema_url)
+    store.append("run-a", [ev(1)])
+    base, _, schema = pg_schema_url.partition("?schema=")
+    slow = psycopg.connect(base, options=f"-c search_path={schema}")  # not autocommit
+    try:
+        row = EventRow(new_event_id(), "training_progress", 1, '{"step":2,"loss":0.5}', "{}")
+        in_flight = slow.execute(
+            *append_query("run-b", None, None, [row], datetime.now(UTC), None, None)
+        ).fetchone()[2]
+        later = store.append("run-c", [ev(1)])[0].position
+        first = store.seal()
+        assert first.to_position < in_flight < later and first.count == 1
+        slow.commit()
+    finally:
+        slow.close()
+    second = store.seal()
+    assert second.from_position == first.to_position
+    assert second.count == 3  # the append that was in flight, run-c's, the first seal's own
+    assert store.verify().ok
+    store.close()
 
 
 def test_seal_refuses_to_bless_a_tampered_range(history: es.EventStore, store_url: str) -> None:

@@ -220,6 +220,11 @@ def _add_hashes(connection: psycopg.Connection[Any]) -> None:
 
 _MIGRATION_STEPS = {2: _add_hashes}  # Python run after a version's SQL
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
+# The triggers the schema script creates (restore_triggers checks every one is there, on).
+_TRIGGER_NAME = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+    re.IGNORECASE,
+)
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
 # The stream's head before an append, as (stream type, version, chain hash). Expecting n >= 1:
@@ -682,18 +687,20 @@ class PostgresRecorder:
     def restore_triggers(self) -> tuple[list[str], str | None]:
         """Recreate missing and re-enable disabled append-only triggers: (what was wrong,
         why it could not be fixed or None)."""
-        expected = re.findall(r"CREATE TRIGGER (\w+)", _SCHEMA)
+        expected = _TRIGGER_NAME.findall(_SCHEMA)
         with self._pool.connection() as connection:
-            states = dict(
-                connection.execute(
-                    "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
-                    "AND tgrelid = to_regclass('event_store')"
+            states = {
+                name: (table, enabled)
+                for name, table, enabled in connection.execute(
+                    "SELECT t.tgname, c.relname, t.tgenabled FROM pg_trigger AS t "
+                    "JOIN pg_class AS c ON c.oid = t.tgrelid "
+                    "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
                 ).fetchall()
-            )
+            }
             missing = [name for name in expected if name not in states]
             # 'O' fires in normal sessions, 'A' always; 'D' is disabled, 'R' replica-only.
             disabled = [
-                name for name in expected if states.get(name, "O") not in {"O", "A"}
+                name for name in expected if name in states and states[name][1] not in {"O", "A"}
             ]
             found = [f"trigger {name} was missing" for name in missing] + [
                 f"trigger {name} was disabled" for name in disabled
@@ -707,8 +714,8 @@ class PostgresRecorder:
                         connection.execute(_SCHEMA)
                     for name in disabled:
                         connection.execute(
-                            sql.SQL("ALTER TABLE event_store ENABLE TRIGGER {}").format(
-                                sql.Identifier(name)
+                            sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                                sql.Identifier(states[name][0]), sql.Identifier(name)
                             )
                         )
             except psycopg.Error as exc:

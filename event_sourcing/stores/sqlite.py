@@ -378,7 +378,10 @@ class SQLiteRecorder:
     def restore_triggers(self) -> tuple[list[str], str | None]:
         """Recreate missing append-only triggers: (what was wrong, why it could not be
         fixed or None)."""
-        expected = re.findall(r"CREATE TRIGGER IF NOT EXISTS (\w+)", _SCHEMA)
+        expected = re.findall(
+            r"CREATE\s+(?:TEMP\w*\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", _SCHEMA,
+            re.IGNORECASE,
+        )
         with self._connection() as connection:
             present = {
                 row[0] for row in connection.execute(
