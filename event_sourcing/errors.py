@@ -49,3 +49,8 @@ class StoreUnavailableError(EventStoreError, ConnectionError):
 
 class ConfigurationError(EventStoreError, ValueError):
     """A store URL or option is malformed or unsupported."""
+
+
+class IntegrityError(EventStoreError):
+    """The log does not match its hashes, its seals or a witness, so it is not sealed; or a
+    witness file cannot be read (docs/integrity.md)."""

@@ -22,7 +22,7 @@ from event_sourcing.catalog.ml_events import (
     IntegritySealed,
     IntegrityTriggersRestored,
 )
-from event_sourcing.errors import ConcurrencyError, EventStoreError
+from event_sourcing.errors import ConcurrencyError, IntegrityError
 from event_sourcing.integrity.hashing import (
     GENESIS,
     content_hash,
@@ -34,14 +34,14 @@ from event_sourcing.integrity.hashing import field as text_field
 if TYPE_CHECKING:
     from event_sourcing.stores.store import EventStore
 
+__all__ = [
+    "IntegrityError", "IntegrityWarning", "Problem", "Seal", "VerifyReport", "check_triggers",
+    "load_witness", "seal", "seals", "verify",
+]
 SEAL_STREAM = "mlevents.integrity.seals"
 ALERT_STREAM = "mlevents.integrity.alerts"
 PAGE = 20_000
 logger = logging.getLogger("event_sourcing.integrity")
-class IntegrityError(EventStoreError):
-    """The log does not match its hashes, its seals or a witness (or a witness is unusable)."""
-
-
 class IntegrityWarning(UserWarning):
     """The store's append-only protection was found off (and restored if possible)."""
 
