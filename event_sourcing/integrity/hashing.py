@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -31,6 +30,7 @@ def field(value: str | None) -> bytes:
 
 
 _EMPTY_OBJECT = field("{}")
+_ID_LENGTH = _U32(36)  # event ids are canonical UUID text
 
 
 def content_hash(
@@ -69,6 +69,64 @@ def content_hash(
     ).digest()
 
 
+def append_hashes(
+    rows: Sequence[Any],
+    stream_id: str,
+    created_at: str,
+    correlation_id: str | None,
+    causation_id: str | None,
+    *,
+    canonical: bool = False,
+    head: tuple[bytes, int, str] | None = None,
+) -> tuple[list[bytes], list[bytes] | None]:
+    """The content hash of each row of one append (EventRow: id, event_type, schema_version,
+    payload_json, metadata_json, payload), the fields a batch shares encoded once; and,
+    given the head (its chain hash, version, stream type), their chain hashes.
+    `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb)."""
+    sha256 = _sha256
+    s = field(stream_id)
+    tail = field(created_at) + (
+        _NULL if correlation_id is None else field(correlation_id)
+    ) + (_NULL if causation_id is None else field(causation_id))
+    types: dict[str, bytes] = {}
+    contents = []
+    chains: list[bytes] | None = None
+    if head is not None:
+        chain, version, kind = head[0], head[1], field(head[2])
+        chains = []
+    for row in rows:
+        t = types.get(row.event_type)
+        if t is None:
+            t = types[row.event_type] = field(row.event_type)
+        i = row.id.encode()
+        metadata = row.metadata_json
+        if canonical:
+            p = canonical_json_bytes(
+                orjson.loads(row.payload_json) if row.payload is None else row.payload
+            )
+            m = _EMPTY_OBJECT if metadata == "{}" else _bytes_field(
+                canonical_json_bytes(orjson.loads(metadata))
+            )
+        else:
+            p = row.payload_json.encode("utf-8", "surrogatepass")
+            m = _EMPTY_OBJECT if metadata == "{}" else field(metadata)
+        content = sha256(b"".join((
+            _U32(len(i)), i, s, t, row.schema_version.to_bytes(8, "big", signed=True),
+            _U32(len(p)), p, m, tail,
+        ))).digest()
+        contents.append(content)
+        if chains is not None:
+            version += 1
+            chain = sha256(chain + version.to_bytes(8, "big", signed=True) + kind + content
+                           ).digest()
+            chains.append(chain)
+    return contents, chains
+
+
+def _bytes_field(data: bytes) -> bytes:
+    return _U32(len(data)) + data
+
+
 def chain_hash(previous: bytes, version: int, stream_type: str, content: bytes) -> bytes:
     """The event's link in its stream's chain: SHA-256(previous link || version (8 bytes)
     || stream type (length-prefixed) || content hash); a stream's first event links to
@@ -80,9 +138,8 @@ def chain_hash(previous: bytes, version: int, stream_type: str, content: bytes) 
 
 # -- PostgreSQL: jsonb keeps the value, not the text -------------------------------------------
 _SORTED = orjson.OPT_SORT_KEYS
-# Numbers whose canonical form differs from orjson's: -0.0 and doubles >= 1e16 (written with
-# an exponent e+). A false hit (inside a string) only costs a walk.
-_RENUMBER = re.compile(rb"e\+|-0\.0(?![0-9])")
+# Numbers whose canonical form differs from orjson's are -0.0 and doubles >= 1e16 (written
+# with an exponent e+); _renumber rewrites them.
 _INT64 = range(-(2**63), 2**64)  # what orjson writes itself
 
 
@@ -102,19 +159,24 @@ def _renumber(value: Any) -> Any:
     return value
 
 
-def canonical_json(value: Any) -> str:
-    """The canonical text of a JSON value (docs/integrity.md): keys sorted, no whitespace,
+def canonical_json_bytes(value: Any) -> bytes:
+    """The canonical JSON of a value (docs/integrity.md), UTF-8: keys sorted, no whitespace,
     non-ASCII as is, numbers as PostgreSQL's jsonb gives them back (orjson's format)."""
     try:
-        data = orjson.dumps(value, option=_SORTED)
-        if _RENUMBER.search(data):
+        data: bytes = orjson.dumps(value, option=_SORTED)
+        if b"e+" in data or b"-0.0" in data:  # a false hit only costs a walk
             data = orjson.dumps(_renumber(value), option=_SORTED)
     except TypeError:  # an integer beyond 64 bits, or text that is not valid Unicode
         try:
             data = orjson.dumps(_renumber(value), option=_SORTED)
         except TypeError:
-            return _PYTHON_SORTED(_renumber(value))
-    return data.decode()
+            return _PYTHON_SORTED(_renumber(value)).encode("utf-8", "surrogatepass")
+    return data
+
+
+def canonical_json(value: Any) -> str:
+    """canonical_json_bytes as text."""
+    return canonical_json_bytes(value).decode("utf-8", "surrogatepass")
 
 
 def canonical_json_text(text: str) -> str:
@@ -159,11 +221,18 @@ def seal_chain(previous: bytes, from_position: int, to_position: int, count: int
     ).digest()
 
 
-def fold_chain(previous: bytes, links: Iterable[tuple[int, str, bytes]]) -> list[bytes]:
-    """The chain hashes of consecutive events (version, stream type, content hash)."""
+def fold_chain(
+    previous: bytes, version: int, stream_type: str, contents: Iterable[bytes]
+) -> list[bytes]:
+    """The chain hashes of consecutive events after the one at `version` (whose chain hash
+    is `previous`) of a stream of `stream_type`, given their content hashes."""
+    sha256 = _sha256
+    kind = field(stream_type)
     out = []
-    for version, stream_type, content in links:
-        previous = chain_hash(previous, version, stream_type, content)
+    for content in contents:
+        version += 1
+        previous = sha256(previous + version.to_bytes(8, "big", signed=True) + kind + content
+                          ).digest()
         out.append(previous)
     return out
 

@@ -37,8 +37,8 @@ from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUna
 from event_sourcing.events import RecordedEvent
 from event_sourcing.integrity.hashing import (
     GENESIS,
-    canonical_json,
-    canonical_json_text,
+    append_hashes,
+    canonical_json_bytes,
     content_hash,
     fold_chain,
     timestamp_text,
@@ -195,7 +195,8 @@ def hashed_row(row: Sequence[Any]) -> tuple[Any, ...]:
     """A row of _HASHED with payload and metadata as hashed (canonical JSON: jsonb keeps
     the value, not the text) and the time as text."""
     return (
-        *row[:7], canonical_json(row[7]), canonical_json(row[8]), timestamp_text(row[9]),
+        *row[:7], canonical_json_bytes(row[7]), canonical_json_bytes(row[8]),
+        timestamp_text(row[9]),
         *row[10:],
     )
 
@@ -207,7 +208,7 @@ def _add_hashes(connection: psycopg.Connection[Any]) -> None:
     for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
         row = hashed_row(row)
         content = content_hash(*row[1:3], *row[5:12])
-        heads[row[2]] = fold_chain(heads.get(row[2], GENESIS), [(row[4], row[3], content)])[0]
+        heads[row[2]] = fold_chain(heads.get(row[2], GENESIS), row[4] - 1, row[3], [content])[0]
         updates.append((content, heads[row[2]], row[0]))
     connection.execute("ALTER TABLE event_store DISABLE TRIGGER event_store_no_update")
     with connection.cursor() as cursor:
@@ -249,14 +250,16 @@ _HEAD_LATEST = """
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
 # The events: one as scalar parameters (cheaper to send and to plan), or a batch as one
-# JSON array of [id, type, schema version, payload, metadata, content hash, chain hash]
-# (hashes in hex; the chain hash is null when the statement computes it from the head).
+# JSON array of [id, type, schema version, payload, metadata] and the content (and chain)
+# hashes as one bytea of 32 bytes per event each (chains null when the statement computes
+# them from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
             %(metadata)s::jsonb, 1::bigint, %(content)s::bytea, %(chain)s::bytea"""
 _EVENT_BATCH = """
         SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
-            decode(x.item->>5, 'hex'), decode(x.item->>6, 'hex')
+            substring(%(contents)s::bytea FROM (32 * x.i - 31)::integer FOR 32),
+            substring(%(chains)s::bytea FROM (32 * x.i - 31)::integer FOR 32)
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
 # The chain hash of each event (docs/integrity.md): given by the client when it knows the
 # head's (a new stream, or the version it last appended), else linked here to the head
@@ -283,7 +286,7 @@ _INSERT = """
     ) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
         content, chain)
-    RETURNING e.stream_type, e.version, e.position, e.chain_hash"""
+    RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
 def _registering(insert: str) -> str:
@@ -305,6 +308,9 @@ _APPEND = {
             _INSERT.format(
                 head=head, events=events,
                 chain=_CHAIN["given" if head_name in {"known", "new"} else events_name],
+                # the client knows the chain hashes it gave: no need to send them back
+                returned="NULL::bytea AS chain_hash" if head_name in {"known", "new"}
+                else "e.chain_hash",
             )
         )
     )
@@ -316,16 +322,13 @@ _APPEND = {
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def _events_json(
-    rows: Sequence[EventRow], contents: Sequence[bytes], chains: Sequence[bytes] | None
-) -> str:
-    """The batch as one JSON array of [id, type, schema version, payload, metadata, content
-    hash, chain hash]; the payloads are spliced in already encoded, not encoded again."""
+def _events_json(rows: Sequence[EventRow]) -> str:
+    """The batch as one JSON array of [id, type, schema version, payload, metadata]; the
+    payloads are spliced in already encoded rather than encoded a second time."""
     events = ",".join(
         f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
-        f'{row.payload_json},{row.metadata_json},"{content.hex()}",'
-        + (f'"{chains[n].hex()}"]' if chains is not None else "null]")
-        for n, (row, content) in enumerate(zip(rows, contents, strict=True))
+        f"{row.payload_json},{row.metadata_json}]"
+        for row in rows
     )
     return f"[{events}]"
 
@@ -354,13 +357,6 @@ def append_query(
         "stream": stream_id, "kind": kind, "expected": expected_version,
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
     }
-    now = timestamp_text(created_at)
-    contents = [
-        content_hash(row.id, stream_id, row.event_type, row.schema_version,
-                     canonical_json_text(row.payload_json),
-                     canonical_json_text(row.metadata_json), now, correlation_id, causation_id)
-        for row in rows
-    ]
     if expected_version is None:
         head = "latest"
         request["genesis"] = GENESIS
@@ -368,12 +364,14 @@ def append_query(
         head, head_chain = "new", GENESIS
     else:
         head = "known" if head_chain is not None else "at"
-    chains = None
-    if head_chain is not None and expected_version is not None:
-        chains = fold_chain(
-            head_chain,
-            [(expected_version + n, kind, content) for n, content in enumerate(contents, 1)],
-        )
+    contents, chains = append_hashes(
+        rows, stream_id, timestamp_text(created_at), correlation_id, causation_id,
+        canonical=True,
+        head=None if head_chain is None or expected_version is None
+        else (head_chain, expected_version, kind),
+    )
+    if chains is not None:
+        request["last_chain"] = chains[-1]  # (not in the statement: for the caller)
     if len(rows) == 1:
         row = rows[0]
         request.update(
@@ -383,7 +381,9 @@ def append_query(
         )
         events = "one"
     else:
-        request["events"] = _events_json(rows, contents, chains)
+        request["events"] = _events_json(rows)
+        request["contents"] = b"".join(contents)
+        request["chains"] = None if chains is None else b"".join(chains)
         events = "batch"
     return _APPEND[head, events], request
 
@@ -646,7 +646,10 @@ class PostgresRecorder:
                 claimed.sort(key=lambda row: row[1])  # by version
             kind, first_version, _, _ = claimed[0]
             positions = [row[2] for row in claimed]
-            return Appended(kind, first_version, positions), bytes(claimed[-1][3])
+            last_chain = claimed[-1][3]
+            if last_chain is None:
+                last_chain = request["last_chain"]
+            return Appended(kind, first_version, positions), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
         found = self._select_on(

@@ -22,6 +22,9 @@ class EventRow(NamedTuple):
     schema_version: int
     payload_json: str
     metadata_json: str
+    payload: Any = None
+    """The decoded payload_json, when the writer has it (saves PostgreSQL a decode when it
+    hashes the canonical JSON of the stored value; docs/integrity.md)."""
 
 
 class Appended(NamedTuple):

@@ -18,7 +18,14 @@ from typing import Any
 
 from event_sourcing.errors import ConcurrencyError, SchemaVersionError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
+from event_sourcing.integrity.hashing import (
+    GENESIS,
+    append_hashes,
+    chain_hash,
+    content_hash,
+    fold_chain,
+    timestamp_text,
+)
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
 SCHEMA_VERSION = 3
@@ -315,11 +322,7 @@ class SQLiteRecorder:
         causation_id: str | None,
     ) -> Appended:
         now = _ts(created_at)
-        contents = [
-            content_hash(row.id, stream_id, row.event_type, row.schema_version,
-                         row.payload_json, row.metadata_json, now, correlation_id, causation_id)
-            for row in rows
-        ]
+        contents, _ = append_hashes(rows, stream_id, now, correlation_id, causation_id)
         with self._write() as connection:
             # (SQLite gives the bare columns of the row holding max(version).)
             head, current, kind, chain = connection.execute(
@@ -332,17 +335,19 @@ class SQLiteRecorder:
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows)
                 raise ConcurrencyError(stream_id, expected_version, current)
-            values = []
-            chain = chain or GENESIS
-            for n, (row, content) in enumerate(zip(rows, contents, strict=True), start=1):
-                chain = chain_hash(chain, current + n, kind, content)
-                values.append(
-                    (head + n, row.id, stream_id, kind, current + n, row.event_type,
-                     row.schema_version, row.payload_json, row.metadata_json, now,
-                     correlation_id, causation_id, content, chain)
-                )
+            chains = fold_chain(chain or GENESIS, current, kind, contents)
             try:
-                connection.executemany(_INSERT, values)
+                connection.executemany(
+                    _INSERT,
+                    [
+                        (head + n, row.id, stream_id, kind, current + n, row.event_type,
+                         row.schema_version, row.payload_json, row.metadata_json, now,
+                         correlation_id, causation_id, content, chain)
+                        for n, (row, content, chain) in enumerate(
+                            zip(rows, contents, chains, strict=True), start=1
+                        )
+                    ],
+                )
             except sqlite3.IntegrityError:
                 self._raise_if_recorded(connection, rows)
                 raise

@@ -298,7 +298,9 @@ class EventStore:
                 metadata_json = batch_metadata_json
                 metadatas.append(json.loads(metadata_json) if batch_metadata else {})
             payloads.append(payload)
-            rows.append(EventRow(event_id, event_type, schema_version, payload_json, metadata_json))
+            rows.append(
+                EventRow(event_id, event_type, schema_version, payload_json, metadata_json, payload)
+            )
         return rows, payloads, metadatas
 
     def _idempotent_result(
