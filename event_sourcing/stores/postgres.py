@@ -255,11 +255,11 @@ _HEAD_LATEST = """
 # them from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
-            %(metadata)s::jsonb, 1::bigint, %(content)s::bytea, %(chain)s::bytea"""
+            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea"""
 _EVENT_BATCH = """
         SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
-            substring(%(contents)s::bytea FROM (32 * x.i - 31)::integer FOR 32),
-            substring(%(chains)s::bytea FROM (32 * x.i - 31)::integer FOR 32)
+            substring(%(contents)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
+            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32)
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
 # The chain hash of each event (docs/integrity.md): given by the client when it knows the
 # head's (a new stream, or the version it last appended), else linked here to the head
