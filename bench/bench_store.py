@@ -476,6 +476,7 @@ class Settings:
     repeats: int = 5
     backends: tuple[str, ...] = BACKENDS
     implementations: tuple[str, ...] = IMPLEMENTATIONS
+    cases: tuple[str, ...] = CASES
     pg_url: str = DEFAULT_PG_URL
     payloads: list[dict[str, Any]] = field(default_factory=lambda: make_payloads(PAYLOAD_POOL))
 
@@ -615,7 +616,7 @@ def run_benchmark(s: Settings, workdir: Path | None = None) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="mlevents-bench-", dir=workdir) as tmp:
         root = Path(tmp)
         for backend in s.backends:
-            for case in CASES:
+            for case in s.cases:
                 if case == "read_all":
                     # Populate once per implementation (untimed), then time each read.
                     for impl in impls:
@@ -723,6 +724,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--impl", action="append", dest="impls",
                         choices=[*IMPLEMENTATIONS, *OPTIONAL_IMPLEMENTATIONS],
                         help="implementation to run (repeatable; default: all three)")
+    parser.add_argument("--case", action="append", dest="cases", choices=CASES,
+                        help="case to run (repeatable; default: all four)")
     parser.add_argument("--pg-url", default=os.environ.get("MLEVENTS_BENCH_PG_URL",
                                                            DEFAULT_PG_URL),
                         help="PostgreSQL URL (env MLEVENTS_BENCH_PG_URL)")
@@ -734,6 +737,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         max_seconds=args.max_seconds, writers=args.writers, repeats=args.repeats,
         backends=BACKENDS if args.backend == "both" else (args.backend,),
         implementations=tuple(args.impls) if args.impls else IMPLEMENTATIONS,
+        cases=tuple(args.cases) if args.cases else CASES,
         pg_url=args.pg_url,
     )
     if args.quick:

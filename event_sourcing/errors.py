@@ -62,3 +62,8 @@ class StoreNotFoundError(EventStoreError, LookupError):
 
 class AccessDeniedError(EventStoreError, PermissionError):
     """The database role may not do what was asked (see `mlevents grant`)."""
+
+
+class IntegrityError(EventStoreError):
+    """The log does not match its hashes, its seals or a witness, so it is not sealed; or a
+    witness file cannot be read (docs/integrity.md)."""

@@ -6,6 +6,7 @@ Resource keys: `event_store`, `artifact_store`, `landing`; swap any of them to p
 import dagster as dg
 
 from pipelines.assets import all_assets
+from pipelines.integrity import integrity_defs
 from pipelines.jobs import jobs
 from pipelines.relay import relay_defs
 from pipelines.schedules import schedules
@@ -37,3 +38,4 @@ defs = dg.Definitions(
     executor=dg.in_process_executor,
 )
 defs = dg.Definitions.merge(defs, relay_defs)  # the relay to NATS: pipelines/relay.py
+defs = dg.Definitions.merge(defs, integrity_defs)  # seal + verify the log (docs/integrity.md)

@@ -81,3 +81,18 @@ def test_each_postgresql_measurement_gets_its_own_schema_dropped_after(
         assert f"schema={location.schema}" in location.mlevents_url
     with psycopg.connect(pg_url) as connection:
         assert connection.execute(query, (location.schema,)).fetchone() == (0,)
+
+
+def test_the_integrity_bench_prints_a_row_per_operation(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bench_integrity
+
+    pg_url = _without_schema(request.getfixturevalue("pg_schema_url"))
+    bench_integrity.main(["--events", "300", "--repeats", "1", "--pg-url", pg_url])
+    lines = capsys.readouterr().out.splitlines()
+    for backend in ("sqlite", "postgresql"):
+        for operation in ("verify (full)", "seal", "verify --since-last-verified"):
+            assert any(
+                line.startswith(backend) and f"| {operation} " in line for line in lines
+            ), lines

@@ -163,6 +163,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "latency_ms": 1.5,
     },
     "inference_feedback": {"inference_id": "i1", "actual": "virginica", "correct": False},
+    "integrity_sealed": {
+        "from_position": 0, "to_position": 6, "count": 6, "root": "ab" * 32,
+        "previous": "00" * 32, "chain": "cd" * 32,
+    },
+    "integrity_triggers_restored": {
+        "problems": ["trigger event_store_no_update was missing"], "restored": True,
+        "head_position": 6,
+    },
 }
 
 

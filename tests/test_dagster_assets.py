@@ -107,7 +107,7 @@ def test_definitions_load_with_the_documented_resource_keys() -> None:
     assert {"event_store", "artifact_store", "landing"} <= set(repository.get_top_level_resources())
     assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
         key.to_user_string() for key in FULL_PIPELINE_ASSETS
-    } | {"relayed_events"}  # pipelines/relay.py: the relay to NATS, off until configured
+    } | {"relayed_events", "log_integrity"}  # pipelines/relay.py (off until set), integrity.py
     for sensor in repository.sensor_defs:
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
     for schedule in repository.schedule_defs:

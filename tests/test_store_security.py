@@ -181,7 +181,7 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     old.close()
     migrated = make_store(validate=False)
     with migrated.transaction() as tx:
-        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 3
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 4
     statement = (SQLITE_REWRITES if migrated.dialect == "sqlite" else PG_REWRITES)[0]
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error)):
         raw(store_url, statement.format(

@@ -40,6 +40,9 @@ class EventTypes:
     INFERENCE_COMPLETED = "inference_completed"
     INFERENCE_FEEDBACK = "inference_feedback"
 
+    INTEGRITY_SEALED = "integrity_sealed"
+    INTEGRITY_TRIGGERS_RESTORED = "integrity_triggers_restored"
+
 
 # -- field types ---------------------------------------------------------------------------------
 
@@ -463,3 +466,40 @@ class InferenceFeedback(DomainEvent):
     actual: JsonValue
     """The true value or label."""
     correct: bool | None = None
+
+
+# -- integrity (docs/integrity.md) ---------------------------------------------------------------
+
+
+@default_registry.register
+class IntegritySealed(DomainEvent):
+    """A seal: a Merkle root over the chain hashes of every settled position since the last."""
+
+    event_type = EventTypes.INTEGRITY_SEALED
+    from_position: Count
+    """The previous seal's `to_position` (0 for the first seal); not included."""
+    to_position: Count
+    """The last position covered (included): the store's settled head when sealed."""
+    count: Count
+    """How many events the range holds (positions have gaps on PostgreSQL)."""
+    root: Sha256
+    """RFC 6962 Merkle tree hash of the range's leaves, in position order."""
+    previous: Sha256
+    """The previous seal's `chain` (64 zeros for the first seal)."""
+    chain: Sha256
+    """SHA-256(previous || from || to || count || root): links every seal to the one before."""
+
+
+@default_registry.register
+class IntegrityTriggersRestored(DomainEvent):
+    """Opening the store found its append-only triggers missing or disabled."""
+
+    event_type = EventTypes.INTEGRITY_TRIGGERS_RESTORED
+    problems: list[Name]
+    """What was wrong, e.g. "trigger event_store_no_update was missing"."""
+    restored: bool
+    """Whether the triggers were recreated / re-enabled."""
+    error: str | None = None
+    """Why they could not be restored (e.g. the role does not own the table)."""
+    head_position: Count
+    """The settled head when it was noticed: edits may have happened up to here."""

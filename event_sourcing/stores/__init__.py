@@ -112,10 +112,18 @@ def connect(
         raise StoreNotFoundError(
             f"no event store at {shown} (create it with `mlevents init {shown}`)"
         ) from None
-    return EventStore(
+    store = EventStore(
         recorder,
         registry=registry,
         validate=validate,
         clock=clock,
         max_payload_bytes=max_payload_bytes,
     )
+    from event_sourcing.integrity.audit import check_triggers
+
+    try:
+        check_triggers(store)  # append-only triggers missing or disabled: restore, say so
+    except BaseException:
+        store.close()
+        raise
+    return store

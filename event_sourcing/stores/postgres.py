@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -39,6 +40,14 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.integrity.hashing import (
+    GENESIS,
+    append_hashes,
+    canonical_json_bytes,
+    content_hash,
+    fold_chain,
+    timestamp_text,
+)
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import (
@@ -50,7 +59,7 @@ from event_sourcing.stores.recorder import (
     redact_url,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -81,12 +90,24 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     timestamptz NOT NULL,
     correlation_id text,
     causation_id   text,
+    content_hash   bytea,  -- integrity: docs/integrity.md
+    chain_hash     bytea,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
+CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    seal_version  BIGINT NOT NULL,
+    seal_chain    TEXT NOT NULL,
+    seal_to       BIGINT NOT NULL,
+    head_position BIGINT NOT NULL,
+    head_chain    TEXT NOT NULL,
+    verified_at   TEXT NOT NULL
+);
 
 CREATE OR REPLACE FUNCTION mlevents_reject_mutation() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -121,6 +142,13 @@ END $$;
 DROP TRIGGER IF EXISTS event_store_assign_position ON event_store;
 CREATE TRIGGER event_store_assign_position BEFORE INSERT ON event_store
 FOR EACH ROW EXECUTE FUNCTION mlevents_assign_position();
+-- A stream's hash chain over a batch whose head the append located: mlevents_chain(head's
+-- chain hash, link) OVER (ORDER BY version), link = version || stream type || content hash.
+CREATE OR REPLACE FUNCTION mlevents_chain_step(state bytea, head bytea, link bytea)
+RETURNS bytea LANGUAGE sql IMMUTABLE AS $$ SELECT sha256(coalesce(state, head) || link) $$;
+CREATE OR REPLACE AGGREGATE mlevents_chain(bytea, bytea) (
+    SFUNC = mlevents_chain_step, STYPE = bytea
+);
 
 -- The advisory-lock key (first half) of in-flight markers, per schema.
 CREATE OR REPLACE FUNCTION mlevents_inflight_key() RETURNS integer
@@ -179,11 +207,17 @@ _MIGRATIONS = {
     # v3: positions come from the mlevents_assign_position trigger (created by _SCHEMA),
     # which refuses inserts that name one, instead of a column default anyone could override.
     2: "ALTER TABLE event_store ALTER COLUMN position DROP DEFAULT;",
+    # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
+    3: """
+    ALTER TABLE event_store ADD COLUMN IF NOT EXISTS content_hash bytea,
+        ADD COLUMN IF NOT EXISTS chain_hash bytea;
+    """,
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
     2: "streams without a version counter; appends are one INSERT statement",
     3: "positions are assigned by a trigger; inserts naming one are refused",
+    4: "per-stream hash chains (content_hash, chain_hash)",
 }
 # (current user, USAGE on the store's schema, whether it holds mlevents_schema), or no row
 # when the schema does not exist.
@@ -192,22 +226,63 @@ _PROBE = """
         CASE WHEN has_schema_privilege(n.oid, 'USAGE')
             THEN to_regclass(format('%%I.mlevents_schema', n.nspname)) IS NOT NULL END
     FROM pg_namespace AS n WHERE n.nspname = %s"""
+_HASHED = (
+    "position, id::text, stream_id, stream_type, version, event_type, schema_version, payload, "
+    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+
+
+def hashed_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row of _HASHED with payload and metadata as hashed (canonical JSON: jsonb keeps
+    the value, not the text) and the time as text."""
+    return (
+        *row[:7], canonical_json_bytes(row[7]), canonical_json_bytes(row[8]),
+        timestamp_text(row[9]),
+        *row[10:],
+    )
+
+
+def _add_hashes(connection: psycopg.Connection[Any]) -> None:
+    """Migration to v4: compute every event's content and chain hash in position order."""
+    heads: dict[str, bytes] = {}
+    updates = []
+    for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
+        row = hashed_row(row)
+        content = content_hash(*row[1:3], *row[5:12])
+        heads[row[2]] = fold_chain(heads.get(row[2], GENESIS), row[4] - 1, row[3], [content])[0]
+        updates.append((content, heads[row[2]], row[0]))
+    connection.execute("ALTER TABLE event_store DISABLE TRIGGER event_store_no_update")
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE event_store SET content_hash = %s, chain_hash = %s WHERE position = %s",
+            updates,
+        )
+    connection.execute("ALTER TABLE event_store ENABLE TRIGGER event_store_no_update")
+
+
+_MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
+# The triggers the schema script creates (restore_triggers checks every one is there, on).
+_TRIGGER_NAME = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+    re.IGNORECASE,
+)
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
-# The stream's head before an append, as (stream type, version). Expecting version n >= 1:
+# The stream's head before an append, as (stream type, version, chain hash). Expecting n >= 1:
 # no row unless the stream has an event n, so a stale expectation inserts nothing and a
 # moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
 # stream is known to have reached: as given, and the unique index alone decides. No
 # expectation: the latest event, if any.
 _HEAD_AT = """
-        SELECT e.stream_type, e.version FROM event_store AS e
+        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
         WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
-_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint"
+_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea"
 _HEAD_LATEST = """
-        SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0)
+        SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
+            coalesce(h.chain_hash, %(genesis)s::bytea)
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version FROM event_store AS e
+            SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
             WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
         ) AS h ON true"""
 
@@ -216,27 +291,43 @@ _HEAD_LATEST = """
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
 # The events: one as scalar parameters (cheaper to send and to plan), or a batch as one
-# JSON array of [id, type, schema version, payload, metadata].
+# JSON array of [id, type, schema version, payload, metadata] and the content (and chain)
+# hashes as one bytea of 32 bytes per event each (chains null when the statement computes
+# them from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
-            %(metadata)s::jsonb, 1::bigint"""
+            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea"""
 _EVENT_BATCH = """
-        SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i
+        SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
+            substring(%(contents)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
+            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32)
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
+# The chain hash of each event (docs/integrity.md): given by the client when it knows the
+# head's (a new stream, or the version it last appended), else linked here to the head
+# the statement located.
+_LINK = """head.version + u.i) || int4send(octet_length(convert_to(head.stream_type, 'UTF8')))
+        || convert_to(head.stream_type, 'UTF8') || u.content"""
+_CHAIN = {
+    "given": "u.chain",
+    "one": f"sha256(head.chain || int8send({_LINK})",
+    "batch": f"mlevents_chain(head.chain, int8send({_LINK}) OVER (ORDER BY u.i)",
+}
 _INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
-        schema_version, payload, metadata, created_at, correlation_id, causation_id)
+        schema_version, payload, metadata, created_at, correlation_id, causation_id,
+        content_hash, chain_hash)
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
-        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s
-    FROM ({head}) AS head (stream_type, version)
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
+    FROM ({head}) AS head (stream_type, version, chain)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
             ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
              - 2147483648)::integer)
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
-    CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i)
-    RETURNING e.stream_type, e.version, e.position"""
+    CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
+        content, chain)
+    RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
 def _registering(insert: str) -> str:
@@ -248,15 +339,21 @@ WITH appended AS ({insert}
     SELECT %(stream)s, a.stream_type, %(now)s FROM appended AS a WHERE a.version = 1
     ON CONFLICT DO NOTHING
 )
-SELECT stream_type, version, position FROM appended"""
+SELECT stream_type, version, position, chain_hash FROM appended"""
 
 
 # (head, events) -> statement. AT and KNOWN never write a stream's first event.
 _APPEND = {
     (head_name, events_name): (
-        _INSERT.format(head=head, events=events)
-        if head_name in {"at", "known"}
-        else _registering(_INSERT.format(head=head, events=events))
+        (lambda insert: insert if head_name in {"at", "known"} else _registering(insert))(
+            _INSERT.format(
+                head=head, events=events,
+                chain=_CHAIN["given" if head_name in {"known", "new"} else events_name],
+                # the client knows the chain hashes it gave: no need to send them back
+                returned="NULL::bytea AS chain_hash" if head_name in {"known", "new"}
+                else "e.chain_hash",
+            )
+        )
     )
     for head_name, head in (
         ("at", _HEAD_AT), ("known", _HEAD_GIVEN), ("new", _HEAD_GIVEN), ("latest", _HEAD_LATEST)
@@ -286,35 +383,49 @@ def append_query(
     correlation_id: str | None,
     causation_id: str | None,
     *,
-    reached: bool = False,
+    head_chain: bytes | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The one statement that appends a batch, and its parameters. It returns (stream
-    type, version, position) per event, or no row when the stream is not at
+    type, version, position, chain hash) per event, or no row when the stream is not at
     `expected_version`; it raises UniqueViolation when the version or an id is taken.
 
-    `reached`: the caller knows the stream has reached `expected_version` (>= 1) and that
-    `stream_type` is the stream's type, so the statement skips looking that up.
+    `head_chain`: the caller knows the stream's event at `expected_version` (>= 1) has this
+    chain hash and that `stream_type` is the stream's type, so the statement skips looking
+    that up and the chain hashes are computed here.
     """
+    kind = stream_type or "default"
     request: dict[str, Any] = {
-        "stream": stream_id, "kind": stream_type or "default", "expected": expected_version,
+        "stream": stream_id, "kind": kind, "expected": expected_version,
         "now": created_at, "correlation": correlation_id, "causation": causation_id,
     }
+    if expected_version is None:
+        head = "latest"
+        request["genesis"] = GENESIS
+    elif not expected_version:
+        head, head_chain = "new", GENESIS
+    else:
+        head = "known" if head_chain is not None else "at"
+    contents, chains = append_hashes(
+        rows, stream_id, timestamp_text(created_at), correlation_id, causation_id,
+        canonical=True,
+        head=None if head_chain is None or expected_version is None
+        else (head_chain, expected_version, kind),
+    )
+    if chains is not None:
+        request["last_chain"] = chains[-1]  # (not in the statement: for the caller)
     if len(rows) == 1:
         row = rows[0]
         request.update(
             id=row.id, type=row.event_type, schema_version=row.schema_version,
-            payload=row.payload_json, metadata=row.metadata_json,
+            payload=row.payload_json, metadata=row.metadata_json, content=contents[0],
+            chain=chains[0] if chains is not None else None,
         )
         events = "one"
     else:
         request["events"] = _events_json(rows)
+        request["contents"] = b"".join(contents)
+        request["chains"] = None if chains is None else b"".join(chains)
         events = "batch"
-    if expected_version is None:
-        head = "latest"
-    elif not expected_version:
-        head = "new"
-    else:
-        head = "known" if reached else "at"
     return _APPEND[head, events], request
 
 
@@ -423,6 +534,8 @@ class PostgresRecorder:
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
         # The schema name was checked (stores.identifiers): quoted, it is exactly itself.
+        self._schema_sql = _SCHEMA.replace("{schema}", f'"{schema}"')
+        # The schema name was checked (stores.identifiers): quoted, it is exactly itself.
         options = f'-c search_path="{schema}" -c timezone=UTC'
         kwargs: dict[str, Any] = {"autocommit": True, "options": session_options(url, options)}
         try:
@@ -436,11 +549,11 @@ class PostgresRecorder:
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
-        # Stream id -> (its type, a version it has reached). Versions are contiguous and
-        # events are never deleted, so a stream that reached v keeps every version up to v:
-        # an append expecting one of them needs no lookup (~30 us of server CPU). This
+        # Stream id -> (its type, the version it reached, that event's chain hash). Events
+        # are never deleted or changed, so an append expecting that version needs no lookup
+        # (~30 us of server CPU) and can compute its chain hashes itself. This
         # holds unless the schema is dropped and recreated under a running store.
-        self._reached: dict[str, tuple[str, int]] = {}
+        self._reached: dict[str, tuple[str, int, bytes]] = {}
         self._connections = Connections(
             url, kwargs, name=f"mlevents-{schema}", description=self.description,
             configure=_configure,
@@ -500,7 +613,9 @@ class PostgresRecorder:
                     found = None
                 for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
                     connection.execute(_MIGRATIONS[version])
-                connection.execute(_SCHEMA.replace("{schema}", f'"{self.schema}"'))
+                    if version in _MIGRATION_STEPS:
+                        _MIGRATION_STEPS[version](connection)
+                connection.execute(self._schema_sql)
                 connection.execute(
                     "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
                     "ON CONFLICT DO NOTHING",
@@ -535,19 +650,21 @@ class PostgresRecorder:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended:
-        reached = False
+        head_chain = None
         if expected_version:
             known = self._reached.get(stream_id)
-            if known is not None and known[1] >= expected_version:
-                stream_type, reached = known[0], True
+            if known is not None and known[1] == expected_version:
+                stream_type, head_chain = known[0], known[2]
         statement, request = append_query(
             stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-            causation_id, reached=reached,
+            causation_id, head_chain=head_chain,
         )
         what = f"append to {stream_id!r}"
         cursor = self._append_cursor()
         try:
-            appended = self._append_on(cursor, statement, request, rows, expected_version)
+            appended, last_chain = self._append_on(
+                cursor, statement, request, rows, expected_version
+            )
         except psycopg.Error as exc:
             if not broken(cursor.connection):
                 raise self._connections.error(exc, what) from exc
@@ -555,7 +672,7 @@ class PostgresRecorder:
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
             try:
-                appended = self._append_on(
+                appended, last_chain = self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
             except psycopg.Error as again:
@@ -563,7 +680,9 @@ class PostgresRecorder:
                 raise self._connections.error(again, again_what) from exc
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
-        self._reached[stream_id] = (appended.stream_type, appended.first_version + len(rows) - 1)
+        self._reached[stream_id] = (
+            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
+        )
         return appended
 
     def _append_on(
@@ -573,7 +692,8 @@ class PostgresRecorder:
         request: dict[str, Any],
         rows: Sequence[EventRow],
         expected_version: int | None,
-    ) -> Appended:
+    ) -> tuple[Appended, bytes]:
+        """Run the append statement: where the batch landed, and its last chain hash."""
         while True:
             try:
                 claimed = cursor.execute(statement, request).fetchall()
@@ -588,8 +708,12 @@ class PostgresRecorder:
         if claimed:
             if len(claimed) > 1:
                 claimed.sort(key=lambda row: row[1])  # by version
-            kind, first_version, _ = claimed[0]
-            return Appended(kind, first_version, [position for _, _, position in claimed])
+            kind, first_version, _, _ = claimed[0]
+            positions = [row[2] for row in claimed]
+            last_chain = claimed[-1][3]
+            if last_chain is None:
+                last_chain = request["last_chain"]
+            return Appended(kind, first_version, positions), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
         found = self._select_on(
@@ -613,6 +737,66 @@ class PostgresRecorder:
             (stream_id,),
         ).fetchone()
         return int(row[0]) if row else 0
+
+    # -- integrity (event_sourcing.integrity) ---------------------------------------------
+    def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
+        """Rows (position order, `through` at most the head) as hashed: position, id, stream,
+        stream type, version, type, schema version, payload, metadata (canonical JSON), time
+        (text), correlation, causation, content, chain."""
+        rows = self._connections.read(
+            "read hashed rows",
+            lambda connection: connection.execute(
+                f"SELECT {_HASHED} FROM event_store WHERE position > %s AND position <= %s "
+                "ORDER BY position LIMIT %s",
+                (after, through, limit),
+            ).fetchall(),
+        )
+        return [hashed_row(row) for row in rows]
+
+    def restore_triggers(self) -> tuple[list[str], str | None]:
+        """Recreate missing and re-enable disabled append-only triggers: (what was wrong,
+        why it could not be fixed or None)."""
+        expected = _TRIGGER_NAME.findall(_SCHEMA)
+        return self._connections.read(
+            "check the append-only triggers",
+            lambda connection: self._restore_triggers_on(connection, expected),
+        )
+
+    def _restore_triggers_on(
+        self, connection: psycopg.Connection[Any], expected: list[str]
+    ) -> tuple[list[str], str | None]:
+        states = {
+            name: (table, enabled)
+            for name, table, enabled in connection.execute(
+                "SELECT t.tgname, c.relname, t.tgenabled FROM pg_trigger AS t "
+                "JOIN pg_class AS c ON c.oid = t.tgrelid "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
+            ).fetchall()
+        }
+        missing = [name for name in expected if name not in states]
+        # 'O' fires in normal sessions, 'A' always; 'D' is disabled, 'R' replica-only.
+        disabled = [
+            name for name in expected if name in states and states[name][1] not in {"O", "A"}
+        ]
+        found = [f"trigger {name} was missing" for name in missing] + [
+            f"trigger {name} was disabled" for name in disabled
+        ]
+        if not found:
+            return [], None
+        try:
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                if missing:
+                    connection.execute(self._schema_sql)
+                for name in disabled:
+                    connection.execute(
+                        sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                            sql.Identifier(states[name][0]), sql.Identifier(name)
+                        )
+                    )
+        except psycopg.Error as exc:
+            return found, str(exc).strip().splitlines()[0]
+        return found, None
 
     # -- reading ------------------------------------------------------------------------
     @staticmethod

@@ -27,6 +27,9 @@ class EventRow(NamedTuple):
     schema_version: int
     payload_json: str
     metadata_json: str
+    payload: Any = None
+    """The decoded payload_json, when the writer has it (saves PostgreSQL a decode when it
+    hashes the canonical JSON of the stored value; docs/integrity.md)."""
 
 
 class Appended(NamedTuple):
@@ -112,6 +115,11 @@ class Recorder(Protocol):
     def transaction(self, read_only: bool = False) -> AbstractContextManager[SqlTransaction]:
         """A transaction for read models; `read_only` ones never block appends."""
         ...
+
+    # Tamper evidence (event_sourcing.integrity; docs/integrity.md).
+    def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]: ...
+
+    def restore_triggers(self) -> tuple[list[str], str | None]: ...
 
     def close(self) -> None: ...
 

@@ -7,6 +7,7 @@ out in commit order and a reader can never see a lower position appear later.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -25,10 +26,18 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.integrity.hashing import (
+    GENESIS,
+    append_hashes,
+    chain_hash,
+    content_hash,
+    fold_chain,
+    timestamp_text,
+)
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import MAX_SEEK_BRANCHES, AlreadyRecorded, Appended, EventRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -55,12 +64,24 @@ CREATE TABLE IF NOT EXISTS event_store (
     created_at     TEXT NOT NULL,
     correlation_id TEXT,
     causation_id   TEXT,
+    content_hash   BLOB,  -- integrity: docs/integrity.md
+    chain_hash     BLOB,
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
+CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    seal_version  BIGINT NOT NULL,
+    seal_chain    TEXT NOT NULL,
+    seal_to       BIGINT NOT NULL,
+    head_position BIGINT NOT NULL,
+    head_chain    TEXT NOT NULL,
+    verified_at   TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS event_store_no_update BEFORE UPDATE ON event_store
 BEGIN
     SELECT RAISE(ABORT, 'event_store is append-only: events cannot be updated');
@@ -95,25 +116,55 @@ _MIGRATIONS = {
     """,
     # v3: the event_store_no_replace trigger (created by _SCHEMA).
     2: "",
+    # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
+    3: "DROP TRIGGER IF EXISTS event_store_no_update;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, append-only triggers",
     2: "streams without a version counter",
     3: "inserts cannot replace events or precede the head",
+    4: "per-stream hash chains (content_hash, chain_hash)",
 }
+_HASHED = (
+    "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
+    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+# The same, with payload and metadata as their UTF-8 bytes (what is hashed; no decoding).
+_HASHED_BYTES = _HASHED.replace(
+    "payload, metadata,", "CAST(payload AS BLOB), CAST(metadata AS BLOB),"
+)
+
+
+def _add_hashes(connection: sqlite3.Connection) -> None:
+    """Migration to v4: add the hash columns and compute every chain in position order
+    (the update trigger is dropped by the SQL step; the schema script recreates it)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
+    for name in ("content_hash", "chain_hash"):
+        if name not in columns:
+            connection.execute(f"ALTER TABLE event_store ADD COLUMN {name} BLOB")
+    heads: dict[str, bytes] = {}
+    updates = []
+    for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
+        content = content_hash(*row[1:3], *row[5:12])
+        chain = chain_hash(heads.get(row[2], GENESIS), row[4], row[3], content)
+        heads[row[2]] = chain
+        updates.append((content, chain, row[0]))
+    connection.executemany(
+        "UPDATE event_store SET content_hash = ?, chain_hash = ? WHERE position = ?", updates
+    )
+
+
+_MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
 
 
 _INSERT = (
     "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
-    "schema_version, payload, metadata, created_at, correlation_id, causation_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
+    "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _ts(value: datetime) -> str:
-    # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
-    # `until` filters rely on; strftime("%Y") would not pad years before 1000.
-    return value.isoformat(timespec="microseconds")
+# Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
+# `until` filters rely on.
+_ts = timestamp_text
 
 
 def _event(row: tuple[Any, ...]) -> RecordedEvent:
@@ -352,6 +403,8 @@ class SQLiteRecorder:
                 for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
                     for statement in _statements(_MIGRATIONS[version]):
                         connection.execute(statement)
+                    if version in _MIGRATION_STEPS:
+                        _MIGRATION_STEPS[version](connection)
                 for statement in _statements(_SCHEMA):
                     connection.execute(statement)
                 connection.execute(
@@ -385,25 +438,30 @@ class SQLiteRecorder:
         causation_id: str | None,
     ) -> Appended:
         now = _ts(created_at)
+        contents, _ = append_hashes(rows, stream_id, now, correlation_id, causation_id)
         with self._write() as connection:
-            # (SQLite gives the bare stream_type of the row holding max(version).)
-            head, current, kind = connection.execute(
+            # (SQLite gives the bare columns of the row holding max(version).)
+            head, current, kind, chain = connection.execute(
                 "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
-                "coalesce(max(version), 0), stream_type FROM event_store WHERE stream_id = ?",
+                "coalesce(max(version), 0), stream_type, chain_hash FROM event_store "
+                "WHERE stream_id = ?",
                 (stream_id,),
             ).fetchone()
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows, head)
                 raise ConcurrencyError(stream_id, expected_version, current)
+            chains = fold_chain(chain or GENESIS, current, kind, contents)
             try:
                 connection.executemany(
                     _INSERT,
                     [
                         (head + n, row.id, stream_id, kind, current + n, row.event_type,
                          row.schema_version, row.payload_json, row.metadata_json, now,
-                         correlation_id, causation_id)
-                        for n, row in enumerate(rows, start=1)
+                         correlation_id, causation_id, content, chain)
+                        for n, (row, content, chain) in enumerate(
+                            zip(rows, contents, chains, strict=True), start=1
+                        )
                     ],
                 )
             except sqlite3.IntegrityError:
@@ -430,6 +488,42 @@ class SQLiteRecorder:
         ).fetchall()
         if found:
             raise AlreadyRecorded([_event(row) for row in found])
+
+    # -- integrity (event_sourcing.integrity) ---------------------------------------------
+    def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
+        """Rows (position order) as hashed: position, id, stream, stream type, version, type,
+        schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
+        content hash, chain hash."""
+        with self._connection() as connection:
+            return connection.execute(
+                f"SELECT {_HASHED_BYTES} FROM event_store WHERE position > ? "
+                "AND position <= ? ORDER BY position LIMIT ?",
+                (after, through, limit),
+            ).fetchall()
+
+    def restore_triggers(self) -> tuple[list[str], str | None]:
+        """Recreate missing append-only triggers: (what was wrong, why it could not be
+        fixed or None)."""
+        expected = re.findall(
+            r"CREATE\s+(?:TEMP\w*\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", _SCHEMA,
+            re.IGNORECASE,
+        )
+        with self._connection() as connection:
+            present = {
+                row[0] for row in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                )
+            }
+        found = [f"trigger {name} was missing" for name in expected if name not in present]
+        if not found:
+            return [], None
+        try:
+            with self._write() as connection:
+                for statement in _statements(_SCHEMA):
+                    connection.execute(statement)
+        except sqlite3.Error as exc:
+            return found, str(exc)
+        return found, None
 
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:

@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, default_registry
 from event_sourcing.errors import (
@@ -44,6 +45,9 @@ MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_EVENT_TYPES = 1_000  # names in one read_all(event_types=...) filter
 READ_PAGE_SIZE = 2000
+
+if TYPE_CHECKING:
+    from event_sourcing.integrity.audit import Seal, VerifyReport
 
 Clock = Callable[[], datetime]
 
@@ -347,7 +351,9 @@ class EventStore:
                 raise _too_large(f"{what} with its metadata", size, limit, "per event")
             total += size
             payloads.append(payload)
-            rows.append(EventRow(event_id, event_type, schema_version, payload_json, metadata_json))
+            rows.append(
+                EventRow(event_id, event_type, schema_version, payload_json, metadata_json, payload)
+            )
         if total > MAX_BATCH_BYTES:
             raise _too_large(
                 f"this batch of {len(rows):,} events", total, MAX_BATCH_BYTES, "per append"
@@ -485,3 +491,22 @@ class EventStore:
 
         A `read_only` one only reads (it is rolled back) and never holds appends back."""
         return self.recorder.transaction(read_only)
+
+    # -- integrity (docs/integrity.md) --------------------------------------------------
+    def seal(self) -> Seal:
+        """Verify the events since the last seal and append an `integrity_sealed` event with
+        their Merkle root, chained to the previous seal's."""
+        from event_sourcing.integrity.audit import seal
+
+        return seal(self)
+
+    def verify(
+        self,
+        *,
+        since_last_verified: bool = False,
+        against: Sequence[Seal] | str | Path | None = None,
+    ) -> VerifyReport:
+        """Recompute hash chains and seals (see event_sourcing.integrity.audit.verify)."""
+        from event_sourcing.integrity.audit import verify
+
+        return verify(self, since_last_verified=since_last_verified, against=against)
