@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 
+# The store's JSON decoding: orjson.loads would turn integers beyond 64 bits into floats.
+from event_sourcing.stores.values import decode
+
 GENESIS = bytes(32)  # the "previous chain hash" of a stream's first event and first seal
 _PYTHON_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _NULL = b"\xff\xff\xff\xff"
@@ -102,10 +105,10 @@ def append_hashes(
         metadata = row.metadata_json
         if canonical:
             p = canonical_json_bytes(
-                orjson.loads(row.payload_json) if row.payload is None else row.payload
+                decode(row.payload_json) if row.payload is None else row.payload
             )
             m = _EMPTY_OBJECT if metadata == "{}" else _bytes_field(
-                canonical_json_bytes(orjson.loads(metadata))
+                canonical_json_bytes(decode(metadata))
             )
         else:
             p = row.payload_json.encode("utf-8", "surrogatepass")
@@ -181,7 +184,7 @@ def canonical_json(value: Any) -> str:
 
 def canonical_json_text(text: str) -> str:
     """canonical_json of the value a JSON text encodes ('{}' fast)."""
-    return "{}" if text == "{}" else canonical_json(orjson.loads(text))
+    return "{}" if text == "{}" else canonical_json(decode(text))
 
 
 # -- Merkle trees (RFC 6962, section 2.1) ------------------------------------------------------

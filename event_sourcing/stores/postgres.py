@@ -770,7 +770,8 @@ class PostgresRecorder:
             for name, table, enabled in connection.execute(
                 "SELECT t.tgname, c.relname, t.tgenabled FROM pg_trigger AS t "
                 "JOIN pg_class AS c ON c.oid = t.tgrelid "
-                "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
+                "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND NOT t.tgisinternal"
             ).fetchall()
         }
         missing = [name for name in expected if name not in states]
