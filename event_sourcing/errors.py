@@ -62,3 +62,9 @@ class StoreNotFoundError(EventStoreError, LookupError):
 
 class AccessDeniedError(EventStoreError, PermissionError):
     """The database role may not do what was asked (see `mlevents grant`)."""
+
+
+class KeyEncryptionKeyError(EventStoreError):
+    """Personal data cannot be decrypted or encrypted: the key-encryption key (MLEVENTS_KEK
+    or the store's key provider) is missing, or is not the one the data keys were wrapped
+    with. Never answered with plaintext or garbage."""

@@ -109,6 +109,11 @@ class Recorder(Protocol):
         """A transaction for read models; `read_only` ones never block appends."""
         ...
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read of a table beside the log (`?` placeholders), inside this thread's
+        open transaction if any."""
+        ...
+
     def close(self) -> None: ...
 
 
