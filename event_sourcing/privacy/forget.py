@@ -30,7 +30,7 @@ def _affected(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]]:
     id_ = "id" if store.dialect == "sqlite" else "id::text"
     found: list[tuple[str, str]] = []
     for key_id in key_ids:
-        pattern = f'%"$enc":"{key_id}.%'
+        pattern = f'%"{key_id}.%'  # the envelope's text begins with its key id
         found += store.recorder.query(
             f"SELECT {id_}, event_type FROM event_store WHERE {text} LIKE ? OR {meta} LIKE ? "
             "ORDER BY position",
