@@ -4,6 +4,7 @@ and what is left on disk afterwards (the SQLite file, a pg_dump of the schema)."
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import sqlite3
@@ -433,3 +434,55 @@ def test_after_forget_a_pg_dump_of_the_schema_holds_no_plaintext_and_no_key(
         assert bob.payload["email"] == "bob.secret@example.com"
     finally:
         store.close()
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def test_cli_forget_and_erasure_report(
+    store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from event_sourcing.cli import main
+
+    monkeypatch.setenv("MLEVENTS_KEK", base64.b64encode(os.urandom(32)).decode())
+    store = es.connect(store_url)
+    try:
+        event = predict(store, ALICE, "alice@example.com")
+        bob = predict(store, BOB, "bob@example.com")
+    finally:
+        store.close()
+    assert main(["erasure-report", ALICE, "--url", store_url, "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["erasures"] == [] and before["holds_live_key"]
+    assert main(["forget", ALICE, "--url", store_url]) == 2  # --reason is required
+    capsys.readouterr()
+    assert main(["forget", ALICE, "--reason", "ticket 4711", "--url", store_url]) == 0
+    forgot = json.loads(capsys.readouterr().out)
+    assert forgot["affected_events"] == [event.id] and forgot["keys_destroyed"] == 1
+    assert main(["erasure-report", ALICE, "--url", store_url, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [erasure] = report["erasures"]
+    assert (erasure["event_id"], erasure["reason"]) == (forgot["erasure_event_id"], "ticket 4711")
+    assert erasure["affected_events"] == [event.id] and not report["holds_live_key"]
+    assert ALICE not in json.dumps(report)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["erasure-report", ALICE, "--url", store_url]) == 0
+    text = capsys.readouterr().out
+    assert "reason: ticket 4711" in text and event.id in text and erasure["event_id"] in text
+    assert "holds no live key" in text
+    with es.connect(store_url) as reopened:
+        assert reopened.get_event(bob.id) == bob
+        gone = reopened.get_event(event.id)
+        assert gone is not None and gone.payload["inputs"] == ERASED_OBJECT
+
+
+def test_cli_erasure_report_on_a_store_that_never_sealed_anything(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from event_sourcing.cli import main
+
+    es.connect(store_url).close()
+    assert main(["erasure-report", ALICE, "--url", store_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "subject_hash": None, "erasures": [], "holds_live_key": False
+    }

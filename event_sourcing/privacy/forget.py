@@ -74,7 +74,12 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
 
 def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
     """What was erased of a subject, when and why, with event ids (JSON-ready)."""
-    subject_hash = store.privacy.keys.subject_hash(subject_id)
+    keys = store.privacy.keys
+    if not keys.table_exists():  # nothing was ever sealed or forgotten here
+        if not isinstance(subject_id, str) or not subject_id:
+            keys.subject_hash(subject_id)  # the error for a bad id
+        return {"subject_hash": None, "erasures": [], "holds_live_key": False}
+    subject_hash = keys.subject_hash(subject_id)
     erasures = [
         {
             "event_id": event.id,
