@@ -49,9 +49,12 @@ def run(url: str, events: int, subject: bool) -> float:
         store.close()
 
 
-def location(backend: str, workdir: Path, pg_url: str) -> tuple[str, str | None]:
+def location(
+    backend: str, workdir: Path, pg_url: str, synchronous: str
+) -> tuple[str, str | None]:
     if backend == "sqlite":
-        return f"sqlite:///{workdir / f'{uuid.uuid4().hex}.db'}", None
+        path = workdir / f"{uuid.uuid4().hex}.db"
+        return f"sqlite:///{path}?synchronous={synchronous}", None
     schema = f"bench_privacy_{uuid.uuid4().hex[:12]}"
     return f"{pg_url}?schema={schema}", schema
 
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append")
     parser.add_argument("--pg-url", default=os.environ.get("MLEVENTS_BENCH_PG_URL",
                                                            DEFAULT_PG_URL))
+    parser.add_argument("--sqlite-synchronous", default="FULL",
+                        help="OFF takes the disk out, leaving the CPU cost encryption adds")
     parser.add_argument("--plain-only", action="store_true",
                         help="only appends without a subject (runs on older checkouts too)")
     args = parser.parse_args(argv)
@@ -74,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             rates: dict[bool, list[float]] = {mode: [] for mode in modes}
             for _ in range(args.repeats):
                 for mode in modes:  # interleaved, so drift hits both alike
-                    url, schema = location(backend, Path(tmp), args.pg_url)
+                    url, schema = location(
+                        backend, Path(tmp), args.pg_url, args.sqlite_synchronous
+                    )
                     try:
                         rates[mode].append(run(url, args.events, mode))
                     finally:

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import pytest
@@ -486,3 +486,33 @@ def test_cli_erasure_report_on_a_store_that_never_sealed_anything(
     assert json.loads(capsys.readouterr().out) == {
         "subject_hash": None, "erasures": [], "holds_live_key": False
     }
+
+
+def test_lineage_reads_sealed_events_before_and_after_forget(
+    private: es.EventStore, tmp_path: Path
+) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from event_sourcing.artifacts import ArtifactStore
+    from event_sourcing.provenance.lineage import lineage
+    from event_sourcing.training import TrainingService
+
+    iris = load_iris(as_frame=True).frame
+
+    def train(dataset: Any, hyperparameters: dict[str, Any], seed: int | None) -> Any:
+        X, y = dataset.drop(columns="target"), dataset["target"]
+        return LogisticRegression(max_iter=300, random_state=seed).fit(X, y)
+
+    service = TrainingService(private, ArtifactStore(tmp_path / "artifacts"))
+    outcome = service.train(
+        train, iris, seed=1, model_name="iris", user_id=ALICE, metadata={"subject_id": ALICE}
+    )
+    stored = raw_texts(private)
+    assert ALICE not in stored
+    graph = lineage(private, outcome.model_id)
+    assert graph.of_kind("training_run")
+    private.forget(ALICE, reason="left the company")
+    assert lineage(private, outcome.model_id).nodes.keys() == graph.nodes.keys()
+    [run] = [e for e in private.read_all(event_types=["training_started"])]
+    assert run.payload["user_id"] == ERASED_TEXT
