@@ -5,7 +5,6 @@ The only data the store ever deletes; created on first use beside the log, on bo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ _LOCK = 0x6D6C6B79  # "mlky": serializes the CREATE on PostgreSQL
 # hash is no hex digest, so no forget can match it).
 _HASH_KEY_ID = "hash-key"
 _HASH_KEY_SUBJECT = "-"
+_HASH_CACHE = 10_000
 _SELECT = f"SELECT key_id, wrapped_key, kek_id FROM {TABLE}"
 
 
@@ -44,6 +44,7 @@ class SubjectKeys:
         self._provider_read = provider is not None
         self._ready = False
         self._hash_key: bytes | None = None
+        self._hashes: dict[str, str] = {}  # subject id -> keyed hash (never changes)
         # Unwrapped keys by (key id, wrapped text); every use first reads the table, so
         # a key forgotten by another process is never used from here.
         self._unwrapped: dict[tuple[str, str], AESGCM] = {}
@@ -115,6 +116,9 @@ class SubjectKeys:
             raise EventValidationError(
                 f"a subject id must be a non-empty string, got {subject_id!r}"
             )
+        cached = self._hashes.get(subject_id)
+        if cached is not None:
+            return cached
         if self._hash_key is None:
             self._ensure_table()
             for _ in range(2):
@@ -128,7 +132,11 @@ class SubjectKeys:
                     self._required_provider(),
                 )
         assert self._hash_key is not None
-        return hmac.new(self._hash_key, subject_id.encode(), hashlib.sha256).hexdigest()
+        found = hmac.digest(self._hash_key, subject_id.encode(), "sha256").hex()
+        if len(self._hashes) >= _HASH_CACHE:
+            self._hashes.clear()
+        self._hashes[subject_id] = found
+        return found
 
     def key_for(self, subject_id: str) -> tuple[str, AESGCM]:
         """The live data key of a subject, made if it has none (a fresh one after forget)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from event_sourcing.errors import EventValidationError
 from event_sourcing.events import RecordedEvent
 from event_sourcing.privacy.crypto import KeyProvider, open_sealed, seal
@@ -34,6 +36,27 @@ def _envelope(value: Any) -> str | None:
         if type(sealed) is str:
             return sealed
     return None
+
+
+def _text(value: Any) -> bytes:
+    """The JSON text of an already checked value (see stores.values.encode)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an int beyond 64 bits
+        return encode(value, "a personal value")[0].encode()
+
+
+def _json(value: dict[str, Any], what: str) -> tuple[str, int]:
+    """The stored text of a payload or metadata whose values were checked already (their
+    plaintext went through stores.values.encode) and its size in UTF-8 bytes."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = ""
+    if not text or "e+" in text or "-0.0" in text:  # numbers the canonical form rewrites
+        text, size, _ = encode(value, what)
+        return text, size
+    return text, len(text) if text.isascii() else len(text.encode())
 
 
 class Vault:
@@ -83,20 +106,19 @@ class Vault:
         for name in spec.fields if spec is not None else ():
             value = payload.get(name)
             if value is not None:
-                text = encode(value, what)[0].encode()
                 sealed[name] = {
-                    ENVELOPE: f"{key_id}.{seal(aes, text, f'{event_id}/{name}'.encode())}"
+                    ENVELOPE: f"{key_id}.{seal(aes, _text(value), f'{event_id}/{name}'.encode())}"
                 }
-        payload_json, size, _ = encode(sealed, what)
+        payload_json, size = _json(sealed, what)
         if SUBJECT_METADATA_KEY in metadata:
-            text = encode(metadata[SUBJECT_METADATA_KEY], what)[0].encode()
+            text = _text(metadata[SUBJECT_METADATA_KEY])
             metadata = {
                 **metadata,
                 SUBJECT_METADATA_KEY: {
                     ENVELOPE: f"{key_id}.{seal(aes, text, f'{event_id}/{_META}'.encode())}"
                 },
             }
-        metadata_json, metadata_size, _ = encode(metadata, f"metadata of {what}")
+        metadata_json, metadata_size = _json(metadata, f"metadata of {what}")
         return payload_json, metadata_json, size + metadata_size
 
     # -- read --------------------------------------------------------------------------
