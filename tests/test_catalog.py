@@ -108,6 +108,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "fingerprint_digits": 10,
     },
     "training_failed": {"error": "CUDA out of memory", "error_type": "RuntimeError", "step": 7},
+    "dataset_subjects_recorded": {
+        "dataset_id": "customers",
+        "dataset_version": SHA,
+        "subject_hashes": [SHA2],
+    },
     "subject_erased": {
         "subject_hash": SHA,
         "reason": "GDPR art. 17 request #12",

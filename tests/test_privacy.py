@@ -454,6 +454,8 @@ def test_cli_forget_and_erasure_report(
     assert main(["erasure-report", ALICE, "--url", store_url, "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
     assert before["erasures"] == [] and before["holds_live_key"]
+    assert main(["subject-impact", ALICE, "--url", store_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"] == [event.id]
     assert main(["forget", ALICE, "--url", store_url]) == 2  # --reason is required
     capsys.readouterr()
     assert main(["forget", ALICE, "--reason", "ticket 4711", "--url", store_url]) == 0
@@ -470,6 +472,8 @@ def test_cli_forget_and_erasure_report(
     text = capsys.readouterr().out
     assert "reason: ticket 4711" in text and event.id in text and erasure["event_id"] in text
     assert "holds no live key" in text
+    assert main(["subject-impact", ALICE, "--url", store_url]) == 0
+    assert f"prediction events: {event.id}" in capsys.readouterr().out
     with es.connect(store_url) as reopened:
         assert reopened.get_event(bob.id) == bob
         gone = reopened.get_event(event.id)
@@ -516,3 +520,60 @@ def test_lineage_reads_sealed_events_before_and_after_forget(
     assert lineage(private, outcome.model_id).nodes.keys() == graph.nodes.keys()
     [run] = [e for e in private.read_all(event_types=["training_started"])]
     assert run.payload["user_id"] == ERASED_TEXT
+
+
+# -- datasets and models -------------------------------------------------------------------------
+
+
+def test_impact_of_a_subject_and_models_flagged_by_their_erasure(
+    private: es.EventStore, tmp_path: Path
+) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from event_sourcing.artifacts import ArtifactStore
+    from event_sourcing.privacy.impact import record_dataset_subjects, subject_impact
+    from event_sourcing.projections import get_model
+    from event_sourcing.training import TrainingService
+
+    iris = load_iris(as_frame=True).frame
+
+    def train(dataset: Any, hyperparameters: dict[str, Any], seed: int | None) -> Any:
+        X, y = dataset.drop(columns="target"), dataset["target"]
+        return LogisticRegression(max_iter=300, random_state=seed).fit(X, y)
+
+    service = TrainingService(private, ArtifactStore(tmp_path / "artifacts"))
+    with_alice = service.train(train, iris.iloc[::2], seed=1, model_name="iris")
+    without = service.train(train, iris.iloc[1::2], seed=1, model_name="iris")
+    version = {
+        e.stream_id: e.payload["dataset_version"]
+        for e in private.read_all(event_types=["training_started"])
+    }
+    v1, v2 = version[with_alice.training_id], version[without.training_id]
+    record_dataset_subjects(private, "iris", v1, [ALICE, BOB])
+    record_dataset_subjects(private, "iris", v2, [BOB])
+    prediction = log_prediction(
+        private, with_alice.model_id, 1, {"x": 1}, 0, metadata={"subject_id": ALICE}
+    )
+    stored = raw_texts(private)
+    assert ALICE not in stored and BOB not in stored
+
+    before = subject_impact(private, ALICE)
+    assert before["dataset_versions"] == [v1]
+    assert before["model"] == [with_alice.model_id]
+    assert before["training_run"] == [with_alice.training_id]
+    assert prediction in {private.get_event(i).stream_id for i in before["predictions"]}  # type: ignore[union-attr]
+    assert subject_impact(private, BOB)["dataset_versions"] == [v1, v2]
+
+    erased = private.forget(ALICE, reason="art. 17")
+    assert erased.payload["dataset_versions"] == [v1]
+    assert erased.payload["model_ids"] == [with_alice.model_id]
+    ProjectionRunner(private, builtin_projections()).run()
+    flagged, kept = get_model(private, with_alice.model_id), get_model(private, without.model_id)
+    assert flagged is not None and flagged["erased_by"] == erased.id
+    assert kept is not None and kept["erased_by"] is None
+    after = subject_impact(private, ALICE)
+    assert after["model"] == [with_alice.model_id] and after["predictions"] == before["predictions"]
+    report = erasure_report(private, ALICE)
+    assert report["erasures"][0]["flagged_models"] == [with_alice.model_id]
+    assert report["erasures"][0]["dataset_versions"] == [v1]

@@ -42,6 +42,7 @@ class EventTypes:
     INFERENCE_FEEDBACK = "inference_feedback"
 
     SUBJECT_ERASED = "subject_erased"
+    DATASET_SUBJECTS_RECORDED = "dataset_subjects_recorded"
 
 
 # -- field types ---------------------------------------------------------------------------------
@@ -496,4 +497,21 @@ class SubjectErased(DomainEvent):
     """Event type -> how many of the affected events."""
     affected_events: list[str] = []
     """Ids of the affected events (at most 10,000 listed)."""
+    dataset_versions: list[Sha256] = []
+    """Dataset versions holding rows of the subject (dataset_subjects_recorded)."""
+    model_ids: list[str] = []
+    """Models downstream of those dataset versions at erasure time: flagged in model_catalog
+    (their training data held the subject; retrain them without it)."""
     erased_at: Timestamp | None = None
+
+
+@default_registry.register
+class DatasetSubjectsRecorded(DomainEvent):
+    """Which data subjects have rows in a dataset version, by keyed hash (not personal data
+    itself), so forgetting a subject can name the datasets, and the models, involved."""
+
+    event_type = EventTypes.DATASET_SUBJECTS_RECORDED
+    dataset_id: Name
+    dataset_version: Sha256
+    subject_hashes: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+    """HMAC-SHA256 of each subject id under the store's secret (store.privacy.keys)."""

@@ -43,6 +43,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_json_argument(report)
     set_handler(report, cmd_erasure_report)
 
+    impact = subparsers.add_parser(
+        "subject-impact",
+        help="which dataset versions, trainings, models, deployments, predictions involve a "
+        "data subject",
+        description=cmd_subject_impact.__doc__,
+        epilog="Example: mlevents subject-impact alice@example.com",
+    )
+    impact.add_argument("subject", metavar="SUBJECT", help="the subject id, as appended")
+    add_url_argument(impact)
+    add_json_argument(impact)
+    set_handler(impact, cmd_subject_impact)
+
 
 def cmd_forget(args: argparse.Namespace) -> int:
     """Forget SUBJECT: delete their data key, so every personal value sealed under it reads as
@@ -95,6 +107,12 @@ def _text(report: dict[str, Any]) -> str:
             f"{erasure['affected_count']}" + (f" ({types})" if types else ""),
         ]
         lines += [f"   - {event_id}" for event_id in erasure["affected_events"]]
+        if erasure["dataset_versions"]:
+            lines.append("   dataset versions holding the subject's rows: "
+                         + ", ".join(erasure["dataset_versions"]))
+        if erasure["flagged_models"]:
+            lines.append("   models trained on them, flagged in model_catalog (retrain "
+                         "without the subject): " + ", ".join(erasure["flagged_models"]))
     lines.append("")
     lines.append(
         "The subject holds a live key: data appended after the last erasure is readable."
@@ -102,3 +120,24 @@ def _text(report: dict[str, Any]) -> str:
         else "The subject holds no live key: none of their personal values can be read."
     )
     return "\n".join(lines)
+
+
+def cmd_subject_impact(args: argparse.Namespace) -> int:
+    """List what involves SUBJECT: the dataset versions recorded as holding their rows
+    (dataset_subjects_recorded), the feature versions, training runs, models and
+    deployments built on those, and the subject's own prediction events."""
+    from event_sourcing.privacy.impact import subject_impact
+
+    with open_store(args) as store:
+        found = subject_impact(store, args.subject)
+    if not human_output(args):
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    print(f"Subject {found['subject_hash'] or '(never seen)'} (a keyed hash of the id)")
+    for key, title in (
+        ("dataset_versions", "dataset versions"), ("feature_version", "feature versions"),
+        ("training_run", "training runs"), ("model", "models"),
+        ("deployment", "deployments"), ("predictions", "prediction events"),
+    ):
+        print(f"{title}: {', '.join(found[key]) or '-'}")
+    return 0

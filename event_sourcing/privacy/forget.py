@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from event_sourcing.catalog.ml_events import EventTypes, SubjectErased
 from event_sourcing.errors import EventValidationError
 from event_sourcing.events import NewEvent, RecordedEvent
-from event_sourcing.privacy.keys import TABLE
+from event_sourcing.privacy.impact import datasets_of, downstream
+from event_sourcing.privacy.keys import TABLE, check_subject_id
 
 if TYPE_CHECKING:
     from event_sourcing.stores.store import EventStore
@@ -23,7 +24,7 @@ def erasure_stream(subject_hash: str) -> str:
     return f"subject-erasure-{subject_hash[:32]}"
 
 
-def _affected(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]]:
+def sealed_events(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]]:
     """(event id, type) of every event sealed under one of `key_ids` (one scan of the log)."""
     text = "payload" if store.dialect == "sqlite" else "payload::text"
     meta = "metadata" if store.dialect == "sqlite" else "metadata::text"
@@ -50,10 +51,12 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
     held = [row[0] for row in store.recorder.query(
         f"SELECT key_id FROM {TABLE} WHERE subject_hash = ?", [subject_hash]
     )]
-    affected = _affected(store, held)
+    affected = sealed_events(store, held)
     destroyed = keys.destroy(subject_hash)
     # Events sealed between the scan and the delete are unreadable too, just not listed.
-    affected += [row for row in _affected(store, [k for k in destroyed if k not in held])]
+    affected += sealed_events(store, [k for k in destroyed if k not in held])
+    datasets = datasets_of(store, subject_hash)
+    models = downstream(store, datasets)["model"]
     types: dict[str, int] = {}
     for _, event_type in affected:
         types[event_type] = types.get(event_type, 0) + 1
@@ -64,6 +67,8 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
         affected_count=len(affected),
         affected_types=types,
         affected_events=[event_id for event_id, _ in affected[:MAX_LISTED_EVENTS]],
+        dataset_versions=datasets,
+        model_ids=models,
         erased_at=store.clock(),
     )
     [recorded] = store.append(
@@ -76,8 +81,7 @@ def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
     """What was erased of a subject, when and why, with event ids (JSON-ready)."""
     keys = store.privacy.keys
     if not keys.table_exists():  # nothing was ever sealed or forgotten here
-        if not isinstance(subject_id, str) or not subject_id:
-            keys.subject_hash(subject_id)  # the error for a bad id
+        check_subject_id(subject_id)
         return {"subject_hash": None, "erasures": [], "holds_live_key": False}
     subject_hash = keys.subject_hash(subject_id)
     erasures = [
@@ -90,6 +94,8 @@ def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
             "affected_count": event.payload["affected_count"],
             "affected_types": event.payload["affected_types"],
             "affected_events": event.payload["affected_events"],
+            "dataset_versions": event.payload["dataset_versions"],
+            "flagged_models": event.payload["model_ids"],
         }
         for event in store.read_stream(erasure_stream(subject_hash))
         if event.event_type == EventTypes.SUBJECT_ERASED

@@ -35,6 +35,11 @@ _HASH_CACHE = 10_000
 _SELECT = f"SELECT key_id, wrapped_key, kek_id FROM {TABLE}"
 
 
+def check_subject_id(subject_id: object) -> None:
+    if not isinstance(subject_id, str) or not subject_id:
+        raise EventValidationError(f"a subject id must be a non-empty string, got {subject_id!r}")
+
+
 class SubjectKeys:
     """Data keys of subjects: created on a subject's first personal event, deleted by forget."""
 
@@ -112,10 +117,7 @@ class SubjectKeys:
     # -- subjects ----------------------------------------------------------------------
     def subject_hash(self, subject_id: str) -> str:
         """The keyed hash (HMAC-SHA256 under the store's secret) naming a subject."""
-        if not isinstance(subject_id, str) or not subject_id:
-            raise EventValidationError(
-                f"a subject id must be a non-empty string, got {subject_id!r}"
-            )
+        check_subject_id(subject_id)
         cached = self._hashes.get(subject_id)
         if cached is not None:
             return cached
