@@ -577,3 +577,46 @@ def test_impact_of_a_subject_and_models_flagged_by_their_erasure(
     report = erasure_report(private, ALICE)
     assert report["erasures"][0]["flagged_models"] == [with_alice.model_id]
     assert report["erasures"][0]["dataset_versions"] == [v1]
+
+
+def test_grants_on_the_key_table(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Appenders add keys, readers decrypt, nobody but the owner deletes keys; a projector
+    grant does not take over the key table."""
+    from psycopg import sql
+
+    from event_sourcing.cli import main
+
+    monkeypatch.setenv("MLEVENTS_KEK", base64.b64encode(os.urandom(32)).decode())
+    with es.connect(pg_schema_url) as owner:
+        event = predict(owner, ALICE, "alice@example.com")  # the owner made the key table
+    schema = pg_schema_url.rpartition("schema=")[2]
+    host = PG_URL.removeprefix("postgresql://").partition("@")[2].partition("?")[0]
+    roles = {kind: f"mlev_{uuid.uuid4().hex[:12]}" for kind in ("appender", "reader", "projector")}
+    try:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            for role in roles.values():
+                connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for kind, role in roles.items():
+            assert main(["grant", role, f"--{kind}", pg_schema_url, "--apply"]) == 0
+        capsys.readouterr()
+        url = {kind: f"postgresql://{role}@{host}?schema={schema}" for kind, role in roles.items()}
+        with es.connect(url["appender"]) as appender:
+            bob = predict(appender, BOB, "bob@example.com")  # a new key, inserted
+            assert appender.get_event(event.id) == event
+            with pytest.raises(es.AccessDeniedError):
+                appender.forget(ALICE, reason="not the appender's job")
+        with es.connect(url["reader"]) as reader:
+            assert reader.get_event(bob.id) == bob
+        with psycopg.connect(PG_URL) as connection:
+            owner_of = connection.execute(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+                (schema, TABLE),
+            ).fetchone()
+        assert owner_of is not None and owner_of[0] not in roles.values()
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            for role in roles.values():
+                connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
