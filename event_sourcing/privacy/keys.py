@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -97,7 +97,7 @@ class SubjectKeys:
 
     def _insert(self, key_id: str, subject_hash: str, key: bytes, provider: KeyProvider) -> None:
         wrapped = wrapped_text(provider, key, key_id)
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        now = self.store.clock().astimezone(UTC).isoformat(timespec="microseconds")
         with self.store.transaction() as tx:
             _secure_delete(tx)
             tx.execute(
