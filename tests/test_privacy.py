@@ -379,6 +379,8 @@ def test_after_forget_the_sqlite_file_holds_no_plaintext_and_no_key(
     path = tmp_path / "events.db"
     store = es.connect(f"sqlite:///{path}", registry=REGISTRY, key_provider=kek)
     try:
+        with store.transaction() as tx:  # as in SQLite builds without SQLITE_SECURE_DELETE
+            tx.execute("PRAGMA secure_delete = OFF")
         register(store, ALICE, "alice.secret@example.com")
         alice_keys = _key_material(store, kek)
         bob_event = register(store, BOB, "bob.secret@example.com")
