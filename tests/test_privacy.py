@@ -622,3 +622,29 @@ def test_grants_on_the_key_table(
             for role in roles.values():
                 connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_batch_reads_each_subjects_key_once_and_a_page_reads_keys_once(
+    private: es.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predict(private, ALICE, "warm@example.com")  # the key table, the store's hash key
+    calls: list[str] = []
+    query = private.recorder.query
+
+    def counted(sql: str, params: Any = ()) -> Any:
+        calls.append(sql)
+        return query(sql, params)
+
+    monkeypatch.setattr(private.recorder, "query", counted)
+    events = [
+        es.NewEvent("inference_requested", {
+            "model_id": "m", "model_version": 1, "inputs": {"n": n},
+        }, metadata={"subject_id": ALICE if n % 2 else BOB})
+        for n in range(50)
+    ]
+    private.append("batch", events)
+    assert len(calls) == 1 + 2  # alice's key; bob's, made: a read before and after it
+    calls.clear()
+    read = private.read_stream("batch")
+    assert [e.payload["inputs"]["n"] for e in read] == list(range(50))
+    assert len(calls) == 1

@@ -86,9 +86,11 @@ class Vault:
         payload: dict[str, Any],
         metadata: dict[str, Any],
         what: str,
+        batch_keys: dict[str, tuple[str, Any]],
     ) -> tuple[str, str, int] | None:
         """(payload JSON, metadata JSON, their size) with personal values sealed; None if
-        the event names no subject (its values are then not tied to a person)."""
+        the event names no subject (its values are then not tied to a person).
+        `batch_keys` holds the keys already looked up for this append (one read each)."""
         subject = subject_of(spec, payload, metadata)
         if subject is None:
             if spec is not None and any(_envelope(payload.get(f)) for f in spec.fields):
@@ -101,7 +103,10 @@ class Vault:
             raise EventValidationError(
                 f"{what}: the subject id must be a non-empty string, got {subject!r}"
             )
-        key_id, aes = self.keys.key_for(subject)
+        found = batch_keys.get(subject)
+        if found is None:
+            found = batch_keys[subject] = self.keys.key_for(subject)
+        key_id, aes = found
         sealed = dict(payload)
         for name in spec.fields if spec is not None else ():
             value = payload.get(name)

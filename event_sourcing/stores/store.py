@@ -273,6 +273,7 @@ class EventStore:
             raise EventValidationError("append needs at least one event")
         registry = self.registry
         vault = self.privacy
+        batch_keys: dict[str, Any] = {}  # subjects' keys, read once per append
         limit = self.max_payload_bytes
         batch_metadata = dict(metadata) if metadata else {}
         batch_metadata_json, batch_metadata_size, batch_metadata = (
@@ -353,7 +354,7 @@ class EventStore:
             size += metadata_size
             spec = vault.spec(event_type)
             if spec is not None or SUBJECT_METADATA_KEY in metadatas[-1]:
-                sealed = vault.seal(event_id, spec, payload, metadatas[-1], what)
+                sealed = vault.seal(event_id, spec, payload, metadatas[-1], what, batch_keys)
                 if sealed is not None:
                     payload_json, metadata_json, size = sealed
             if size > limit:
