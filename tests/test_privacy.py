@@ -627,7 +627,7 @@ def test_grants_on_the_key_table(
 def test_a_batch_reads_each_subjects_key_once_and_a_page_reads_keys_once(
     private: es.EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    predict(private, ALICE, "warm@example.com")  # the key table, the store's hash key
+    predict(private, "carol", "warm@example.com")  # the key table, the store's hash key
     calls: list[str] = []
     query = private.recorder.query
 
@@ -643,8 +643,29 @@ def test_a_batch_reads_each_subjects_key_once_and_a_page_reads_keys_once(
         for n in range(50)
     ]
     private.append("batch", events)
-    assert len(calls) == 1 + 2  # alice's key; bob's, made: a read before and after it
+    assert len(calls) == 2 + 2  # alice's and bob's keys, made: a read before and after each
     calls.clear()
     read = private.read_stream("batch")
     assert [e.payload["inputs"]["n"] for e in read] == list(range(50))
     assert len(calls) == 1
+
+
+def test_another_process_forgetting_is_seen_by_appends_within_the_key_cache_time(
+    make_store: MakeStore, kek: LocalKeyProvider
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from event_sourcing.privacy.keys import KEY_CACHE_SECONDS
+
+    now = [datetime(2026, 12, 1, tzinfo=UTC)]
+    appender = make_store(key_provider=kek, clock=lambda: now[0])
+    other = make_store(key_provider=kek)
+    predict(appender, ALICE, "alice@example.com")  # alice's key, remembered for appends
+    other.forget(ALICE, reason="erased by another process")
+    late = predict(appender, ALICE, "alice.late@example.com")
+    read = other.get_event(late.id)
+    assert read is not None and read.payload["inputs"] == ERASED_OBJECT  # never plaintext
+    now[0] += timedelta(seconds=KEY_CACHE_SECONDS + 0.001)
+    fresh = predict(appender, ALICE, "alice.new@example.com")  # a fresh key now
+    read = other.get_event(fresh.id)
+    assert read is not None and read.payload["inputs"]["email"] == "alice.new@example.com"

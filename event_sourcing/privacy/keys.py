@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -32,6 +32,8 @@ _LOCK = 0x6D6C6B79  # "mlky": serializes the CREATE on PostgreSQL
 _HASH_KEY_ID = "hash-key"
 _HASH_KEY_SUBJECT = "-"
 _HASH_CACHE = 10_000
+KEY_CACHE_SECONDS = 1.0
+KEY_CACHE_TIME = timedelta(seconds=KEY_CACHE_SECONDS)
 _SELECT = f"SELECT key_id, wrapped_key, kek_id FROM {TABLE}"
 
 
@@ -50,6 +52,9 @@ class SubjectKeys:
         self._ready = False
         self._hash_key: bytes | None = None
         self._hashes: dict[str, str] = {}  # subject id -> keyed hash (never changes)
+        # subject hash -> (valid until, key id, key): the appends' key cache (key_for)
+        self._live: dict[str, tuple[datetime, str, AESGCM]] = {}
+        self._forgets = 0
         # Unwrapped keys by (key id, wrapped text); every use first reads the table, so
         # a key forgotten by another process is never used from here.
         self._unwrapped: dict[tuple[str, str], AESGCM] = {}
@@ -141,12 +146,25 @@ class SubjectKeys:
         return found
 
     def key_for(self, subject_id: str) -> tuple[str, AESGCM]:
-        """The live data key of a subject, made if it has none (a fresh one after forget)."""
+        """The live data key of a subject, made if it has none (a fresh one after forget).
+
+        Remembered for KEY_CACHE_SECONDS (by the store's clock) for appends: a forget in
+        this process drops it at once; one in another process is seen within that time
+        (until then, appends for the subject are sealed under the destroyed key: erased)."""
         subject_hash = self.subject_hash(subject_id)
+        now, forgets = self.store.clock(), self._forgets
+        cached = self._live.get(subject_hash)
+        if cached is not None and now < cached[0]:
+            return cached[1], cached[2]
         while True:
             rows = self._rows("subject_hash = ?", [subject_hash])
             if rows:
-                return rows[0][0], self._unwrap(rows[0])
+                key = rows[0][0], self._unwrap(rows[0])
+                if len(self._live) >= _HASH_CACHE:
+                    self._live.clear()
+                if forgets == self._forgets:  # no forget here since the read: not stale
+                    self._live[subject_hash] = (now + KEY_CACHE_TIME, *key)
+                return key
             self._insert(
                 secrets.token_hex(8), subject_hash, AESGCM.generate_key(bit_length=256),
                 self._required_provider(),
@@ -167,6 +185,7 @@ class SubjectKeys:
     def destroy(self, subject_hash: str) -> list[str]:
         """Delete the subject's keys (SQLite: overwriting the bytes); their ids."""
         self._ensure_table()
+        self._forgets += 1
         with self.store.transaction() as tx:
             _secure_delete(tx)
             rows = tx.execute(
@@ -174,6 +193,8 @@ class SubjectKeys:
             ).fetchall()
             tx.execute(f"DELETE FROM {TABLE} WHERE subject_hash = ?", [subject_hash])
         ids = [row[0] for row in rows]
+        self._forgets += 1
+        self._live.pop(subject_hash, None)
         for cached in [k for k in self._unwrapped if k[0] in ids]:
             del self._unwrapped[cached]
         checkpoint = getattr(self.store.recorder, "checkpoint", None)
