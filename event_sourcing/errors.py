@@ -67,3 +67,9 @@ class AccessDeniedError(EventStoreError, PermissionError):
 class IntegrityError(EventStoreError):
     """The log does not match its hashes, its seals or a witness, so it is not sealed; or a
     witness file cannot be read (docs/integrity.md)."""
+
+
+class KeyEncryptionKeyError(EventStoreError):
+    """Personal data cannot be decrypted or encrypted: the key-encryption key (MLEVENTS_KEK
+    or the store's key provider) is missing, or is not the one the data keys were wrapped
+    with. Never answered with plaintext or garbage."""

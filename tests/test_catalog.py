@@ -108,6 +108,20 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "fingerprint_digits": 10,
     },
     "training_failed": {"error": "CUDA out of memory", "error_type": "RuntimeError", "step": 7},
+    "dataset_subjects_recorded": {
+        "dataset_id": "customers",
+        "dataset_version": SHA,
+        "subject_hashes": [SHA2],
+    },
+    "subject_erased": {
+        "subject_hash": SHA,
+        "reason": "GDPR art. 17 request #12",
+        "keys_destroyed": 1,
+        "affected_count": 2,
+        "affected_types": {"inference_requested": 2},
+        "affected_events": ["01a2321b-69a9-712f-9140-773fd6fb053f"],
+        "erased_at": "2024-05-01T12:05:00Z",
+    },
     "training_verified": {
         "training_id": "t1",
         "reproducible": True,

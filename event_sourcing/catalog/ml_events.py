@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, JsonValue, model_validator
 
 from event_sourcing.catalog.registry import DomainEvent, default_registry
+from event_sourcing.privacy.marking import Personal
 
 
 class EventTypes:
@@ -42,6 +43,8 @@ class EventTypes:
 
     INTEGRITY_SEALED = "integrity_sealed"
     INTEGRITY_TRIGGERS_RESTORED = "integrity_triggers_restored"
+    SUBJECT_ERASED = "subject_erased"
+    DATASET_SUBJECTS_RECORDED = "dataset_subjects_recorded"
 
 
 # -- field types ---------------------------------------------------------------------------------
@@ -239,7 +242,9 @@ class TrainingStarted(DomainEvent):
     """Random seed; required in practice for a reproducible run."""
     environment: Environment | None = None
     started_at: Timestamp | None = None
-    user_id: str | None = None
+    user_id: Annotated[str | None, Personal()] = None
+    """Who started the run. Personal: encrypted when the event names a data subject
+    (metadata["subject_id"], e.g. this user id, to make it forgettable)."""
     model_name: str | None = None
     training_function: str | None = None
     """Registered name of the training function (e.g. `module:qualname`); re-runs look it up."""
@@ -425,8 +430,9 @@ class InferenceRequested(DomainEvent):
     event_type = EventTypes.INFERENCE_REQUESTED
     model_id: Name
     model_version: Version
-    inputs: JsonObject | None = None
-    """Feature values, inline (keep them small)."""
+    inputs: Annotated[JsonObject | None, Personal()] = None
+    """Feature values, inline (keep them small). Personal: encrypted when the event names a
+    data subject (metadata["subject_id"])."""
     inputs_ref: ArtifactRef | None = None
     """Inputs stored in the artifact store, for large requests."""
     requested_at: Timestamp | None = None
@@ -448,9 +454,12 @@ class InferenceCompleted(DomainEvent):
     event_type = EventTypes.INFERENCE_COMPLETED
     model_id: Name
     model_version: Version
-    prediction: JsonValue
-    probabilities: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = None
-    """Class label -> probability."""
+    prediction: Annotated[JsonValue, Personal()]
+    """Personal: encrypted when the event names a data subject (metadata["subject_id"])."""
+    probabilities: Annotated[
+        dict[str, Annotated[float, Field(ge=0, le=1)]] | None, Personal()
+    ] = None
+    """Class label -> probability (personal, like the prediction)."""
     latency_ms: Annotated[float, Field(ge=0)] | None = None
 
 
@@ -463,8 +472,9 @@ class InferenceFeedback(DomainEvent):
     """The stream id of the inference being judged."""
     model_id: str | None = None
     model_version: Version | None = None
-    actual: JsonValue
-    """The true value or label."""
+    actual: Annotated[JsonValue, Personal()]
+    """The true value or label. Personal: encrypted when the event names a data subject
+    (metadata["subject_id"])."""
     correct: bool | None = None
 
 
@@ -503,3 +513,44 @@ class IntegrityTriggersRestored(DomainEvent):
     """Why they could not be restored (e.g. the role does not own the table)."""
     head_position: Count
     """The settled head when it was noticed: edits may have happened up to here."""
+
+
+# -- privacy -------------------------------------------------------------------------------------
+
+
+@default_registry.register
+class SubjectErased(DomainEvent):
+    """A data subject was forgotten: their key was destroyed, so their personal values now
+    read as erased. Holds no personal data: the subject is named by a keyed hash."""
+
+    event_type = EventTypes.SUBJECT_ERASED
+    subject_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """HMAC-SHA256 of the subject id under the store's secret (not reversible)."""
+    reason: Name
+    """Why, e.g. a request reference."""
+    keys_destroyed: Count
+    """Data keys deleted (0: the subject had no live key)."""
+    affected_count: Count
+    """Events whose personal values became unreadable."""
+    affected_types: dict[str, int] = {}
+    """Event type -> how many of the affected events."""
+    affected_events: list[str] = []
+    """Ids of the affected events (at most 10,000 listed)."""
+    dataset_versions: list[Sha256] = []
+    """Dataset versions holding rows of the subject (dataset_subjects_recorded)."""
+    model_ids: list[str] = []
+    """Models downstream of those dataset versions at erasure time: flagged in model_catalog
+    (their training data held the subject; retrain them without it)."""
+    erased_at: Timestamp | None = None
+
+
+@default_registry.register
+class DatasetSubjectsRecorded(DomainEvent):
+    """Which data subjects have rows in a dataset version, by keyed hash (not personal data
+    itself), so forgetting a subject can name the datasets, and the models, involved."""
+
+    event_type = EventTypes.DATASET_SUBJECTS_RECORDED
+    dataset_id: Name
+    dataset_version: Sha256
+    subject_hashes: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+    """HMAC-SHA256 of each subject id under the store's secret (store.privacy.keys)."""

@@ -26,6 +26,9 @@ class DomainEvent(BaseModel):
 
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    subject_path: ClassVar[str | None] = None
+    """Dotted path of the payload field naming the data subject (a Personal() field);
+    without one, the subject is metadata["subject_id"] (see docs/privacy.md)."""
     # NaN/inf are rejected because JSON cannot carry them: pydantic would store them as null,
     # and the event would then fail to parse back. Field docstrings become descriptions.
     model_config = ConfigDict(

@@ -237,7 +237,7 @@ def read_events(
     given). Read outside the index's transaction: a store may have a single connection."""
     events: list[RecordedEvent] = []
     for chunk in _chunks(ids):
-        events.extend(store.recorder.read_ids(chunk))
+        events.extend(store.privacy.open(store.recorder.read_ids(chunk)))  # decrypted
     events.sort(key=lambda event: event.position)
     registry = store.registry
     return [

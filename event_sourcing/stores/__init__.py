@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError, StoreNotFoundError
+from event_sourcing.privacy.crypto import KeyProvider
 from event_sourcing.stores.identifiers import check_schema_name
 from event_sourcing.stores.recorder import Recorder, redact_url
 from event_sourcing.stores.store import (
@@ -86,6 +87,7 @@ def connect(
     clock: Clock = utc_now,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     create: bool = True,
+    key_provider: KeyProvider | None = None,
     **options: Any,
 ) -> EventStore:
     """Open the event store at `url` (default: `default_url()`), creating it if missing.
@@ -94,7 +96,8 @@ def connect(
     missing store raises StoreNotFoundError. SQLite option: `synchronous` (FULL by
     default). PostgreSQL options: `schema` (default `mlevents`, also `?schema=` in the
     URL), `pool_size`, `connect_timeout`. `validate=False` accepts event types that no
-    model is registered for.
+    model is registered for. `key_provider` wraps the keys of personal data (default:
+    $MLEVENTS_KEK; see docs/privacy.md).
     """
     if url is None:
         url = default_url()
@@ -118,6 +121,7 @@ def connect(
         validate=validate,
         clock=clock,
         max_payload_bytes=max_payload_bytes,
+        key_provider=key_provider,
     )
     from event_sourcing.integrity.audit import check_triggers
 

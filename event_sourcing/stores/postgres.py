@@ -896,6 +896,14 @@ class PostgresRecorder:
 
         return self._connections.read("counts_by_type", read)
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read of a table beside the log (`?` placeholders), on this
+        thread's transaction's connection if it has one."""
+        return self._connections.read(
+            "a read beside the log",
+            lambda connection: connection.execute(sql.replace("?", "%s"), params).fetchall(),
+        )
+
     @contextmanager
     def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
         """A transaction on a connection checked alive first; reads of the store on this

@@ -19,6 +19,9 @@ Kind = Literal["reader", "appender", "projector"]
 KINDS: tuple[Kind, ...] = ("reader", "appender", "projector")
 # The store's own objects; every other table of its schema belongs to projections.
 STORE_TABLES = ("mlevents_schema", "streams", "event_store")
+# Subjects' data keys (event_sourcing.privacy): appenders add keys, every role reads them
+# (to decrypt), and only the owner deletes them (store.forget).
+KEY_TABLE = "mlevents_subject_keys"
 _FUNCTIONS = (
     "mlevents_inflight_key", "mlevents_last_position", "mlevents_horizon", "mlevents_head"
 )
@@ -31,9 +34,16 @@ def _projection_tables(connection: psycopg.Connection[Any], schema: str) -> list
         "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND c.relname <> ALL(%s) "
         "ORDER BY c.relname",
-        (schema, list(STORE_TABLES)),
+        (schema, [*STORE_TABLES, KEY_TABLE]),
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def _table_exists(connection: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = connection.execute(
+        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, table)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def grant_statements(
@@ -65,6 +75,10 @@ def grant_statements(
             sql.SQL(", ").join(sql.SQL("{}()").format(on(name)) for name in _FUNCTIONS), r
         ),
     ]
+    if _table_exists(connection, schema, KEY_TABLE):
+        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL("SELECT, INSERT" if kind == "appender" else "SELECT"), on(KEY_TABLE), r
+        ))
     if kind == "reader" and projection_tables:
         statements.append(
             sql.SQL("GRANT SELECT ON {} TO {}").format(

@@ -121,6 +121,11 @@ class Recorder(Protocol):
 
     def restore_triggers(self) -> tuple[list[str], str | None]: ...
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One read of a table beside the log (`?` placeholders), inside this thread's
+        open transaction if any."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -583,6 +583,19 @@ class SQLiteRecorder:
             ).fetchall()
         return dict(rows)
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read of a table beside the log (`?` placeholders), on this
+        thread's connection (inside its open transaction, if any)."""
+        with self._connection() as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and empty it; False if readers kept part of
+        it (after a secure delete, the WAL still holds the old pages until this succeeds)."""
+        with self._connection() as connection:
+            busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return not busy
+
     @contextmanager
     def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
         if not read_only:

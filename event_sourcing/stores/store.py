@@ -21,6 +21,9 @@ from event_sourcing.errors import (
     PayloadTooLargeError,
 )
 from event_sourcing.events import NewEvent, RecordedEvent, new_event_id
+from event_sourcing.privacy.crypto import KeyProvider
+from event_sourcing.privacy.marking import SUBJECT_METADATA_KEY
+from event_sourcing.privacy.vault import Vault
 from event_sourcing.stores.recorder import (
     AlreadyRecorded,
     EventRow,
@@ -165,9 +168,12 @@ class EventStore:
         validate: bool = True,
         clock: Clock = utc_now,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        key_provider: KeyProvider | None = None,
     ) -> None:
         check_max_payload_bytes(max_payload_bytes)
         self.recorder = recorder
+        # Personal data (docs/privacy.md): key_provider, else $MLEVENTS_KEK when needed.
+        self.privacy = Vault(self, key_provider)
         self.registry = registry if registry is not None else default_registry
         self.validate = validate
         self.clock = clock
@@ -247,7 +253,8 @@ class EventStore:
             )
         except AlreadyRecorded as recorded:
             return self._idempotent_result(
-                stream_id, rows, recorded.events, on_duplicate == "compare"
+                stream_id, rows, payloads, self.privacy.open(recorded.events),
+                on_duplicate == "compare",
             )
         return [
             RecordedEvent(
@@ -269,6 +276,8 @@ class EventStore:
         if not events:
             raise EventValidationError("append needs at least one event")
         registry = self.registry
+        vault = self.privacy
+        batch_keys: dict[str, Any] = {}  # subjects' keys, read once per append
         limit = self.max_payload_bytes
         batch_metadata = dict(metadata) if metadata else {}
         batch_metadata_json, batch_metadata_size, batch_metadata = (
@@ -347,6 +356,11 @@ class EventStore:
                 metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
                 metadatas.append(decode(metadata_json) if batch_metadata else {})
             size += metadata_size
+            spec = vault.spec(event_type)
+            if spec is not None or SUBJECT_METADATA_KEY in metadatas[-1]:
+                sealed = vault.seal(event_id, spec, payload, metadatas[-1], what, batch_keys)
+                if sealed is not None:
+                    payload_json, metadata_json, size = sealed
             if size > limit:
                 raise _too_large(f"{what} with its metadata", size, limit, "per event")
             total += size
@@ -364,11 +378,12 @@ class EventStore:
         self,
         stream_id: str,
         rows: list[EventRow],
+        payloads: list[dict[str, Any]],
         existing: list[RecordedEvent],
         compare: bool,
     ) -> list[RecordedEvent]:
         by_id = {event.id: event for event in existing}
-        for row in rows:
+        for row, payload in zip(rows, payloads, strict=True):
             old = by_id.get(row.id)
             if old is None:
                 raise DuplicateEventError(
@@ -377,7 +392,7 @@ class EventStore:
                 )
             changed = compare and (
                 old.event_type != row.event_type
-                or not same(old.payload, decode(row.payload_json))
+                or not same(old.payload, payload)
             )
             if old.stream_id != stream_id or changed:
                 raise DuplicateEventError(
@@ -391,8 +406,10 @@ class EventStore:
     def _upcaster(self) -> Callable[[list[RecordedEvent]], list[RecordedEvent]]:
         registry = self.registry
         current = {name: registry.current_version(name) for name in registry.types()}
+        open_personal = self.privacy.open
 
         def upcast(events: list[RecordedEvent]) -> list[RecordedEvent]:
+            events = open_personal(events)
             for index, event in enumerate(events):
                 version = current.get(event.event_type)
                 if version is not None and event.schema_version != version:
@@ -485,6 +502,14 @@ class EventStore:
 
     def counts_by_type(self) -> dict[str, int]:
         return self.recorder.counts_by_type()
+
+    def forget(self, subject_id: str, *, reason: str) -> RecordedEvent:
+        """Erase a data subject (crypto-shredding): destroy their key, so their personal
+        values read as erased markers from now on, and record a `subject_erased` event
+        holding no personal data. See docs/privacy.md."""
+        from event_sourcing.privacy.forget import forget
+
+        return forget(self, subject_id, reason=reason)
 
     def transaction(self, read_only: bool = False) -> AbstractContextManager[SqlTransaction]:
         """A transaction on the store's database, for read models kept beside the log.

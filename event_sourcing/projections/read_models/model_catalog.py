@@ -13,7 +13,7 @@ from event_sourcing.catalog import (
     ModelRetired,
     ModelVersioned,
 )
-from event_sourcing.catalog.ml_events import ModelEvaluated
+from event_sourcing.catalog.ml_events import ModelEvaluated, SubjectErased
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.read_models.common import (
     Queryable,
@@ -40,6 +40,7 @@ _CATALOG_DDL = (
         artifact_sha256 TEXT,
         fingerprint     TEXT,
         last_evaluation TEXT,
+        erased_by       TEXT,
         created_at      TEXT NOT NULL,
         updated_at      TEXT NOT NULL,
         position        BIGINT NOT NULL
@@ -158,13 +159,25 @@ def _catalog_evaluated(tx: SqlTransaction, e: RecordedEvent, t: ModelEvaluated) 
     )
 
 
+def _catalog_erased(tx: SqlTransaction, e: RecordedEvent, t: SubjectErased) -> None:
+    """Flag the models whose training data held an erased subject (the latest erasure)."""
+    if t.model_ids:
+        marks = ",".join("?" * len(t.model_ids))
+        tx.execute(
+            f"UPDATE model_catalog SET erased_by = ?, updated_at = ?, position = ? "
+            f"WHERE model_id IN ({marks})",
+            (e.id, iso(e.created_at), e.position, *t.model_ids),
+        )
+
+
 def model_catalog_projection() -> Projection:
-    """model_catalog: one row per model (name, version, status, metrics, artifact, and its
-    last promotion verdict)."""
+    """model_catalog: one row per model (name, version, status, metrics, artifact, its last
+    promotion verdict, and `erased_by`: the subject_erased event whose subject's rows were
+    in its training data)."""
     return Projection(
         name="model_catalog",
-        # 2: last_evaluation (model_evaluated) added.
-        version=2,
+        # 2: last_evaluation (model_evaluated) added. 3: erased_by (subject_erased).
+        version=3,
         ddl=_CATALOG_DDL,
         tables=("model_catalog",),
         handlers=dict(
@@ -174,6 +187,7 @@ def model_catalog_projection() -> Projection:
                 on(ModelEvaluated, _catalog_evaluated),
                 on(ModelDeployed, _catalog_deployed),
                 on(ModelRetired, _catalog_retired),
+                on(SubjectErased, _catalog_erased),
             )
         ),
         description="one row per model: name, version, status ready/deployed/retired, "
