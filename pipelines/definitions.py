@@ -5,12 +5,12 @@ Resource keys: `event_store`, `artifact_store`, `landing`; swap any of them to p
 
 import dagster as dg
 
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource, LandingFolderResource
 from pipelines.assets import all_assets
 from pipelines.jobs import jobs
 from pipelines.relay import relay_defs
 from pipelines.schedules import schedules
 from pipelines.sensors import sensors
-from resources import ArtifactStoreResource, EventStoreResource, LandingFolderResource
 
 __all__ = ["defs", "make_resources"]
 

@@ -555,9 +555,10 @@ def serve(home: Path, port: int, instance_yaml: Path, batches: int = 3) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     use_project_store()
     # Imported late: the resources read DAGSTER_HOME to place the store and landing folder.
-    from pipelines.dataset import seed_landing
     from resources.event_store import default_store_url
     from resources.landing import default_landing_folder
+
+    from pipelines.dataset import seed_landing
 
     landing = default_landing_folder()
     seeded = seed_landing(landing, batches=batches)
@@ -594,8 +595,9 @@ mlevents on Dagster
 def drop_batch(home: Path, drifted: bool = False) -> Path:
     """Write a new (or drifted) batch with a fresh name into the landing folder of `home`."""
     os.environ["DAGSTER_HOME"] = str(home.expanduser().absolute())  # as `make run` does
-    from pipelines.dataset import write_drifted_batch, write_new_batch
     from resources.landing import default_landing_folder
+
+    from pipelines.dataset import write_drifted_batch, write_new_batch
 
     landing = default_landing_folder()
     # Batches draw sample ids from their seed; a dataset version grows batch by batch and

@@ -16,6 +16,7 @@ from event_sourcing import cli
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import EventTypes
 from event_sourcing.catalog.ml_events import ModelEvaluated
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource
 from event_sourcing.serving import current_deployment, load_deployed_model
 from pipelines.assets import all_assets
 from pipelines.assets.deployment import decide
@@ -32,7 +33,6 @@ from pipelines.definitions import defs, make_resources
 from pipelines.inference import inference_job
 from pipelines.jobs import FULL_PIPELINE_ASSETS, INGESTION_ASSETS, RETRAIN_ASSETS
 from pipelines.state import DATASET_STREAM, MODEL_NAME, dataset_history
-from resources import ArtifactStoreResource, EventStoreResource
 
 INGESTION_TYPES = [
     EventTypes.DATA_INGESTED,

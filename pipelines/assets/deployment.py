@@ -12,6 +12,7 @@ import pandas as pd
 
 from event_sourcing.catalog import ModelDeployed, ModelRetired, TrainingStarted
 from event_sourcing.catalog.ml_events import ModelEvaluated
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource
 from event_sourcing.errors import ConcurrencyError
 from event_sourcing.serving import current_deployment, load_model
 from pipelines.assets.training import score_model, trained_model
@@ -26,7 +27,6 @@ from pipelines.state import (
     latest_model,
     model_record,
 )
-from resources import ArtifactStoreResource, EventStoreResource
 
 __all__ = ["PRIMARY_METRIC", "decide", "deployed_model", "model_evaluation"]
 

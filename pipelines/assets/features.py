@@ -14,6 +14,7 @@ from sklearn.preprocessing import FunctionTransformer
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import FeatureComputed, FeatureVersioned
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource
 from event_sourcing.training.reproducibility import source_sha256
 from pipelines.assets.validation import validated_data
 from pipelines.dataset import FEATURE_COLUMNS, ID_COLUMN, TARGET_COLUMN
@@ -24,7 +25,6 @@ from pipelines.state import (
     dataset_history,
     event_summary,
 )
-from resources import ArtifactStoreResource, EventStoreResource
 
 __all__ = [
     "FEATURE_CODE_SHA256",

@@ -19,6 +19,7 @@ import pandas as pd
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore, sha256_hex
 from event_sourcing.catalog import DataIngested, DataPreprocessed, EventTypes
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource, LandingFolderResource
 from event_sourcing.training.reproducibility import source_sha256
 from pipelines.dataset import DATASET_ID, read_batch
 from pipelines.state import (
@@ -28,7 +29,6 @@ from pipelines.state import (
     dataset_history,
     event_summary,
 )
-from resources import ArtifactStoreResource, EventStoreResource, LandingFolderResource
 
 __all__ = ["ingest_batches", "raw_data"]
 

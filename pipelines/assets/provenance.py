@@ -8,12 +8,12 @@ from typing import Any
 
 import dagster as dg
 
+from event_sourcing.dagster import EventStoreResource
 from event_sourcing.projections import ProjectionRunner, builtin_projections
 from event_sourcing.serving import current_deployment
 from pipelines.assets.deployment import deployed_model
 from pipelines.code_versions import module_code_version
 from pipelines.state import ENVIRONMENT, MODEL_NAME
-from resources import EventStoreResource
 
 __all__ = ["deployed_model_lineage", "read_models"]
 

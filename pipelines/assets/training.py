@@ -17,17 +17,17 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from event_sourcing.training import TrainingService, training_function
-from event_sourcing.training.reproducibility import source_sha256
-from pipelines.assets.features import build_feature_pipeline, features
-from pipelines.dataset import DATASET_ID, FEATURE_COLUMNS, TARGET_COLUMN, split_holdout
-from pipelines.state import MODEL_NAME, event_summary, latest_feature_version, model_record
-from resources import (
+from event_sourcing.dagster import (
     ArtifactStoreResource,
     EventStoreResource,
     idempotency_scope,
     run_metadata,
 )
+from event_sourcing.training import TrainingService, training_function
+from event_sourcing.training.reproducibility import source_sha256
+from pipelines.assets.features import build_feature_pipeline, features
+from pipelines.dataset import DATASET_ID, FEATURE_COLUMNS, TARGET_COLUMN, split_holdout
+from pipelines.state import MODEL_NAME, event_summary, latest_feature_version, model_record
 
 __all__ = [
     "TRAINING_CODE_VERSION",

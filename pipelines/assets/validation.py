@@ -12,6 +12,7 @@ import pandas as pd
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import DataValidated, QualityCheck
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource
 from event_sourcing.training.reproducibility import source_sha256
 from pipelines.assets.ingestion import raw_data
 from pipelines.dataset import (
@@ -23,7 +24,6 @@ from pipelines.dataset import (
     reference_maxima,
 )
 from pipelines.state import DATASET_STREAM, DATASET_STREAM_TYPE, dataset_history, event_summary
-from resources import ArtifactStoreResource, EventStoreResource
 
 __all__ = ["CHECK_NAMES", "RANGE_FACTOR", "check_table", "validated_data"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.event_store import mlevents_home
+from event_sourcing.dagster.event_store import mlevents_home
 
 __all__ = ["LandingFolderResource", "default_landing_folder"]
 

@@ -1,0 +1,46 @@
+"""mlevents on Dagster: the event store and artifact resources, store sensors, the no-orphans
+run-status sensors. The only part of `event_sourcing` that imports dagster.
+
+    from event_sourcing.dagster import EventStoreResource, event_sensor
+"""
+
+from event_sourcing.dagster.artifact_store import ArtifactStoreResource, default_artifacts_root
+from event_sourcing.dagster.event_store import (
+    EventStoreResource,
+    default_store_url,
+    idempotency_scope,
+    keyed_event_id,
+    mlevents_home,
+    run_metadata,
+)
+from event_sourcing.dagster.landing import LandingFolderResource, default_landing_folder
+from event_sourcing.dagster.orphans import close_orphaned_trainings, orphan_sensors
+from event_sourcing.dagster.sensors import (
+    CAUSE_TAG,
+    QualityPolicy,
+    cause_run_request,
+    covered_by_own_run,
+    event_sensor,
+    quality_sensor,
+)
+
+__all__ = [
+    "CAUSE_TAG",
+    "ArtifactStoreResource",
+    "EventStoreResource",
+    "LandingFolderResource",
+    "QualityPolicy",
+    "cause_run_request",
+    "close_orphaned_trainings",
+    "covered_by_own_run",
+    "default_artifacts_root",
+    "default_landing_folder",
+    "default_store_url",
+    "event_sensor",
+    "idempotency_scope",
+    "keyed_event_id",
+    "mlevents_home",
+    "orphan_sensors",
+    "quality_sensor",
+    "run_metadata",
+]
