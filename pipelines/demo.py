@@ -642,7 +642,7 @@ def wait_for_caused_run(
     dagster: DagsterDev, sensor: str, cause_event_id: str, timeout: float
 ) -> dict[str, Any]:
     """Wait for the run `sensor` requested for the event `cause_event_id` to succeed."""
-    from pipelines.sensors import CAUSE_TAG
+    from event_sourcing.dagster import CAUSE_TAG
 
     tags = {"dagster/sensor_name": sensor, CAUSE_TAG: cause_event_id}
     run = wait_until(
@@ -670,7 +670,7 @@ def follow_retrain(
     dagster: DagsterDev, store_url: str, retrain_run: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """After a retrain run: wait for the provenance refresh its last event caused."""
-    from pipelines.sensors import PROVENANCE_TRIGGERS
+    from event_sourcing.dagster.ml import PROVENANCE_TRIGGERS
 
     cause = last_event_id(store_url, retrain_run["runId"], PROVENANCE_TRIGGERS)
     if cause is None:

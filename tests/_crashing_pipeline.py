@@ -16,8 +16,7 @@ import dagster as dg
 
 import event_sourcing as es
 from event_sourcing.dagster import EventStoreResource
-from pipelines.assets import all_assets
-from pipelines.definitions import make_resources
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import RETRAIN_ASSETS
 
 

@@ -17,9 +17,8 @@ from _crashing_pipeline import crashing_retrain_job
 import event_sourcing as es
 from event_sourcing.catalog import EventTypes, ModelRetired
 from event_sourcing.dagster import EventStoreResource, keyed_event_id
-from pipelines.assets import all_assets
 from pipelines.dataset import seed_landing
-from pipelines.definitions import make_resources
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import INGESTION_ASSETS
 
 

@@ -24,10 +24,10 @@ from event_sourcing.catalog import (
 )
 from event_sourcing.dagster import QualityPolicy
 from event_sourcing.projections.pages import read_page
-from pipelines.assets import all_assets
 from pipelines.dataset import seed_landing, write_new_batch
-from pipelines.definitions import make_resources
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import INGESTION_ASSETS
+from pipelines.state import MODEL_NAME
 from pipelines.sensors import (
     build_quality_sensor,
     landing_folder_sensor,
@@ -151,7 +151,12 @@ def test_refresh_provenance_fires_on_training_and_deployment_events(
 
     (deployed,) = store.append(
         "deployment:production",
-        [ModelDeployed(model_id="m1", model_name="clf", version=1)],
+        [ModelDeployed(model_id="m1", model_name=MODEL_NAME, version=1)],
+    )
+    # Another model's deployment is its own pipeline's business (wine_refresh_provenance).
+    store.append(
+        "deployment:production",
+        [ModelDeployed(model_id="w1", model_name="wine_classifier", version=1)],
     )
     fired = tick(refresh_provenance, instance, resources, quiet.cursor)
     assert keys(fired) == [deployed.id]

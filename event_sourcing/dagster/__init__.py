@@ -1,7 +1,8 @@
 """mlevents on Dagster: the event store and artifact resources, store sensors, the no-orphans
-run-status sensors. The only part of `event_sourcing` that imports dagster.
+run-status sensors, and the factory that builds a model's ML pipeline from a `ModelSpec`.
+The only part of `event_sourcing` that imports dagster.
 
-    from event_sourcing.dagster import EventStoreResource, event_sensor
+    from event_sourcing.dagster import EventStoreResource, event_sensor, model_pipeline
 """
 
 from event_sourcing.dagster.artifact_store import ArtifactStoreResource, default_artifacts_root
@@ -13,7 +14,15 @@ from event_sourcing.dagster.event_store import (
     mlevents_home,
     run_metadata,
 )
+from event_sourcing.dagster.health import read_models_asset
 from event_sourcing.dagster.landing import LandingFolderResource, default_landing_folder
+from event_sourcing.dagster.ml import (
+    SERIAL_TAG,
+    ModelPipeline,
+    TrainingConfig,
+    mlevents_definitions,
+    model_pipeline,
+)
 from event_sourcing.dagster.orphans import close_orphaned_trainings, orphan_sensors
 from event_sourcing.dagster.sensors import (
     CAUSE_TAG,
@@ -23,13 +32,20 @@ from event_sourcing.dagster.sensors import (
     event_sensor,
     quality_sensor,
 )
+from event_sourcing.ml import ModelSpec, PromotionPolicy, TabularDataset
 
 __all__ = [
     "CAUSE_TAG",
+    "SERIAL_TAG",
     "ArtifactStoreResource",
     "EventStoreResource",
     "LandingFolderResource",
+    "ModelPipeline",
+    "ModelSpec",
+    "PromotionPolicy",
     "QualityPolicy",
+    "TabularDataset",
+    "TrainingConfig",
     "cause_run_request",
     "close_orphaned_trainings",
     "covered_by_own_run",
@@ -39,8 +55,11 @@ __all__ = [
     "event_sensor",
     "idempotency_scope",
     "keyed_event_id",
+    "mlevents_definitions",
     "mlevents_home",
+    "model_pipeline",
     "orphan_sensors",
     "quality_sensor",
+    "read_models_asset",
     "run_metadata",
 ]

@@ -248,7 +248,8 @@ def quality_sensor(
     interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
     """Launches `job` when a model's rolling accuracy in inference_feedback falls below the
-    policy's threshold (only models named in `model_names`, when given).
+    policy's threshold (with `model_names`, only for those models and models the store has
+    no record of).
 
     Its cursor is JSON: the last position read, each model's last `window` outcomes (1 =
     correct) and the models that already triggered; it stays small however long the log.
@@ -280,8 +281,10 @@ def quality_sensor(
             model_id = event.payload.get("model_id")
             if correct is None or not model_id:
                 continue  # not a labelled judgement of a known model
-            if names is not None and _model_name(event_store.store, model_id, known) not in names:
-                continue
+            if names is not None:
+                created_as = _model_name(event_store.store, model_id, known)
+                if created_as is not None and created_as not in names:
+                    continue  # another model's (a model this store never created counts)
             window = [*windows.get(model_id, []), 1 if correct else 0][-policy.window :]
             windows[model_id] = window
             accuracy = sum(window) / len(window)
