@@ -27,13 +27,13 @@ from event_sourcing.projections.pages import read_page
 from pipelines.dataset import seed_landing, write_new_batch
 from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import INGESTION_ASSETS
-from pipelines.state import MODEL_NAME
 from pipelines.sensors import (
     build_quality_sensor,
     landing_folder_sensor,
     refresh_provenance,
     retrain_on_new_data,
 )
+from pipelines.state import MODEL_NAME
 
 
 @pytest.fixture

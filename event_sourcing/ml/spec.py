@@ -108,8 +108,10 @@ class ModelSpec:
 
     @property
     def deployment_stream(self) -> str:
-        """The stream of model_evaluated / model_deployed / model_retired of the environment."""
-        return f"deployment:{self.environment}"
+        """The model's stream of model_evaluated / model_deployed / model_retired in its
+        environment: a verdict and the deployment it decides are appended at consecutive
+        versions of it, so two models never invalidate each other's verdicts."""
+        return f"deployment:{self.environment}:{self.name}"
 
     @property
     def feature_code_sha256(self) -> str:
