@@ -122,3 +122,19 @@ def test_event_sensor_needs_exactly_one_target() -> None:
         event_sensor("x", ["data_validated"])
     with pytest.raises(es.ConfigurationError, match="at least one event type"):
         event_sensor("x", [], job=_target_job)
+
+
+def test_the_integration_reads_no_environment_at_import_time() -> None:
+    """Settings are read when a resource opens or a location builds its definitions, so
+    importing the integration with nonsense in every setting still works."""
+    env = {
+        "MLEVENTS_SENSOR_INTERVAL": "not-a-number",
+        "MLEVENTS_QUALITY_THRESHOLD": "high",
+        "MLEVENTS_INGEST_CRON": "never",
+    }
+    code = "import event_sourcing.dagster, event_sourcing.dagster.ml; print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True,
+        env={**__import__("os").environ, **env},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
