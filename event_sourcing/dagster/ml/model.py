@@ -8,10 +8,8 @@ them (keyed, so a retried step states each fact once) and reports.
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
-from sklearn.model_selection import StratifiedKFold
 
 import event_sourcing as es
 from event_sourcing.catalog import FeatureComputed, FeatureVersioned
@@ -38,6 +36,7 @@ from event_sourcing.ml.history import (
     model_record,
 )
 from event_sourcing.ml.spec import ModelSpec
+from event_sourcing.ml.training import train_model
 from event_sourcing.serving import current_deployment
 from event_sourcing.training import TrainingService
 
@@ -166,10 +165,35 @@ def model_assets(names: Names, validated_data: dg.AssetsDefinition) -> list[dg.A
                 "no feature version recorded yet: materialize the features asset first"
             )
         feature_version, _ = found
-        training_id, model_id, metrics, rows = _train(
-            context, config, event_store, artifact_store, spec, feature_version
-        )
-        run = TrainingService(store, artifact_store.store).replay_training(training_id)
+        service = TrainingService(store, artifact_store.store)
+        # Keyed by the run family and step: a retry of this step (RetryPolicy, re-execution
+        # from failure, run retry) resumes the training run an earlier attempt left open, or
+        # closes it if the inputs changed, instead of starting a second one.
+        try:
+            outcome = train_model(
+                service,
+                spec,
+                feature_version,
+                hyperparameters={"C": config.C, "max_iter": config.max_iter},
+                seed=config.seed,
+                cv_folds=config.cv_folds,
+                idempotency_key=idempotency_scope(context, "training"),
+                config={"dagster_root_run_id": context.run.root_run_id or context.run.run_id},
+                correlation_id=context.run.run_id,
+                metadata=run_metadata(context),
+                user_id="dagster",
+            )
+        except Exception as exc:
+            context.log.error(f"training failed (recorded as training_failed): {exc}")
+            raise
+        if outcome.resumed:
+            context.log.info(
+                f"training run {outcome.training_id} was started by an earlier attempt of this "
+                "step; " + ("reusing its model" if outcome.reused else "resuming it")
+            )
+        training_id, model_id, metrics = outcome.training_id, outcome.model_id, outcome.metrics
+        rows = outcome.training_rows
+        run = service.replay_training(training_id)
         record = model_record(store, model_id, spec.name)
         events = store.read_stream(training_id) + store.read_stream(model_id)
         if record is not None:
@@ -333,94 +357,6 @@ def model_assets(names: Names, validated_data: dg.AssetsDefinition) -> list[dg.A
         )
 
     return [features, trained_model, model_evaluation, deployed_model]
-
-
-def _train(
-    context: dg.AssetExecutionContext,
-    config: TrainingConfig,
-    event_store: EventStoreResource,
-    artifact_store: ArtifactStoreResource,
-    spec: ModelSpec,
-    feature_version: Any,
-) -> tuple[str, str, dict[str, float], int]:
-    """(training id, model id, metrics, training rows) of a keyed training run.
-
-    Keyed by the run family and step: a retry of this step (RetryPolicy, re-execution from
-    failure, run retry) resumes the training run an earlier attempt left open, or closes it
-    with training_failed if the inputs changed, instead of starting a second one.
-    """
-    store, artifacts = event_store.store, artifact_store.store
-    dataset = spec.dataset
-    table = artifacts.get_table(feature_version.dataset_version)
-    assert isinstance(table, pd.DataFrame)
-    hyperparameters = {"C": config.C, "max_iter": config.max_iter}
-    service = TrainingService(store, artifacts)
-    metadata = run_metadata(context)
-    key = idempotency_scope(context, "training")
-    earlier = service.keyed_run(key)
-    training_id = service.start_training(
-        {
-            "model_name": spec.name,
-            **spec.training_config,
-            "cv_folds": config.cv_folds,
-            "holdout": f"sha256({dataset.id_column}) bucket 0 of {dataset.holdout_buckets}",
-            "dagster_root_run_id": context.run.root_run_id or context.run.run_id,
-        },
-        feature_version.dataset_version,
-        dataset_id=dataset.dataset_id,
-        feature_version=feature_version.feature_version,
-        hyperparameters=hyperparameters,
-        seed=config.seed,
-        train_fn=spec.train,
-        model_name=spec.name,
-        user_id="dagster",
-        correlation_id=context.run.run_id,
-        metadata=metadata,
-        idempotency_key=key,
-    )
-    train_rows, holdout = dataset.split_holdout(table)
-    reused = service.completed_model(training_id, metadata=metadata)
-    if training_id == earlier:
-        context.log.info(
-            f"training run {training_id} was started by an earlier attempt of this step; "
-            + ("reusing its model" if reused else "resuming it")
-        )
-    if reused is not None:
-        metrics = service.replay_training(training_id)["final_metrics"] or {}
-        return training_id, reused, metrics, len(train_rows)
-    primary = spec.promotion.metric
-    try:
-        folds = StratifiedKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
-        cv_scores = []
-        for step, (fit, test) in enumerate(
-            folds.split(train_rows, train_rows[dataset.target_column]), start=1
-        ):
-            fold_model = spec.train(
-                train_rows.iloc[fit].reset_index(drop=True), hyperparameters, config.seed
-            )
-            fold_metrics = spec.metrics(fold_model, train_rows.iloc[test])
-            cv_scores.append(fold_metrics[primary])
-            # A step recorded by an earlier attempt is returned, not recorded twice.
-            step_data: dict[str, Any] = {"step": step, "metrics": fold_metrics}
-            if "log_loss" in fold_metrics:
-                step_data["loss"] = fold_metrics["log_loss"]
-            service.record_training_step(training_id, step_data, metadata=metadata)
-        model = spec.train(table, hyperparameters, config.seed)
-        metrics = spec.metrics(model, holdout)
-        metrics[f"cv_{primary}"] = float(np.mean(cv_scores))
-        model_id = service.complete_training(
-            training_id,
-            model,
-            metrics,
-            X_eval=holdout[list(dataset.feature_columns)],
-            model_name=spec.name,
-            metadata=metadata,
-        )
-    except Exception as exc:
-        service.fail_training(training_id, exc, metadata=metadata)
-        context.log.error(f"training run {training_id} failed: {exc}")
-        raise
-    return training_id, model_id, metrics, len(train_rows)
 
 
 def _deploy(
