@@ -132,3 +132,49 @@ def _quality_rows(store: es.EventStore) -> int:
         if not tx.table_exists("inference_quality"):
             return 0
         return int(tx.execute("SELECT count(*) FROM inference_quality").fetchone()[0])
+
+
+def _retrain_twice(pipeline: Any, tmp_path: Path) -> list[Any]:
+    """The wine pipeline on one batch, then retrained with another C: the candidate's held-out
+    accuracy ties the champion's (0.9750 each) with a different model."""
+    landing = tmp_path / "landing"
+    seed_landing(landing / "wine", batches=1, dataset_id="wine")
+    resources = make_resources(
+        f"sqlite:///{tmp_path / 'events.db'}", str(tmp_path / "artifacts"), str(landing)
+    )
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(pipeline.assets, resources=resources, instance=instance,
+                               selection=[*pipeline.ingestion_assets, *pipeline.retrain_assets])
+        second = dg.materialize(
+            pipeline.assets, resources=resources, instance=instance,
+            selection=pipeline.retrain_assets,
+            run_config={"ops": {"wine__trained_model": {"config": {"C": 0.5}}}},
+        )
+    assert first.success and second.success
+    with es.connect(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        return list(store.read_all(event_types=["model_evaluated", "model_deployed"]))
+
+
+def test_a_tie_keeps_the_champion_instead_of_redeploying(tmp_path: Path) -> None:
+    events = _retrain_twice(wine, tmp_path)
+    verdicts = [e for e in events if e.event_type == "model_evaluated"]
+    assert [e.event_type for e in events].count("model_deployed") == 1
+    tie = verdicts[-1].payload
+    assert tie["metrics"]["accuracy"] == tie["champion_metrics"]["accuracy"]
+    assert tie["model_id"] != tie["champion_model_id"]
+    assert tie["promoted"] is False and "ties the champion's" in tie["reason"]
+
+
+def test_a_policy_that_accepts_ties_redeploys(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from event_sourcing.dagster import PromotionPolicy, model_pipeline
+    from pipelines.models import WINE_MODEL
+
+    lenient = model_pipeline(
+        replace(WINE_MODEL, promotion=PromotionPolicy(strictly_better=False)),
+        prefix="wine", landing_subfolder="wine",
+    )
+    events = _retrain_twice(lenient, tmp_path)
+    assert [e.event_type for e in events].count("model_deployed") == 2
+    assert events[-2].payload["promoted"] is True
