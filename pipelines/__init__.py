@@ -1,5 +1,5 @@
-"""The Dagster side of mlevents: an ML pipeline whose every step is an event in the store.
+"""This repository's Dagster code location (not installed; found from the repository root):
+two models built by `event_sourcing.dagster`'s factory, the relay job and the demo.
 
-`pipelines.definitions.defs` is the code location; assets, jobs, sensors and schedules live
-in modules named for what they produce.
+`pipelines.definitions.defs` is the code location (workspace.yaml loads it).
 """

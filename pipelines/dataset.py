@@ -1,21 +1,23 @@
-"""The pipeline's data: scikit-learn's bundled breast cancer set, its schema, and batch files.
-
-`seed_landing` and the `write_*_batch` helpers create landing-folder CSVs (never downloads).
+"""The demo's data: two sets scikit-learn ships (breast cancer, wine), their schemas, and
+batch files. `seed_landing` and the `write_*_batch` helpers create landing-folder CSVs (never
+downloads).
 """
 
-import hashlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, load_wine
+
+from event_sourcing.ml import TabularDataset
 
 __all__ = [
+    "BREAST_CANCER",
     "DATASET_ID",
     "FEATURE_COLUMNS",
     "ID_COLUMN",
     "TARGET_COLUMN",
+    "WINE",
     "bundled_dataset",
     "expected_columns",
     "is_holdout",
@@ -42,49 +44,64 @@ def _column_name(name: str) -> str:
     return name.replace(" ", "_")
 
 
-def bundled_dataset() -> pd.DataFrame:
-    """The 569 rows scikit-learn ships: sample_id, 30 numeric features, target."""
-    raw = load_breast_cancer(as_frame=True).frame
+_LOADERS = {"breast_cancer": load_breast_cancer, "wine": load_wine}
+
+
+def bundled_dataset(dataset_id: str = DATASET_ID) -> pd.DataFrame:
+    """The rows scikit-learn ships (569 for breast_cancer, 178 for wine): sample_id, the
+    numeric features, target."""
+    raw = _LOADERS[dataset_id](as_frame=True).frame
     frame = raw.rename(columns=_column_name)
     frame.insert(0, ID_COLUMN, np.arange(len(frame), dtype="int64"))
     frame[TARGET_COLUMN] = frame[TARGET_COLUMN].astype("int64")
     return frame.reset_index(drop=True)
 
 
-FEATURE_COLUMNS: tuple[str, ...] = tuple(
-    _column_name(name) for name in load_breast_cancer().feature_names
+def _feature_columns(dataset_id: str) -> tuple[str, ...]:
+    return tuple(_column_name(name) for name in _LOADERS[dataset_id]().feature_names)
+
+
+FEATURE_COLUMNS: tuple[str, ...] = _feature_columns(DATASET_ID)
+
+BREAST_CANCER = TabularDataset(
+    dataset_id=DATASET_ID,
+    feature_columns=FEATURE_COLUMNS,
+    target_column=TARGET_COLUMN,
+    id_column=ID_COLUMN,
+    labels=(0, 1),
+    holdout_buckets=HOLDOUT_BUCKETS,
+    reference=lambda: bundled_dataset(DATASET_ID),
 )
+WINE = TabularDataset(
+    dataset_id="wine",
+    feature_columns=_feature_columns("wine"),
+    target_column=TARGET_COLUMN,
+    id_column=ID_COLUMN,
+    labels=(0, 1, 2),
+    holdout_buckets=HOLDOUT_BUCKETS,
+    reference=lambda: bundled_dataset("wine"),
+)
+_DATASETS = {d.dataset_id: d for d in (BREAST_CANCER, WINE)}
 
 
 def expected_columns() -> list[str]:
-    """The columns every batch must have, in order."""
-    return [ID_COLUMN, *FEATURE_COLUMNS, TARGET_COLUMN]
+    """The columns every breast_cancer batch must have, in order."""
+    return BREAST_CANCER.expected_columns()
 
 
 def reference_maxima() -> dict[str, float]:
-    """Largest value of each feature in the bundled data (the range check allows 5x this)."""
-    frame = bundled_dataset()
-    return {name: float(frame[name].max()) for name in FEATURE_COLUMNS}
+    """Largest value of each breast_cancer feature in the bundled data."""
+    return BREAST_CANCER.reference_maxima()
 
 
 def is_holdout(sample_ids: pd.Series) -> pd.Series:
-    """True for rows held out of training, decided by a hash of the sample id.
-
-    The same sample is held out in every dataset version, so a champion and a candidate
-    trained on different versions never saw the held-out rows.
-    """
-
-    def bucket(value: Any) -> int:
-        digest = hashlib.sha256(str(int(value)).encode()).digest()
-        return digest[0] % HOLDOUT_BUCKETS
-
-    return sample_ids.map(bucket).eq(0)
+    """True for rows held out of training, decided by a hash of the sample id."""
+    return BREAST_CANCER.is_holdout(sample_ids)
 
 
 def split_holdout(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, held-out rows) of a dataset table."""
-    mask = is_holdout(frame[ID_COLUMN])
-    return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
+    return BREAST_CANCER.split_holdout(frame)
 
 
 def read_batch(path: str | Path) -> pd.DataFrame:
@@ -102,7 +119,9 @@ def _write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def seed_landing(folder: str | Path, batches: int = 3, seed: int = 0) -> list[Path]:
+def seed_landing(
+    folder: str | Path, batches: int = 3, seed: int = 0, dataset_id: str = DATASET_ID
+) -> list[Path]:
     """Split the bundled dataset (shuffled by `seed`) into `batches` CSV files in `folder`.
 
     Files are named batch_000.csv, batch_001.csv...; the same arguments write the same bytes,
@@ -110,7 +129,7 @@ def seed_landing(folder: str | Path, batches: int = 3, seed: int = 0) -> list[Pa
     """
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}")
-    frame = bundled_dataset()
+    frame = bundled_dataset(dataset_id)
     order = np.random.default_rng(seed).permutation(len(frame))
     shuffled = frame.iloc[order].reset_index(drop=True)
     paths = []
@@ -119,11 +138,11 @@ def seed_landing(folder: str | Path, batches: int = 3, seed: int = 0) -> list[Pa
     return paths
 
 
-def _resample(rows: int, seed: int, id_base: int) -> pd.DataFrame:
-    frame = bundled_dataset()
+def _resample(rows: int, seed: int, id_base: int, dataset_id: str = DATASET_ID) -> pd.DataFrame:
+    frame = bundled_dataset(dataset_id)
     rng = np.random.default_rng(seed)
     sample = frame.iloc[rng.integers(0, len(frame), size=rows)].reset_index(drop=True)
-    features = list(FEATURE_COLUMNS)
+    features = list(_DATASETS[dataset_id].feature_columns)
     # 2% multiplicative noise: new measurements of the same population, not copies.
     noise = rng.normal(1.0, 0.02, size=(rows, len(features))).clip(0.9, 1.1)
     sample[features] = (sample[features].to_numpy() * noise).round(6)
@@ -132,10 +151,15 @@ def _resample(rows: int, seed: int, id_base: int) -> pd.DataFrame:
 
 
 def write_new_batch(
-    folder: str | Path, name: str = "new_batch", rows: int = 120, seed: int = 1
+    folder: str | Path,
+    name: str = "new_batch",
+    rows: int = 120,
+    seed: int = 1,
+    dataset_id: str = DATASET_ID,
 ) -> Path:
     """A fresh batch from the same population (resampled rows, small noise, new ids)."""
-    return _write(_resample(rows, seed, _NEW_ID_BASE), Path(folder) / f"{name}.csv")
+    frame = _resample(rows, seed, _NEW_ID_BASE, dataset_id)
+    return _write(frame, Path(folder) / f"{name}.csv")
 
 
 def write_drifted_batch(

@@ -555,19 +555,20 @@ def serve(home: Path, port: int, instance_yaml: Path, batches: int = 3) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     use_project_store()
     # Imported late: the resources read DAGSTER_HOME to place the store and landing folder.
+    from event_sourcing.dagster import default_landing_folder, default_store_url
     from pipelines.dataset import seed_landing
-    from resources.event_store import default_store_url
-    from resources.landing import default_landing_folder
 
     landing = default_landing_folder()
     seeded = seed_landing(landing, batches=batches)
+    # The second model's batches: its pipeline reads the landing folder's wine/ subfolder.
+    seed_landing(landing / "wine", batches=batches, dataset_id="wine")
     url = f"http://127.0.0.1:{port}"
     print(
         f"""
 mlevents on Dagster
   DAGSTER_HOME   {home}  (instance config: {instance_yaml.name})
   event store    {default_store_url()}  (`mlevents status` here reads it)
-  landing folder {landing}  ({len(seeded)} seed batches written)
+  landing folder {landing}  ({len(seeded)} seed batches written; wine/ for the wine model)
 
   Open {url}{asset_graph_path()}  (the asset graph)
   The sensors run by default: the seed batches are ingested, validated, trained on and
@@ -594,8 +595,8 @@ mlevents on Dagster
 def drop_batch(home: Path, drifted: bool = False) -> Path:
     """Write a new (or drifted) batch with a fresh name into the landing folder of `home`."""
     os.environ["DAGSTER_HOME"] = str(home.expanduser().absolute())  # as `make run` does
+    from event_sourcing.dagster import default_landing_folder
     from pipelines.dataset import write_drifted_batch, write_new_batch
-    from resources.landing import default_landing_folder
 
     landing = default_landing_folder()
     # Batches draw sample ids from their seed; a dataset version grows batch by batch and
@@ -640,7 +641,7 @@ def wait_for_caused_run(
     dagster: DagsterDev, sensor: str, cause_event_id: str, timeout: float
 ) -> dict[str, Any]:
     """Wait for the run `sensor` requested for the event `cause_event_id` to succeed."""
-    from pipelines.sensors import CAUSE_TAG
+    from event_sourcing.dagster import CAUSE_TAG
 
     tags = {"dagster/sensor_name": sensor, CAUSE_TAG: cause_event_id}
     run = wait_until(
@@ -668,7 +669,7 @@ def follow_retrain(
     dagster: DagsterDev, store_url: str, retrain_run: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """After a retrain run: wait for the provenance refresh its last event caused."""
-    from pipelines.sensors import PROVENANCE_TRIGGERS
+    from event_sourcing.dagster.ml import PROVENANCE_TRIGGERS
 
     cause = last_event_id(store_url, retrain_run["runId"], PROVENANCE_TRIGGERS)
     if cause is None:
@@ -732,10 +733,15 @@ def run_demo(home: Path, port: int | None = None, stage_timeout: float = 240.0) 
 
         say("1. materialize everything (landing_folder_sensor paused so our run ingests the seed)")
         dagster.stop_sensor("landing_folder_sensor")
+        dagster.stop_sensor("wine_landing_folder_sensor")
         seed_landing(landing)
+        seed_landing(landing / "wine", dataset_id="wine")
         run_id = dagster.launch("full_pipeline")
         say(f"   launched full_pipeline {run_id[:8]} through GraphQL on 3 seed batches")
         say(f"   {_describe(dagster.wait_for_run(run_id, stage_timeout))}")
+        wine_run = dagster.launch("wine_full_pipeline")
+        say(f"   the second model, from the same factory: wine_full_pipeline {wine_run[:8]}")
+        say(f"   {_describe(dagster.wait_for_run(wine_run, stage_timeout))}")
         say(f"   deployed: {serving()}")
         say(f"   events: {counts()}")
 
@@ -779,7 +785,15 @@ def run_demo(home: Path, port: int | None = None, stage_timeout: float = 240.0) 
         say(f"   evaluation: {evaluation()}")
         say(f"   deployed: {serving()}")
 
-        say("5. lineage of the deployed model, from the event log")
+        say("5. both models in the catalog (what `mlevents models` lists)")
+        from event_sourcing.projections import ProjectionRunner, builtin_projections, list_models
+
+        with es.connect(store_url) as store:
+            ProjectionRunner(store, builtin_projections()).run()
+            for model in list_models(store):
+                say(f"   {model['name']} v{model['version']}: {model['status']}")
+
+        say("6. lineage of the deployed model, from the event log")
         with es.connect(store_url) as store:
             deployment = current_deployment(store, ENVIRONMENT, MODEL_NAME)
             if deployment is None:

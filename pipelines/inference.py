@@ -10,10 +10,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource, run_metadata
 from event_sourcing.serving import score_batch
 from pipelines.dataset import ID_COLUMN, TARGET_COLUMN
 from pipelines.state import ENVIRONMENT, MODEL_NAME
-from resources import ArtifactStoreResource, EventStoreResource, run_metadata
 
 __all__ = ["ScoringConfig", "inference_job", "score_batch_op"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import dagster as dg
 
+from event_sourcing.dagster import EventStoreResource
 from event_sourcing.integrity.audit import Seal
-from resources import EventStoreResource
 
 __all__ = ["DEFAULT_SEAL_CRON", "integrity_defs", "log_integrity", "log_verifies", "witness"]
 

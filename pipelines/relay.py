@@ -9,10 +9,10 @@ import os
 import dagster as dg
 from pydantic import Field
 
+from event_sourcing.dagster import EventStoreResource
 from event_sourcing.relay import Relay, relay_lag
 from event_sourcing.relay.nats import JetStreamSink, default_stream_name
 from event_sourcing.relay.sink import DEFAULT_PREFIX
-from resources import EventStoreResource
 
 __all__ = [
     "DEFAULT_MAX_LAG",

@@ -1,18 +1,20 @@
-"""Dagster resources of mlevents: the event store, the artifact store and the landing folder.
+"""This repository's Dagster resources: the integration's, re-exported for the code location.
 
-Thin adapters over the library; swap any of them in `Definitions(resources=...)`.
+The resources live in `event_sourcing.dagster`; swap any of them in `Definitions(resources=...)`.
 """
 
-from resources.artifact_store import ArtifactStoreResource, default_artifacts_root
-from resources.event_store import (
+from event_sourcing.dagster import (
+    ArtifactStoreResource,
     EventStoreResource,
+    LandingFolderResource,
+    default_artifacts_root,
+    default_landing_folder,
     default_store_url,
     idempotency_scope,
     keyed_event_id,
     mlevents_home,
     run_metadata,
 )
-from resources.landing import LandingFolderResource, default_landing_folder
 
 __all__ = [
     "ArtifactStoreResource",

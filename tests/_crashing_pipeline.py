@@ -15,10 +15,9 @@ from typing import Any
 import dagster as dg
 
 import event_sourcing as es
-from pipelines.assets import all_assets
-from pipelines.definitions import make_resources
+from event_sourcing.dagster import EventStoreResource
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import RETRAIN_ASSETS
-from resources import EventStoreResource
 
 
 class CrashingEventStoreResource(EventStoreResource):

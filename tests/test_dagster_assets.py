@@ -16,11 +16,8 @@ from event_sourcing import cli
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import EventTypes
 from event_sourcing.catalog.ml_events import ModelEvaluated
+from event_sourcing.dagster import ArtifactStoreResource, EventStoreResource
 from event_sourcing.serving import current_deployment, load_deployed_model
-from pipelines.assets import all_assets
-from pipelines.assets.deployment import decide
-from pipelines.assets.features import FEATURE_CODE_SHA256, feature_version_of
-from pipelines.assets.training import TRAINING_CODE_VERSION
 from pipelines.dataset import (
     expected_columns,
     seed_landing,
@@ -28,11 +25,11 @@ from pipelines.dataset import (
     write_invalid_batch,
     write_new_batch,
 )
-from pipelines.definitions import defs, make_resources
+from pipelines.definitions import all_assets, defs, make_resources
 from pipelines.inference import inference_job
 from pipelines.jobs import FULL_PIPELINE_ASSETS, INGESTION_ASSETS, RETRAIN_ASSETS
+from pipelines.models import BREAST_CANCER_MODEL
 from pipelines.state import DATASET_STREAM, MODEL_NAME, dataset_history
-from resources import ArtifactStoreResource, EventStoreResource
 
 INGESTION_TYPES = [
     EventTypes.DATA_INGESTED,
@@ -105,9 +102,12 @@ def test_definitions_load_with_the_documented_resource_keys() -> None:
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
     assert {"event_store", "artifact_store", "landing"} <= set(repository.get_top_level_resources())
-    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
-        key.to_user_string() for key in FULL_PIPELINE_ASSETS
-    } | {"relayed_events", "log_integrity"}  # pipelines/relay.py (off until set), integrity.py
+    breast_cancer = {key.to_user_string() for key in FULL_PIPELINE_ASSETS}
+    # The second model of the demo, from the same factory, under wine/ (read_models is shared).
+    wine = {f"wine/{key}" for key in breast_cancer - {"read_models"}}
+    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == (
+        breast_cancer | wine | {"relayed_events", "log_integrity"}  # relay.py, integrity.py
+    )
     for sensor in repository.sensor_defs:
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
     for schedule in repository.schedule_defs:
@@ -118,6 +118,7 @@ def test_definitions_load_with_the_documented_resource_keys() -> None:
         "refresh_provenance",
         "full_pipeline",
         "inference_job",
+        "wine_retrain",
     }
 
 
@@ -145,7 +146,7 @@ def test_event_store_resource_defaults_and_lifecycle(
         opened.append(store)
         return store
 
-    monkeypatch.setattr("resources.event_store.es.connect", counting_connect)
+    monkeypatch.setattr("event_sourcing.dagster.event_store.es.connect", counting_connect)
     pipeline = Pipeline(f"sqlite:///{tmp_path / 'events.db'}", tmp_path, instance)
     seed_landing(pipeline.landing, batches=1)
     assert pipeline.materialize().success
@@ -201,12 +202,12 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     dataset_version = ingested[-1].payload["dataset_version"]
     versioned = by_type[EventTypes.FEATURE_VERSIONED][0].payload
     assert versioned["dataset_version"] == dataset_version
-    assert versioned["code_sha256"] == FEATURE_CODE_SHA256
-    assert versioned["feature_version"] == feature_version_of(dataset_version)
+    assert versioned["code_sha256"] == BREAST_CANCER_MODEL.feature_code_sha256
+    assert versioned["feature_version"] == BREAST_CANCER_MODEL.feature_version_of(dataset_version)
     started = by_type[EventTypes.TRAINING_STARTED][0].payload
     assert started["dataset_version"] == dataset_version
     assert started["feature_version"] == versioned["feature_version"]
-    assert started["code_version"]["source_sha256"] == TRAINING_CODE_VERSION
+    assert started["code_version"]["source_sha256"] == BREAST_CANCER_MODEL.training_code_sha256
     assert [e.payload["step"] for e in by_type[EventTypes.TRAINING_PROGRESS]] == [1, 2, 3]
     completed = by_type[EventTypes.TRAINING_COMPLETED][0].payload
     assert completed["final_metrics"]["accuracy"] > 0.9
@@ -231,9 +232,12 @@ def test_whole_graph_materializes_and_the_log_tells_the_same_story(
     assert mats["raw_data"].tags["dagster/data_version"] == dataset_version
     assert mats["validated_data"].tags["dagster/data_version"] == dataset_version
     assert mats["features"].tags["dagster/data_version"] == versioned["feature_version"]
-    assert mats["features"].tags["dagster/code_version"] == FEATURE_CODE_SHA256
+    assert mats["features"].tags["dagster/code_version"] == BREAST_CANCER_MODEL.feature_code_sha256
     assert mats["trained_model"].tags["dagster/data_version"] == completed["model_fingerprint"]
-    assert mats["trained_model"].tags["dagster/code_version"] == TRAINING_CODE_VERSION
+    assert (
+        mats["trained_model"].tags["dagster/code_version"]
+        == BREAST_CANCER_MODEL.training_code_sha256
+    )
     assert (
         mats["trained_model"].tags["dagster/input_data_version/features"]
         == versioned["feature_version"]
@@ -325,22 +329,7 @@ def test_a_failing_training_run_is_recorded_as_training_failed(
     assert "'C' parameter" in failed["error"]
 
 
-def test_promotion_rule() -> None:
-    champion = {"model_id": "a", "fingerprint": "f1", "metrics": {"accuracy": 0.9}}
-    assert decide({"model_id": "b", "fingerprint": "f2", "metrics": {"accuracy": 0.9}}, champion)[0]
-    assert not decide(
-        {"model_id": "b", "fingerprint": "f2", "metrics": {"accuracy": 0.89}}, champion
-    )[0]
-    assert not decide(
-        {"model_id": "b", "fingerprint": "f1", "metrics": {"accuracy": 0.95}}, champion
-    )[0]
-    assert decide({"model_id": "b", "metrics": {"accuracy": 0.1}}, None) == (
-        True,
-        "no model is deployed yet",
-    )
-
-
-def test_retraining_promotes_only_a_model_at_least_as_good(sqlite_pipeline: Pipeline) -> None:
+def test_retraining_promotes_only_a_better_model(sqlite_pipeline: Pipeline) -> None:
     assert sqlite_pipeline.materialize().success
     first_model = sqlite_pipeline.events()[-1].payload["model_id"]
 
@@ -371,7 +360,7 @@ def test_retraining_promotes_only_a_model_at_least_as_good(sqlite_pipeline: Pipe
     candidate, champion = evaluation["candidate"], evaluation["champion"]
     assert champion["model_id"] == first_model
     assert evaluation["promote"] is (
-        candidate["metrics"]["accuracy"] >= champion["metrics"]["accuracy"]
+        candidate["metrics"]["accuracy"] > champion["metrics"]["accuracy"]
     )
     assert evaluation["promote"], "the drift-trained candidate should win on drifted held-out rows"
     tail = sqlite_pipeline.events()[-3:]

@@ -14,10 +14,10 @@ from _dagster_dev import TIMEOUT, installation, running_dagster
 
 import event_sourcing as es
 from event_sourcing.catalog import EventTypes
+from event_sourcing.dagster import CAUSE_TAG
 from pipelines.dataset import seed_landing, write_new_batch
 from pipelines.demo import PROJECT_ROOT, follow_batch
 from pipelines.jobs import FULL_PIPELINE_ASSETS
-from pipelines.sensors import CAUSE_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -16,11 +16,10 @@ from _crashing_pipeline import crashing_retrain_job
 
 import event_sourcing as es
 from event_sourcing.catalog import EventTypes, ModelRetired
-from pipelines.assets import all_assets
+from event_sourcing.dagster import EventStoreResource, keyed_event_id
 from pipelines.dataset import seed_landing
-from pipelines.definitions import make_resources
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import INGESTION_ASSETS
-from resources import EventStoreResource, keyed_event_id
 
 
 class Place:

@@ -21,6 +21,11 @@ from dagster._core.events import DagsterEventType
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import EventTypes
+from event_sourcing.dagster.orphans import (
+    close_orphaned_trainings,
+    find_runs_whose_worker_is_gone,
+    orphan_sensors,
+)
 from event_sourcing.projections import (
     ProjectionRunner,
     builtin_projections,
@@ -30,10 +35,9 @@ from event_sourcing.training import TrainingService
 from pipelines.dataset import seed_landing
 from pipelines.demo import wait_until
 from pipelines.jobs import full_pipeline_job
-from pipelines.orphans import (
-    close_orphaned_trainings,
-    fail_runs_whose_worker_is_gone,
-    find_runs_whose_worker_is_gone,
+
+fail_runs_whose_worker_is_gone = next(
+    s for s in orphan_sensors() if s.name == "fail_runs_whose_worker_is_gone"
 )
 
 

@@ -22,18 +22,18 @@ from event_sourcing.catalog import (
     QualityCheck,
     TrainingProgress,
 )
-from pipelines.assets import all_assets
+from event_sourcing.dagster import QualityPolicy
+from event_sourcing.projections.pages import read_page
 from pipelines.dataset import seed_landing, write_new_batch
-from pipelines.definitions import make_resources
+from pipelines.definitions import all_assets, make_resources
 from pipelines.jobs import INGESTION_ASSETS
 from pipelines.sensors import (
-    QualityPolicy,
     build_quality_sensor,
     landing_folder_sensor,
-    read_new_events,
     refresh_provenance,
     retrain_on_new_data,
 )
+from pipelines.state import MODEL_NAME
 
 
 @pytest.fixture
@@ -151,7 +151,12 @@ def test_refresh_provenance_fires_on_training_and_deployment_events(
 
     (deployed,) = store.append(
         "deployment:production",
-        [ModelDeployed(model_id="m1", model_name="clf", version=1)],
+        [ModelDeployed(model_id="m1", model_name=MODEL_NAME, version=1)],
+    )
+    # Another model's deployment is its own pipeline's business (wine_refresh_provenance).
+    store.append(
+        "deployment:production",
+        [ModelDeployed(model_id="w1", model_name="wine_classifier", version=1)],
     )
     fired = tick(refresh_provenance, instance, resources, quiet.cursor)
     assert keys(fired) == [deployed.id]
@@ -262,18 +267,20 @@ def test_landing_sensor_fires_on_new_files_only(
     assert keys(tick(landing_folder_sensor, instance, resources, third.cursor)) == []
 
 
-def test_read_new_events_pages_through_a_backlog(store: es.EventStore) -> None:
+def test_read_page_pages_through_a_backlog(store: es.EventStore) -> None:
     events = [store.append("s", [validated(True, str(i))])[0] for i in range(5)]
     store.append("other", [TrainingProgress(step=1)])
 
-    page, cursor = read_new_events(store, 0, ["data_validated"], limit=2)
-    assert page == events[:2] and cursor == events[1].position
-    page, cursor = read_new_events(store, cursor, ["data_validated"], limit=2)
-    assert page == events[2:4] and cursor == events[3].position
-    page, cursor = read_new_events(store, cursor, ["data_validated"], limit=2)
+    page = read_page(store, 0, ["data_validated"], limit=2)
+    assert page.events == events[:2] and page.cursor == events[1].position and page.full
+    page = read_page(store, page.cursor, ["data_validated"], limit=2)
+    assert page.events == events[2:4] and page.cursor == events[3].position
+    page = read_page(store, page.cursor, ["data_validated"], limit=2)
     # A short page: the cursor jumps to the head, past the unrelated event.
-    assert page == events[4:] and cursor == store.head_position()
-    assert read_new_events(store, cursor, ["data_validated"], limit=2) == ([], cursor)
+    assert page.events == events[4:] and page.cursor == store.head_position()
+    assert not page.full
+    again = read_page(store, page.cursor, ["data_validated"], limit=2)
+    assert (again.events, again.cursor) == ([], page.cursor)
 
 
 def test_a_bad_cursor_is_reported_with_what_to_do(

@@ -90,9 +90,19 @@ def test_asset_graph_page_shows_the_pipeline(tmp_path: Path) -> None:
                 expect(page.get_by_text("(trained_on)", exact=False).first).to_be_visible()
                 lineage_shot = tmp_path / "lineage-metadata.png"
                 page.screenshot(path=str(lineage_shot))
+
+                # The log's health: the read models' checks, evaluated by the sensors' runs.
+                page.goto(f"{dagster.url}/assets/read_models?view=checks")
+                for check in ("projection_lag", "no_dead_letters"):
+                    expect(page.get_by_text(check, exact=True).first).to_be_visible()
+                expect(page.get_by_text("Passed", exact=False).first).to_be_visible()
+                health_shot = tmp_path / "health-checks.png"
+                page.screenshot(path=str(health_shot))
             finally:
                 browser.close()
     assert shot.stat().st_size > 10_000 and lineage_shot.stat().st_size > 10_000
+    assert health_shot.stat().st_size > 10_000
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
         shutil.copyfile(lineage_shot, Path(os.environ[SCREENSHOT_ENV]).with_name(lineage_shot.name))
+        shutil.copyfile(health_shot, Path(os.environ[SCREENSHOT_ENV]).with_name(health_shot.name))

@@ -34,6 +34,7 @@ from event_sourcing.cli.common import (
     stdout_console,
 )
 from event_sourcing.projections.counts import log_counts
+from event_sourcing.projections.pages import read_page
 
 TAIL_PAGE_SIZE = 1000
 
@@ -378,17 +379,19 @@ def follow(
 ) -> Iterator[es.RecordedEvent]:
     """Every event after global position `after`, then each new one as it becomes visible.
 
-    Polls `read_all` every `interval` seconds while idle; ends after `timeout` seconds if
-    given. The cursor is the last position yielded, which the store guarantees never skips.
+    Polls every `interval` seconds while idle; ends after `timeout` seconds if given. Pages
+    come from `read_page`: the cursor is the last position yielded, or the head once a
+    filtered page comes back short, so an idle poll skips what it has no interest in.
     """
     deadline = None if timeout is None else monotonic() + timeout
     cursor = after
     while True:
-        page = list(store.read_all(after=cursor, event_types=event_types, limit=TAIL_PAGE_SIZE))
-        for event in page:
+        page = read_page(store, cursor, event_types, TAIL_PAGE_SIZE)
+        for event in page.events:
             cursor = event.position
             yield event
-        if len(page) == TAIL_PAGE_SIZE:
+        cursor = max(cursor, page.cursor)
+        if page.full:
             continue  # more are waiting: read on without pausing
         if deadline is None:
             sleep(interval)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from event_sourcing.events import RecordedEvent
+from event_sourcing.projections.pages import read_page
 from event_sourcing.projections.projection import (
     ApplyOutcome,
     BatchHandler,
@@ -230,16 +231,12 @@ class ProjectionRunner:
         moved the checkpoint meanwhile (otherwise it reads again)."""
         # Every position up to this head is visible now (positions become visible in order),
         # so once a filtered read comes back short, the checkpoint may move up to it.
-        head = self.store.head_position()
         checkpoint = self._checkpoint_of(projection)
-        if checkpoint >= head:
+        page = read_page(self.store, checkpoint, projection.event_types, batch_size)
+        if checkpoint >= page.head:
             stats.checkpoint = checkpoint
             return False  # nothing to do: no write transaction (no fsync, no lock)
-        events = list(
-            self.store.read_all(
-                after=max(checkpoint, 0), event_types=projection.event_types, limit=batch_size
-            )
-        )
+        events = page.events
         with self.store.transaction() as tx:
             # Claiming the row (a no-op update) serializes runners of one projection.
             row = tx.execute(
@@ -258,9 +255,7 @@ class ProjectionRunner:
             for event, outcome in failed:
                 self._park(tx, projection, event, outcome)
             parked = len(failed)
-            full = len(events) == batch_size
-            last = events[-1].position if events else checkpoint
-            position = last if full else max(last, head, checkpoint)
+            full, position = page.full, max(page.cursor, checkpoint)
             if position != checkpoint:
                 tx.execute(
                     "UPDATE projection_checkpoints SET position = ?, updated_at = ? "

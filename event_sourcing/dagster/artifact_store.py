@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from event_sourcing.artifacts import ENV_VAR, ArtifactStore
-from resources.event_store import mlevents_home
+from event_sourcing.dagster.event_store import mlevents_home
 
 __all__ = ["ArtifactStoreResource", "default_artifacts_root"]
 

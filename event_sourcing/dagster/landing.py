@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.event_store import mlevents_home
+from event_sourcing.dagster.event_store import mlevents_home
 
 __all__ = ["LandingFolderResource", "default_landing_folder"]
 
@@ -34,14 +34,18 @@ class LandingFolderResource(dg.ConfigurableResource):
         "then ./.mlevents/landing.",
     )
 
-    def folder(self) -> Path:
-        """The folder, created if missing."""
+    def folder(self, subfolder: str | None = None) -> Path:
+        """The folder (or its `subfolder`: one per model's dataset), created if missing."""
         folder = Path(self.path).expanduser().absolute() if self.path else default_landing_folder()
+        if subfolder:
+            folder = folder / subfolder
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def batch_files(self) -> list[Path]:
+    def batch_files(self, subfolder: str | None = None) -> list[Path]:
         """The batch files present, sorted by name (arrival order for seeded batches)."""
         return sorted(
-            p for p in self.folder().glob("*.csv") if p.is_file() and not p.name.startswith(".")
+            p
+            for p in self.folder(subfolder).glob("*.csv")
+            if p.is_file() and not p.name.startswith(".")
         )

@@ -16,22 +16,19 @@ from dagster._core.launcher import DefaultRunLauncher
 
 import event_sourcing as es
 from event_sourcing.catalog import EventTypes
+from event_sourcing.dagster.event_store import EventStoreResource
 from event_sourcing.training import TrainingService, TrainingStateError
-from resources import EventStoreResource
 
 __all__ = [
+    "DEFAULT_INTERVAL_SECONDS",
     "WORKER_GONE_GRACE_SECONDS",
     "close_orphaned_trainings",
-    "close_trainings_of_canceled_runs",
-    "close_trainings_of_failed_runs",
-    "fail_runs_whose_worker_is_gone",
     "find_runs_whose_worker_is_gone",
     "orphan_sensors",
 ]
 
 ROOT_RUN_ID_TAG = "dagster/root_run_id"
-# The store sensors' interval ($MLEVENTS_SENSOR_INTERVAL, see pipelines.sensors).
-_INTERVAL_SECONDS = int(os.environ.get("MLEVENTS_SENSOR_INTERVAL", "10"))
+DEFAULT_INTERVAL_SECONDS = 10
 
 
 def _family(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dg.DagsterRun]:
@@ -102,34 +99,6 @@ def _close(context: Any, event_store: EventStoreResource, reason: str) -> dg.Ski
     return None
 
 
-@dg.run_failure_sensor(
-    name="close_trainings_of_failed_runs",
-    minimum_interval_seconds=_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="A run failed (also: its worker was killed) -> training_failed for each "
-    "training run it left open.",
-)
-def close_trainings_of_failed_runs(
-    context: dg.RunFailureSensorContext, event_store: EventStoreResource
-) -> dg.SkipReason | None:
-    message = context.failure_event.message or "the run failed"
-    return _close(context, event_store, message)
-
-
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.CANCELED,
-    name="close_trainings_of_canceled_runs",
-    minimum_interval_seconds=_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="A run was canceled -> training_failed for each training run it left open.",
-)
-def close_trainings_of_canceled_runs(
-    context: dg.RunStatusSensorContext, event_store: EventStoreResource
-) -> dg.SkipReason | None:
-    message = context.dagster_event.message or "the run was canceled"
-    return _close(context, event_store, message)
-
-
 # -- runs whose worker is gone, with nobody left to say so ---------------------------------------
 
 WORKER_GONE_GRACE_SECONDS = 60.0
@@ -197,29 +166,62 @@ def find_runs_whose_worker_is_gone(
     return gone, still
 
 
-@dg.sensor(
-    name="fail_runs_whose_worker_is_gone",
-    minimum_interval_seconds=_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="A started run whose worker process is gone, with no code server left to "
-    f"notice (e.g. after a restart), for {WORKER_GONE_GRACE_SECONDS:g} s -> mark it failed "
-    "(then close_trainings_of_failed_runs closes its trainings).",
-)
-def fail_runs_whose_worker_is_gone(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    seen = json.loads(context.cursor) if context.cursor else {}
-    gone, still = find_runs_whose_worker_is_gone(context.instance, seen, time.time())
-    for run in gone:
-        message = (
-            f"the run worker (pid {_worker_pid(context.instance, run.run_id)}) is gone and "
-            "nothing reported the run's end; marked failed by fail_runs_whose_worker_is_gone"
-        )
-        context.instance.report_run_failed(run, message)
-        context.log.info(f"run {run.run_id}: {message}")
-    return dg.SensorResult(cursor=json.dumps(still))
+
+def orphan_sensors(
+    interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+) -> list[dg.SensorDefinition]:
+    """The three no-orphans sensors: close the trainings of failed / canceled runs, and fail
+    started runs whose worker is gone. They need an `event_store` resource."""
+
+    @dg.run_failure_sensor(
+        name="close_trainings_of_failed_runs",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A run failed (also: its worker was killed) -> training_failed for each "
+        "training run it left open.",
+    )
+    def close_trainings_of_failed_runs(
+        context: dg.RunFailureSensorContext, event_store: EventStoreResource
+    ) -> dg.SkipReason | None:
+        message = context.failure_event.message or "the run failed"
+        return _close(context, event_store, message)
 
 
-orphan_sensors = [
-    close_trainings_of_failed_runs,
-    close_trainings_of_canceled_runs,
-    fail_runs_whose_worker_is_gone,
-]
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.CANCELED,
+        name="close_trainings_of_canceled_runs",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A run was canceled -> training_failed for each training run it left open.",
+    )
+    def close_trainings_of_canceled_runs(
+        context: dg.RunStatusSensorContext, event_store: EventStoreResource
+    ) -> dg.SkipReason | None:
+        message = context.dagster_event.message or "the run was canceled"
+        return _close(context, event_store, message)
+
+    @dg.sensor(
+        name="fail_runs_whose_worker_is_gone",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A started run whose worker process is gone, with no code server left to "
+        f"notice (e.g. after a restart), for {WORKER_GONE_GRACE_SECONDS:g} s -> mark it failed "
+        "(then close_trainings_of_failed_runs closes its trainings).",
+    )
+    def fail_runs_whose_worker_is_gone(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen = json.loads(context.cursor) if context.cursor else {}
+        gone, still = find_runs_whose_worker_is_gone(context.instance, seen, time.time())
+        for run in gone:
+            message = (
+                f"the run worker (pid {_worker_pid(context.instance, run.run_id)}) is gone and "
+                "nothing reported the run's end; marked failed by fail_runs_whose_worker_is_gone"
+            )
+            context.instance.report_run_failed(run, message)
+            context.log.info(f"run {run.run_id}: {message}")
+        return dg.SensorResult(cursor=json.dumps(still))
+
+    return [
+        close_trainings_of_failed_runs,
+        close_trainings_of_canceled_runs,
+        fail_runs_whose_worker_is_gone,
+    ]
