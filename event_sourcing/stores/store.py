@@ -356,17 +356,19 @@ class EventStore:
                 metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
                 metadatas.append(decode(metadata_json) if batch_metadata else {})
             size += metadata_size
+            stored = payload  # the value payload_json holds (hashed on PostgreSQL)
             spec = vault.spec(event_type)
             if spec is not None or SUBJECT_METADATA_KEY in metadatas[-1]:
                 sealed = vault.seal(event_id, spec, payload, metadatas[-1], what, batch_keys)
                 if sealed is not None:
                     payload_json, metadata_json, size = sealed
+                    stored = None  # ciphertext: the hash is over what is stored, not plaintext
             if size > limit:
                 raise _too_large(f"{what} with its metadata", size, limit, "per event")
             total += size
             payloads.append(payload)
             rows.append(
-                EventRow(event_id, event_type, schema_version, payload_json, metadata_json, payload)
+                EventRow(event_id, event_type, schema_version, payload_json, metadata_json, stored)
             )
         if total > MAX_BATCH_BYTES:
             raise _too_large(
