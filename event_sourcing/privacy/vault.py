@@ -132,9 +132,14 @@ class Vault:
         key is gone (in place; the list is returned)."""
         found: list[tuple[int, PersonalSpec | None]] = []
         key_ids: set[str] = set()
+        specs = {name: self.spec(name) for name in {event.event_type for event in events}}
         for index, event in enumerate(events):
-            spec = self.spec(event.event_type)
-            sealed_meta = _envelope(event.metadata.get(SUBJECT_METADATA_KEY))
+            spec = specs[event.event_type]
+            metadata = event.metadata
+            sealed_meta = (
+                _envelope(metadata[SUBJECT_METADATA_KEY])
+                if SUBJECT_METADATA_KEY in metadata else None
+            )
             if spec is None and sealed_meta is None:
                 continue
             envelopes = [sealed_meta] if sealed_meta else []

@@ -58,6 +58,7 @@ from event_sourcing.stores.recorder import (
     redact_text,
     redact_url,
 )
+from event_sourcing.stores.values import decode, decode_all
 
 SCHEMA_VERSION = 4
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
@@ -191,9 +192,10 @@ END $$;
 """
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
+# Payload and metadata as text, decoded a page at a time (stores.values.decode_all).
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id, schema_version"
+    "payload::text, metadata::text, created_at, correlation_id, causation_id, schema_version"
 )
 
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
@@ -429,15 +431,13 @@ def append_query(
     return _APPEND[head, events], request
 
 
-_decode_json = json.JSONDecoder().decode
-
-
 def _load_json(data: str | bytes) -> Any:
     # psycopg's default goes through json.loads(bytes), which sniffs the encoding with a
     # regex per value; jsonb text is always UTF-8. Empty metadata is the common case.
+    # (Events are read as text instead: _COLUMNS.)
     if data == b"{}":
         return {}
-    return _decode_json(data if isinstance(data, str) else bytes(data).decode())
+    return decode(data if isinstance(data, str) else bytes(data).decode())
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:
@@ -807,8 +807,15 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        cursor = connection.execute(query, params, prepare=prepare)
-        return [RecordedEvent._make(row) for row in cursor.fetchall()]
+        rows = connection.execute(query, params, prepare=prepare).fetchall()
+        payloads = decode_all([row[7] for row in rows])
+        metadatas = decode_all([row[8] for row in rows])
+        new = tuple.__new__
+        events: list[RecordedEvent] = [
+            new(RecordedEvent, (*row[:7], payload, metadata, *row[9:]))
+            for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+        ]
+        return events
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(
