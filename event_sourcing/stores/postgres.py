@@ -55,10 +55,11 @@ from event_sourcing.stores.recorder import (
     AlreadyRecorded,
     Appended,
     EventRow,
+    fetch_events,
     redact_text,
     redact_url,
 )
-from event_sourcing.stores.values import decode, decode_all
+from event_sourcing.stores.values import decode
 
 SCHEMA_VERSION = 4
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
@@ -192,7 +193,7 @@ END $$;
 """
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
-# Payload and metadata as text, decoded a page at a time (stores.values.decode_all).
+# Payload and metadata as text, decoded a page at a time (recorder.fetch_events).
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
     "payload::text, metadata::text, created_at, correlation_id, causation_id, schema_version"
@@ -807,15 +808,7 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        rows = connection.execute(query, params, prepare=prepare).fetchall()
-        payloads = decode_all([row[7] for row in rows])
-        metadatas = decode_all([row[8] for row in rows])
-        new = tuple.__new__
-        events: list[RecordedEvent] = [
-            new(RecordedEvent, (*row[:7], payload, metadata, *row[9:]))
-            for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
-        ]
-        return events
+        return fetch_events(connection.execute(query, params, prepare=prepare).fetchall)
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(

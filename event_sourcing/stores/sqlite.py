@@ -34,8 +34,13 @@ from event_sourcing.integrity.hashing import (
     timestamp_text,
 )
 from event_sourcing.stores.per_thread import PerThread
-from event_sourcing.stores.recorder import MAX_SEEK_BRANCHES, AlreadyRecorded, Appended, EventRow
-from event_sourcing.stores.values import decode_all
+from event_sourcing.stores.recorder import (
+    MAX_SEEK_BRANCHES,
+    AlreadyRecorded,
+    Appended,
+    EventRow,
+    fetch_events,
+)
 
 SCHEMA_VERSION = 4
 
@@ -105,8 +110,8 @@ END;
 
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id"
-)
+    "payload, metadata, created_at, correlation_id, causation_id, schema_version"
+)  # (RecordedEvent's fields: the last is recorded_schema_version)
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
 _MIGRATIONS = {
     # v2: a stream's version is its events' highest, not a counter updated by every append.
@@ -165,18 +170,6 @@ _INSERT = (
 # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
 # `until` filters rely on.
 _ts = timestamp_text
-
-
-def _events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
-    """Rows of _COLUMNS as events (one pass per column: no Python call per row)."""
-    payloads = decode_all([row[7] for row in rows])
-    metadatas = decode_all([row[8] for row in rows])
-    new, when = tuple.__new__, datetime.fromisoformat
-    events: list[RecordedEvent] = [
-        new(RecordedEvent, (*row[:7], payload, metadata, when(row[9]), row[10], row[11], row[6]))
-        for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
-    ]
-    return events
 
 
 def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
@@ -491,7 +484,7 @@ class SQLiteRecorder:
             [*(row.id for row in rows), head],
         ).fetchall()
         if found:
-            raise AlreadyRecorded(_events(found))
+            raise AlreadyRecorded(fetch_events(lambda: found, datetime.fromisoformat))
 
     # -- integrity (event_sourcing.integrity) ---------------------------------------------
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
@@ -532,7 +525,9 @@ class SQLiteRecorder:
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
         with self._connection() as connection:
-            return _events(connection.execute(sql, params).fetchall())
+            return fetch_events(
+                connection.execute(sql, params).fetchall, datetime.fromisoformat
+            )
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
