@@ -193,10 +193,11 @@ END $$;
 """
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
-# Payload and metadata as text, decoded a page at a time (recorder.fetch_events).
+# Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events).
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload::text, metadata::text, created_at, correlation_id, causation_id, schema_version"
+    "convert_to(payload::text, 'UTF8'), convert_to(metadata::text, 'UTF8'), created_at, "
+    "correlation_id, causation_id, schema_version"
 )
 
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
@@ -808,7 +809,9 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        return fetch_events(connection.execute(query, params, prepare=prepare).fetchall)
+        return fetch_events(
+            connection.execute(query, params, prepare=prepare, binary=True).fetchall
+        )
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(

@@ -108,10 +108,13 @@ BEGIN
 END;
 """
 
+# RecordedEvent's fields (the last is recorded_schema_version), payload and metadata as
+# their UTF-8 bytes (decoded a page at a time: recorder.fetch_events).
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id, schema_version"
-)  # (RecordedEvent's fields: the last is recorded_schema_version)
+    "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
+    "schema_version"
+)
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
 _MIGRATIONS = {
     # v2: a stream's version is its events' highest, not a counter updated by every append.

@@ -51,19 +51,19 @@ def _jsonb_safe(match: re.Match[str]) -> str:
     return f"{Decimal(number):f}.0"
 
 
-def decode_all(texts: Sequence[str]) -> list[Any]:
-    """The values of stored JSON texts (a page's payloads or metadata), exactly as `decode`
-    reads them, types included: through orjson wherever that reads the same."""
+def decode_all(texts: Sequence[bytes]) -> list[Any]:
+    """The values of stored JSON texts (UTF-8: a page's payloads or metadata), exactly as
+    `decode` reads them, types included: through orjson wherever that reads the same."""
     try:
         return [
-            {} if text == "{}"
+            {} if text == b"{}"
             else _orjson_loads(text)
-            if _LONG_RUN not in text.encode().translate(_DIGITS_AS_ZEROS)
-            else decode(text)
+            if _LONG_RUN not in text.translate(_DIGITS_AS_ZEROS)
+            else decode(text.decode())
             for text in texts
         ]
     except orjson.JSONDecodeError:  # text orjson refuses (not written by this store)
-        return [decode(text) for text in texts]
+        return [decode(text.decode()) for text in texts]
 
 
 def _depth(text: str) -> int:
