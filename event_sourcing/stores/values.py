@@ -55,11 +55,11 @@ def decode_all(texts: Sequence[bytes]) -> list[Any]:
     """The values of stored JSON texts (UTF-8: a page's payloads or metadata), exactly as
     `decode` reads them, types included: through orjson wherever that reads the same."""
     try:
+        if _LONG_RUN not in b"\n".join(texts).translate(_DIGITS_AS_ZEROS):  # the whole page
+            return list(map(_orjson_loads, texts))
         return [
-            {} if text == b"{}"
+            decode(text.decode()) if _LONG_RUN in text.translate(_DIGITS_AS_ZEROS)
             else _orjson_loads(text)
-            if _LONG_RUN not in text.translate(_DIGITS_AS_ZEROS)
-            else decode(text.decode())
             for text in texts
         ]
     except orjson.JSONDecodeError:  # text orjson refuses (not written by this store)
