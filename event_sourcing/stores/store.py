@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -475,9 +476,9 @@ class EventStore:
     def _iter_all(
         self, after: int, types: list[str] | None, until: datetime | None, limit: int | None
     ) -> Iterator[RecordedEvent]:
-        upcast = self._upcaster()
-        for page in iter_pages(self.recorder, after, types, until, limit, READ_PAGE_SIZE):
-            yield from upcast(page)
+        # chain and map run in C: no Python frame resumed per event.
+        pages = iter_pages(self.recorder, after, types, until, limit, READ_PAGE_SIZE)
+        return chain.from_iterable(map(self._upcaster(), pages))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event sharing a correlation id, in position order."""
