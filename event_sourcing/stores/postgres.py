@@ -436,7 +436,7 @@ def append_query(
 def _load_json(data: str | bytes) -> Any:
     # psycopg's default goes through json.loads(bytes), which sniffs the encoding with a
     # regex per value; jsonb text is always UTF-8. Empty metadata is the common case.
-    # (Events are read as text instead: _COLUMNS.)
+    # (Not used for events: _COLUMNS reads their payload and metadata as UTF-8 bytes.)
     if data == b"{}":
         return {}
     return decode(data if isinstance(data, str) else bytes(data).decode())
