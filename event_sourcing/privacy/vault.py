@@ -5,6 +5,8 @@ Values of Personal() fields, and metadata["subject_id"], are stored as {"$enc": 
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 ENVELOPE = "$enc"
 _META = f"metadata.{SUBJECT_METADATA_KEY}"
+_TYPE, _METADATA = itemgetter(5), itemgetter(8)  # a RecordedEvent's event_type and metadata
 
 
 def _envelope(value: Any) -> str | None:
@@ -132,9 +135,18 @@ class Vault:
         key is gone (in place; the list is returned)."""
         found: list[tuple[int, PersonalSpec | None]] = []
         key_ids: set[str] = set()
+        specs = {name: self.spec(name) for name in set(map(_TYPE, events))}
+        if all(spec is None for spec in specs.values()) and not any(
+            map(dict.__contains__, map(_METADATA, events), repeat(SUBJECT_METADATA_KEY))
+        ):
+            return events  # the usual page: nothing personal (checked without a loop per event)
         for index, event in enumerate(events):
-            spec = self.spec(event.event_type)
-            sealed_meta = _envelope(event.metadata.get(SUBJECT_METADATA_KEY))
+            spec = specs[event.event_type]
+            metadata = event.metadata
+            sealed_meta = (
+                _envelope(metadata[SUBJECT_METADATA_KEY])
+                if SUBJECT_METADATA_KEY in metadata else None
+            )
             if spec is None and sealed_meta is None:
                 continue
             envelopes = [sealed_meta] if sealed_meta else []

@@ -55,9 +55,11 @@ from event_sourcing.stores.recorder import (
     AlreadyRecorded,
     Appended,
     EventRow,
+    fetch_events,
     redact_text,
     redact_url,
 )
+from event_sourcing.stores.values import decode
 
 SCHEMA_VERSION = 4
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
@@ -191,9 +193,11 @@ END $$;
 """
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
+# Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events).
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id, schema_version"
+    "convert_to(payload::text, 'UTF8'), convert_to(metadata::text, 'UTF8'), created_at, "
+    "correlation_id, causation_id, schema_version"
 )
 
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
@@ -429,15 +433,13 @@ def append_query(
     return _APPEND[head, events], request
 
 
-_decode_json = json.JSONDecoder().decode
-
-
 def _load_json(data: str | bytes) -> Any:
     # psycopg's default goes through json.loads(bytes), which sniffs the encoding with a
     # regex per value; jsonb text is always UTF-8. Empty metadata is the common case.
+    # (Not used for events: _COLUMNS reads their payload and metadata as UTF-8 bytes.)
     if data == b"{}":
         return {}
-    return _decode_json(data if isinstance(data, str) else bytes(data).decode())
+    return decode(data if isinstance(data, str) else bytes(data).decode())
 
 
 def _configure(connection: psycopg.Connection[Any]) -> None:
@@ -807,8 +809,9 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        cursor = connection.execute(query, params, prepare=prepare)
-        return [RecordedEvent._make(row) for row in cursor.fetchall()]
+        return fetch_events(
+            connection.execute(query, params, prepare=prepare, binary=True).fetchall
+        )
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(

@@ -5,14 +5,16 @@ Domain code never sees SQL; the EventStore talks only to this contract.
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.values import decode_all
 
 # A read_all type filter of more types than this is one IN (...) scan of the page instead
 # of an ordered index seek per type, merged (SQLite allows 500 terms in a compound SELECT).
@@ -127,6 +129,47 @@ class Recorder(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def fetch_events(
+    fetch: Callable[[], Sequence[Sequence[Any]]],
+    parse_time: Callable[[Any], datetime] | None = None,
+) -> list[RecordedEvent]:
+    """The events of the rows `fetch` returns: RecordedEvent's 13 fields, payload and
+    metadata as JSON text, created_at as a datetime (or text that `parse_time` reads).
+
+    A page is decoded a column at a time, with no Python call per row, and with the cyclic
+    garbage collector paused: it allocates thousands of containers, none in a cycle, and the
+    collections they would trigger (a quarter of the time of a read) could free nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        rows = fetch()
+        payloads = decode_all([row[7] for row in rows])
+        metadatas = decode_all([row[8] for row in rows])
+        new = tuple.__new__
+        events: list[RecordedEvent]
+        if parse_time is None:
+            events = [
+                new(RecordedEvent, (
+                    row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
+                    row[9], row[10], row[11], row[12],
+                ))
+                for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+            ]
+        else:
+            events = [
+                new(RecordedEvent, (
+                    row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
+                    parse_time(row[9]), row[10], row[11], row[12],
+                ))
+                for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+            ]
+        return events
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def iter_pages(

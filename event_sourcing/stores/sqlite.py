@@ -6,7 +6,6 @@ out in commit order and a reader can never see a lower position appear later.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import threading
@@ -35,7 +34,13 @@ from event_sourcing.integrity.hashing import (
     timestamp_text,
 )
 from event_sourcing.stores.per_thread import PerThread
-from event_sourcing.stores.recorder import MAX_SEEK_BRANCHES, AlreadyRecorded, Appended, EventRow
+from event_sourcing.stores.recorder import (
+    MAX_SEEK_BRANCHES,
+    AlreadyRecorded,
+    Appended,
+    EventRow,
+    fetch_events,
+)
 
 SCHEMA_VERSION = 4
 
@@ -103,9 +108,12 @@ BEGIN
 END;
 """
 
+# RecordedEvent's fields (the last is recorded_schema_version), payload and metadata as
+# their UTF-8 bytes (decoded a page at a time: recorder.fetch_events).
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload, metadata, created_at, correlation_id, causation_id"
+    "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
+    "schema_version"
 )
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
 _MIGRATIONS = {
@@ -165,14 +173,6 @@ _INSERT = (
 # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
 # `until` filters rely on.
 _ts = timestamp_text
-
-
-def _event(row: tuple[Any, ...]) -> RecordedEvent:
-    return RecordedEvent(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-        json.loads(row[7]), json.loads(row[8]), datetime.fromisoformat(row[9]),
-        row[10], row[11], row[6],
-    )
 
 
 def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
@@ -487,7 +487,7 @@ class SQLiteRecorder:
             [*(row.id for row in rows), head],
         ).fetchall()
         if found:
-            raise AlreadyRecorded([_event(row) for row in found])
+            raise AlreadyRecorded(fetch_events(lambda: found, datetime.fromisoformat))
 
     # -- integrity (event_sourcing.integrity) ---------------------------------------------
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
@@ -528,7 +528,9 @@ class SQLiteRecorder:
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
         with self._connection() as connection:
-            return [_event(row) for row in connection.execute(sql, params).fetchall()]
+            return fetch_events(
+                connection.execute(sql, params).fetchall, datetime.fromisoformat
+            )
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from itertools import accumulate
 from typing import Any
@@ -21,6 +22,11 @@ MAX_NESTING_DEPTH = 100
 # Built once: json.dumps(**kwargs) would construct an encoder per call on the hot path.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 decode = json.JSONDecoder().decode
+_orjson_loads = orjson.loads
+# orjson reads an integer beyond 64 bits as a float: text holding a run of 19+ digits (an
+# integer that may not fit, or a long written-out float) is read by the exact decoder.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 _LENIENT = json.JSONEncoder(ensure_ascii=False, default=str)
 
 # A JSON string, or a number PostgreSQL's jsonb would not read back as the same float:
@@ -43,6 +49,21 @@ def _jsonb_safe(match: re.Match[str]) -> str:
     # A float of 16+ integer digits, written out with a decimal point so that it stays a
     # float (the same decimal value, so it parses back to exactly the same float).
     return f"{Decimal(number):f}.0"
+
+
+def decode_all(texts: Sequence[bytes]) -> list[Any]:
+    """The values of stored JSON texts (UTF-8: a page's payloads or metadata), exactly as
+    `decode` reads them, types included: through orjson wherever that reads the same."""
+    try:
+        if _LONG_RUN not in b"\n".join(texts).translate(_DIGITS_AS_ZEROS):  # the whole page
+            return list(map(_orjson_loads, texts))
+        return [
+            decode(text.decode()) if _LONG_RUN in text.translate(_DIGITS_AS_ZEROS)
+            else _orjson_loads(text)
+            for text in texts
+        ]
+    except orjson.JSONDecodeError:  # text orjson refuses (not written by this store)
+        return [decode(text.decode()) for text in texts]
 
 
 def _depth(text: str) -> int:
