@@ -286,6 +286,21 @@ class ArtifactStore:
         """
         return model_from_bytes(self.get_bytes(ref))
 
+    def delete(self, ref: ArtifactRef | str) -> int:
+        """Delete a stored artifact; return the bytes freed (0: it was not there).
+
+        Artifacts are never edited; they are deleted only when they must not be kept (a
+        dataset snapshot holding an erased subject's rows) or nothing refers to them any
+        more (`mlevents artifacts gc`): see docs/privacy.md.
+        """
+        path = self.path_for(ref)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
     def iter_digests(self) -> Iterator[str]:
         """The sha256 of every stored artifact (by file name; not re-hashed)."""
         base = self.root / "sha256"

@@ -45,6 +45,7 @@ class EventTypes:
     INTEGRITY_TRIGGERS_RESTORED = "integrity_triggers_restored"
     SUBJECT_ERASED = "subject_erased"
     DATASET_SUBJECTS_RECORDED = "dataset_subjects_recorded"
+    DATASET_REDACTED = "dataset_redacted"
 
 
 # -- field types ---------------------------------------------------------------------------------
@@ -538,6 +539,8 @@ class SubjectErased(DomainEvent):
     """Ids of the affected events (at most 10,000 listed)."""
     dataset_versions: list[Sha256] = []
     """Dataset versions holding rows of the subject (dataset_subjects_recorded)."""
+    dataset_ids: list[str] = []
+    """The datasets of those versions: their pipelines redact them and retrain."""
     model_ids: list[str] = []
     """Models downstream of those dataset versions at erasure time: flagged in model_catalog
     (their training data held the subject; retrain them without it)."""
@@ -554,3 +557,30 @@ class DatasetSubjectsRecorded(DomainEvent):
     dataset_version: Sha256
     subject_hashes: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
     """HMAC-SHA256 of each subject id under the store's secret (store.privacy.keys)."""
+    subject_column: str | None = None
+    """The snapshot's column naming each row's subject: redaction drops the rows whose
+    value's keyed hash is an erased subject's (None: the rows cannot be found)."""
+
+
+@default_registry.register
+class DatasetRedacted(DomainEvent):
+    """A dataset version held rows of an erased subject: its rows were removed into a new
+    version (`new_version`), and the old version's bytes, and the artifacts derived from
+    them (feature tables, evaluation sets), were deleted from the artifact store."""
+
+    event_type = EventTypes.DATASET_REDACTED
+    dataset_id: Name
+    old_version: Sha256
+    new_version: Sha256
+    """The sha256 of the redacted snapshot (the new dataset version)."""
+    artifact: ArtifactRef
+    """The redacted snapshot."""
+    erasure_event_id: Name
+    """The subject_erased event this redaction carries out."""
+    subject_column: Name
+    rows_removed: Count
+    rows_out: Count
+    deleted_artifacts: list[Sha256] = []
+    """Artifacts deleted because they held the subject's rows: the old snapshot, feature
+    tables and evaluation sets computed from it."""
+    redacted_at: Timestamp | None = None

@@ -78,8 +78,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_erasure_report(args: argparse.Namespace) -> int:
     """Report every erasure of SUBJECT: when, why, how many keys were destroyed, which events
-    (by id and type) now read as erased, and whether the subject holds a live key again (data
-    appended after the erasure, itself forgettable)."""
+    (by id and type) now read as erased, which dataset versions were redacted (old -> new),
+    which models were flagged, retrained, retired and deployed (with event ids), and whether
+    the subject holds a live key again (data appended after the erasure, itself
+    forgettable)."""
     from event_sourcing.privacy.forget import erasure_report
 
     with open_store(args) as store:
@@ -107,12 +109,7 @@ def _text(report: dict[str, Any]) -> str:
             f"{erasure['affected_count']}" + (f" ({types})" if types else ""),
         ]
         lines += [f"   - {event_id}" for event_id in erasure["affected_events"]]
-        if erasure["dataset_versions"]:
-            lines.append("   dataset versions holding the subject's rows: "
-                         + ", ".join(erasure["dataset_versions"]))
-        if erasure["flagged_models"]:
-            lines.append("   models trained on them, flagged in model_catalog (retrain "
-                         "without the subject): " + ", ".join(erasure["flagged_models"]))
+        lines += _ml_lines(erasure)
     lines.append("")
     lines.append(
         "The subject holds a live key: data appended after the last erasure is readable."
@@ -120,6 +117,39 @@ def _text(report: dict[str, Any]) -> str:
         else "The subject holds no live key: none of their personal values can be read."
     )
     return "\n".join(lines)
+
+
+def _ml_lines(erasure: dict[str, Any]) -> list[str]:
+    """Datasets redacted, models flagged, retrained, retired and deployed."""
+    lines = []
+    if erasure["dataset_versions"]:
+        lines.append("   dataset versions holding the subject's rows: "
+                     + ", ".join(erasure["dataset_versions"]))
+    for r in erasure["redactions"]:
+        lines.append(
+            f"   dataset {r['dataset_id']} redacted at {r['redacted_at']}: version "
+            f"{r['old_version']} -> {r['new_version']} ({r['rows_removed']} row(s) of "
+            f"column {r['subject_column']} removed, {r['rows_out']} kept; "
+            f"{len(r['deleted_artifacts'])} artifact(s) deleted) by event {r['event_id']}"
+        )
+    if erasure["dataset_versions"] and not erasure["redactions"]:
+        lines.append("   no dataset version redacted yet (the pipeline's redacted_data "
+                     "asset does it)")
+    if erasure["flagged_models"]:
+        lines.append("   models trained on them, flagged in model_catalog: "
+                     + ", ".join(erasure["flagged_models"]))
+    for m in erasure["retrained_models"]:
+        lines.append(f"   retrained without the subject: {m['model_id']} (training "
+                     f"{m['training_id']}, dataset version {m['dataset_version']}; event "
+                     f"{m['training_completed_event_id']})")
+    for m in erasure["retired_models"]:
+        lines.append(f"   retired from {m['environment']} at {m['retired_at']}: "
+                     f"{m['model_id']}, replaced by {m['replaced_by_model_id']} (event "
+                     f"{m['event_id']})")
+    for m in erasure["deployed_models"]:
+        lines.append(f"   deployed to {m['environment']} at {m['deployed_at']}: "
+                     f"{m['model_id']} (event {m['event_id']})")
+    return lines
 
 
 def cmd_subject_impact(args: argparse.Namespace) -> int:

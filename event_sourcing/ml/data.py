@@ -18,6 +18,7 @@ from event_sourcing.artifacts import ArtifactStore, sha256_hex
 from event_sourcing.catalog import DataIngested, DataPreprocessed, DataValidated, QualityCheck
 from event_sourcing.ml.history import DatasetHistory, DatasetVersion, dataset_history
 from event_sourcing.ml.spec import TabularDataset
+from event_sourcing.privacy.impact import record_dataset_subjects, subjects_stream
 
 __all__ = [
     "CHECK_NAMES",
@@ -84,6 +85,7 @@ def ingest_batches(
             key = f"{dataset.dataset_id}/{content_sha}"
             table = _combine(parent_table, batch)
             ref = artifacts.put_table(table)
+            _record_subjects(store, dataset, ref.sha256, table)
             event = DataIngested(
                 dataset_id=dataset.dataset_id,
                 dataset_version=ref.sha256,
@@ -140,6 +142,19 @@ def ingest_batches(
     raise AssertionError("unreachable")
 
 
+def _record_subjects(
+    store: es.EventStore, dataset: TabularDataset, version: str, table: pd.DataFrame
+) -> None:
+    """Record the version's subjects (before its data_ingested: a version is never ingested
+    without them; a version recorded but never ingested is harmless)."""
+    column = dataset.subject_column
+    if column is None or column not in table.columns:
+        return
+    if not store.stream_version(subjects_stream(version)):
+        record_dataset_subjects(
+            store, dataset.dataset_id, version, table[column], subject_column=column
+        )
+
 
 RANGE_FACTOR = 5.0
 """A feature may be at most this many times the largest value in the bundled reference data."""
@@ -153,7 +168,8 @@ def check_table(table: pd.DataFrame, dataset: TabularDataset) -> list[QualityChe
     missing = [c for c in expected if c not in table.columns]
     extra = [c for c in table.columns if c not in expected]
     non_numeric = [
-        c for c in expected if c in table.columns and not pd.api.types.is_numeric_dtype(table[c])
+        c for c in expected if c in table.columns and c != dataset.subject_column
+        and not pd.api.types.is_numeric_dtype(table[c])
     ]
     problems = []
     if missing:

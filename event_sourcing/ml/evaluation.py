@@ -13,10 +13,14 @@ from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import ModelDeployed, ModelRetired, TrainingStarted
 from event_sourcing.catalog.ml_events import ModelEvaluated
 from event_sourcing.ml.history import latest_model, model_record
+from event_sourcing.ml.promotion import Decision
 from event_sourcing.ml.spec import ModelSpec
+from event_sourcing.privacy.redaction import erased_versions
 from event_sourcing.serving import current_deployment, load_model
 
-__all__ = ["NoCandidateError", "deployment_events", "evaluate", "verdict_event"]
+__all__ = [
+    "NoCandidateError", "deployment_events", "erasure_decision", "evaluate", "verdict_event",
+]
 
 
 class NoCandidateError(es.EventStoreError):
@@ -44,8 +48,14 @@ def evaluate(store: es.EventStore, artifacts: ArtifactStore, spec: ModelSpec) ->
         raise NoCandidateError(
             f"no version of {spec.name} exists yet: train one (materialize trained_model) first"
         )
-    first = store.read_stream(candidate.training_id, 1, 1)[0]
-    started = TrainingStarted.model_validate(first.payload)
+    started = _started(store, candidate.training_id)
+    erased = erased_versions(store)
+    if started.dataset_version in erased:
+        raise NoCandidateError(
+            f"the newest {spec.name} ({candidate.model_id}) was trained on dataset version "
+            f"{started.dataset_version[:12]}, which held data erased by "
+            f"{erased[started.dataset_version]}: retrain it (materialize trained_model)"
+        )
     dataset = artifacts.get_table(started.dataset_version)
     assert isinstance(dataset, pd.DataFrame)
     _train, holdout = spec.dataset.split_holdout(dataset)
@@ -77,9 +87,30 @@ def evaluate(store: es.EventStore, artifacts: ArtifactStore, spec: ModelSpec) ->
             "metrics": spec.metrics(champion_model, holdout),
             "deployed_event_id": deployment.deployed_event.id,
         }
-    decision = spec.promotion.decide(evaluation["candidate"], evaluation["champion"])
+        if record is not None:
+            champion_data = _started(store, record.training_id).dataset_version
+            evaluation["champion"]["erased_by"] = erased.get(champion_data)
+    decision = erasure_decision(evaluation["champion"]) or spec.promotion.decide(
+        evaluation["candidate"], evaluation["champion"]
+    )
     evaluation.update(promote=decision.promote, reason=decision.reason)
     return evaluation
+
+
+def _started(store: es.EventStore, training_id: str) -> TrainingStarted:
+    return TrainingStarted.model_validate(store.read_stream(training_id, 1, 1)[0].payload)
+
+
+def erasure_decision(champion: dict[str, Any] | None) -> Decision | None:
+    """A champion trained on data an erasure removed is replaced by the candidate (trained
+    without it: `evaluate` refuses candidates trained on erased data) whatever the policy's
+    metric says: a model may not keep serving what it memorised of a forgotten subject."""
+    if champion is None or not champion.get("erased_by"):
+        return None
+    return Decision(
+        True, f"the deployed model was trained on data erased by {champion['erased_by']}; "
+        "replaced by a model trained without it (erasure overrides the promotion policy)",
+    )
 
 
 def verdict_event(spec: ModelSpec, evaluation: dict[str, Any], now: datetime) -> ModelEvaluated:

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import event_sourcing as es
-from event_sourcing.catalog import DataIngested, DataValidated, EventTypes, FeatureVersioned
+from event_sourcing.catalog import (
+    DataIngested,
+    DatasetRedacted,
+    DataValidated,
+    EventTypes,
+    FeatureVersioned,
+)
+from event_sourcing.privacy.redaction import DATASET_STREAM_TYPE
 from event_sourcing.training import model_name_stream
 
 __all__ = [
@@ -24,7 +31,6 @@ __all__ = [
     "model_record",
 ]
 
-DATASET_STREAM_TYPE = "dataset"
 FEATURE_STREAM_TYPE = "feature_set"
 DEPLOYMENT_STREAM_TYPE = "deployment"
 
@@ -37,6 +43,8 @@ class DatasetVersion:
     ingested_event: es.RecordedEvent
     validated: DataValidated | None = None
     validated_event: es.RecordedEvent | None = None
+    redacted_from: str | None = None
+    """The version this one redacted (dataset_redacted): its rows minus an erased subject's."""
 
     @property
     def version(self) -> str:
@@ -55,7 +63,10 @@ class DatasetHistory:
     """The dataset stream folded: versions in ingestion order, and the stream's version."""
 
     versions: list[DatasetVersion] = field(default_factory=list)
+    """Live versions: a redacted version takes the place of the one it redacted."""
     stream_version: int = 0
+    redacted: dict[str, es.RecordedEvent] = field(default_factory=dict)
+    """Old version -> the dataset_redacted that replaced it (its bytes are deleted)."""
 
     def by_version(self, version: str) -> DatasetVersion | None:
         return next((v for v in self.versions if v.version == version), None)
@@ -84,12 +95,34 @@ def dataset_history(store: es.EventStore, stream: str) -> DatasetHistory:
             history.versions.append(
                 DatasetVersion(DataIngested.model_validate(event.payload), event)
             )
+        elif event.event_type == EventTypes.DATASET_REDACTED:
+            _fold_redaction(history, event)
         elif event.event_type == EventTypes.DATA_VALIDATED:
             validated = DataValidated.model_validate(event.payload)
             target = history.by_version(validated.dataset_version)
             if target is not None:
                 target.validated, target.validated_event = validated, event
     return history
+
+
+def _fold_redaction(history: DatasetHistory, event: es.RecordedEvent) -> None:
+    """The redacted version replaces the old one, in its place, pending validation; it keeps
+    the old one's batch hash, so the batch file is not ingested again."""
+    redacted = DatasetRedacted.model_validate(event.payload)
+    history.redacted[redacted.old_version] = event
+    live = history.by_version(redacted.new_version)
+    for index, old in enumerate(history.versions):
+        if old.version == redacted.old_version and live is not None:
+            del history.versions[index]  # the redacted rows are an existing version
+            return
+        if old.version == redacted.old_version:
+            ingested = old.ingested.model_copy(update={
+                "dataset_version": redacted.new_version, "rows": redacted.rows_out,
+                "artifact": redacted.artifact,
+            })
+            history.versions[index] = DatasetVersion(
+                ingested, event, redacted_from=redacted.old_version
+            )
 
 
 def latest_feature_version(

@@ -11,6 +11,7 @@ import pandas as pd
 
 from event_sourcing.errors import ConfigurationError
 from event_sourcing.ml.promotion import PromotionPolicy
+from event_sourcing.privacy.redaction import dataset_stream
 from event_sourcing.training.reproducibility import source_sha256
 
 __all__ = ["MetricsFn", "ModelSpec", "TabularDataset", "TrainFn"]
@@ -37,11 +38,16 @@ class TabularDataset:
     labels: tuple[int, ...] = (0, 1)
     holdout_buckets: int = 5
     reference: Callable[[], pd.DataFrame] | None = None
+    subject_column: str | None = None
+    """The column naming each row's data subject (e.g. a customer id; any text, not a
+    feature). Each version's subjects are recorded as keyed hashes, so `forget` finds the
+    versions, models and rows involved, and the pipeline redacts them (docs/privacy.md)."""
 
     @property
     def stream(self) -> str:
-        """The dataset stream: one data_ingested per version, then its data_validated."""
-        return f"dataset:{self.dataset_id}"
+        """The dataset stream: one data_ingested per version, then its data_validated (and
+        dataset_redacted when an erasure removed rows from a version)."""
+        return dataset_stream(self.dataset_id)
 
     @property
     def feature_set(self) -> str:
@@ -53,7 +59,8 @@ class TabularDataset:
 
     def expected_columns(self) -> list[str]:
         """The columns every batch must have, in order."""
-        return [self.id_column, *self.feature_columns, self.target_column]
+        subject = [self.subject_column] if self.subject_column not in (None, self.id_column) else []
+        return [self.id_column, *subject, *self.feature_columns, self.target_column]
 
     def reference_maxima(self) -> dict[str, float]:
         """Largest value of each feature in the reference table (empty without one)."""

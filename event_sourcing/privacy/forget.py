@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from event_sourcing.catalog.ml_events import EventTypes, SubjectErased
 from event_sourcing.errors import EventValidationError
 from event_sourcing.events import NewEvent, RecordedEvent
+from event_sourcing.privacy.consequences import erasure_consequences
 from event_sourcing.privacy.impact import datasets_of, downstream
 from event_sourcing.privacy.keys import TABLE, check_subject_id
 
@@ -56,7 +57,7 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
     # Events sealed between the scan and the delete are unreadable too, just not listed.
     affected += sealed_events(store, [k for k in destroyed if k not in held])
     datasets = datasets_of(store, subject_hash)
-    models = downstream(store, datasets)["model"]
+    models = downstream(store, list(datasets))["model"]
     types: dict[str, int] = {}
     for _, event_type in affected:
         types[event_type] = types.get(event_type, 0) + 1
@@ -67,7 +68,8 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
         affected_count=len(affected),
         affected_types=types,
         affected_events=[event_id for event_id, _ in affected[:MAX_LISTED_EVENTS]],
-        dataset_versions=datasets,
+        dataset_versions=list(datasets),
+        dataset_ids=sorted(set(datasets.values())),
         model_ids=models,
         erased_at=store.clock(),
     )
@@ -78,7 +80,8 @@ def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:
 
 
 def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
-    """What was erased of a subject, when and why, with event ids (JSON-ready)."""
+    """What was erased of a subject, when and why, and what followed (dataset versions
+    redacted, models flagged, retrained, retired, deployed), with event ids (JSON-ready)."""
     keys = store.privacy.keys
     if not keys.table_exists():  # nothing was ever sealed or forgotten here
         check_subject_id(subject_id)
@@ -95,7 +98,7 @@ def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
             "affected_types": event.payload["affected_types"],
             "affected_events": event.payload["affected_events"],
             "dataset_versions": event.payload["dataset_versions"],
-            "flagged_models": event.payload["model_ids"],
+            **erasure_consequences(store, event),
         }
         for event in store.read_stream(erasure_stream(subject_hash))
         if event.event_type == EventTypes.SUBJECT_ERASED

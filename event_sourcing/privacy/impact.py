@@ -20,32 +20,49 @@ _INFERENCE_TYPES = (
 )
 
 
+def subjects_stream(dataset_version: str) -> str:
+    return f"dataset-subjects-{dataset_version[:32]}"
+
+
 def record_dataset_subjects(
-    store: EventStore, dataset_id: str, dataset_version: str, subject_ids: Iterable[Any]
+    store: EventStore,
+    dataset_id: str,
+    dataset_version: str,
+    subject_ids: Iterable[Any],
+    *,
+    subject_column: str | None = None,
 ) -> RecordedEvent:
     """Record which subjects have rows in a dataset version (e.g. its customer id column),
-    as keyed hashes; call it when the version is ingested."""
+    as keyed hashes of `str(value)`; call it when the version is ingested.
+
+    `subject_column` (default: the name of `subject_ids` when it is a pandas Series) is the
+    snapshot's column the ids come from: redaction finds a forgotten subject's rows there.
+    """
     if isinstance(subject_ids, str):
         raise EventValidationError("subject_ids must be a collection of ids, not one string")
+    if subject_column is None and isinstance(getattr(subject_ids, "name", None), str):
+        subject_column = subject_ids.name  # type: ignore[attr-defined]
     keys = store.privacy.keys
     hashes = sorted({keys.subject_hash(str(subject)) for subject in subject_ids})
     [event] = store.append(
-        f"dataset-subjects-{dataset_version[:32]}",
+        subjects_stream(dataset_version),
         [DatasetSubjectsRecorded(
-            dataset_id=dataset_id, dataset_version=dataset_version, subject_hashes=hashes
+            dataset_id=dataset_id, dataset_version=dataset_version, subject_hashes=hashes,
+            subject_column=subject_column,
         )],
         stream_type="dataset_subjects",
     )
     return event
 
 
-def datasets_of(store: EventStore, subject_hash: str) -> list[str]:
-    """Dataset versions recorded as holding rows of the subject, in log order."""
-    found: dict[str, None] = {}
+def datasets_of(store: EventStore, subject_hash: str) -> dict[str, str]:
+    """Dataset versions recorded as holding rows of the subject, in log order: version ->
+    dataset id."""
+    found: dict[str, str] = {}
     for event in store.read_all(event_types=[EventTypes.DATASET_SUBJECTS_RECORDED]):
         if subject_hash in event.payload["subject_hashes"]:
-            found[event.payload["dataset_version"]] = None
-    return list(found)
+            found[event.payload["dataset_version"]] = event.payload["dataset_id"]
+    return found
 
 
 def downstream(store: EventStore, dataset_versions: list[str]) -> dict[str, list[str]]:
@@ -79,7 +96,7 @@ def subject_impact(store: EventStore, subject_id: str) -> dict[str, Any]:
         return {"subject_hash": None, "dataset_versions": [], "predictions": [],
                 **downstream(store, [])}
     subject_hash = keys.subject_hash(subject_id)
-    versions = datasets_of(store, subject_hash)
+    versions = list(datasets_of(store, subject_hash))
     live = [row[0] for row in store.recorder.query(
         f"SELECT key_id FROM {TABLE} WHERE subject_hash = ?", [subject_hash]
     )]

@@ -48,6 +48,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import (
@@ -191,6 +192,10 @@ BEGIN
     RETURN coalesce(found, 0);
 END $$;
 """
+
+# The subject key table (event_sourcing.privacy.keys), created with the store so that a role
+# without CREATE (`mlevents grant ... appender`) can append personal data.
+_SCHEMA += f"{KEY_TABLE_DDL};\n"
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
 # Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events).

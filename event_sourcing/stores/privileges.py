@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from event_sourcing.errors import AccessDeniedError, ConfigurationError
+from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 
 Kind = Literal["reader", "appender", "projector"]
 KINDS: tuple[Kind, ...] = ("reader", "appender", "projector")
@@ -75,10 +76,13 @@ def grant_statements(
             sql.SQL(", ").join(sql.SQL("{}()").format(on(name)) for name in _FUNCTIONS), r
         ),
     ]
-    if _table_exists(connection, schema, KEY_TABLE):
-        statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
+    # Stores made before the key table joined the schema get it here (the owner grants).
+    statements += [
+        sql.SQL(KEY_TABLE_DDL.replace(KEY_TABLE, "{}", 1)).format(on(KEY_TABLE)),
+        sql.SQL("GRANT {} ON {} TO {}").format(
             sql.SQL("SELECT, INSERT" if kind == "appender" else "SELECT"), on(KEY_TABLE), r
-        ))
+        ),
+    ]
     if kind == "reader" and projection_tables:
         statements.append(
             sql.SQL("GRANT SELECT ON {} TO {}").format(

@@ -33,6 +33,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -107,6 +108,10 @@ BEGIN
     SELECT RAISE(ABORT, 'event_store is append-only: an insert may not replace an event');
 END;
 """
+
+# The subject key table (event_sourcing.privacy.keys), created with the store so that a role
+# without CREATE (`mlevents grant ... appender`) can append personal data.
+_SCHEMA += f"{KEY_TABLE_DDL};\n"
 
 # RecordedEvent's fields (the last is recorded_schema_version), payload and metadata as
 # their UTF-8 bytes (decoded a page at a time: recorder.fetch_events).

@@ -22,6 +22,7 @@ from event_sourcing.artifacts import (
     sha256_hex,
 )
 from event_sourcing.catalog import TrainingCompleted, TrainingStarted, TrainingVerified
+from event_sourcing.privacy.redaction import redaction_of
 from event_sourcing.training.errors import TrainingFunctionNotFoundError, TrainingStateError
 from event_sourcing.training.reproducibility import (
     DEFAULT_DIGITS,
@@ -63,10 +64,21 @@ def verify_run(
     differences: list[str] = []
     blocked = False  # an input is missing or corrupt: the re-run cannot happen
 
-    dataset = _load_dataset(service.artifacts, started, differences)
-    blocked |= dataset is None
-    eval_set, eval_ok = _load_eval_set(service.artifacts, completed, differences)
-    blocked |= not eval_ok
+    erasure = redaction_of(service.store, started.dataset_version)
+    if erasure is not None:
+        # Not an input problem to fix: the data is gone on purpose, so is the re-run.
+        differences.append(
+            f"dataset erased by {erasure.payload['erasure_event_id']}: version "
+            f"{started.dataset_version} held an erased subject's rows; it was redacted to "
+            f"{erasure.payload['new_version']} (dataset_redacted {erasure.id}) and its bytes "
+            "deleted, so this run cannot be re-run"
+        )
+        dataset, eval_set, blocked = None, None, True
+    else:
+        dataset = _load_dataset(service.artifacts, started, differences)
+        blocked |= dataset is None
+        eval_set, eval_ok = _load_eval_set(service.artifacts, completed, differences)
+        blocked |= not eval_ok
 
     fn = train_fn
     function_name = started.training_function

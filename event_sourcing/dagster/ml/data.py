@@ -20,13 +20,16 @@ from event_sourcing.ml.history import (
     dataset_history,
     event_summary,
 )
+from event_sourcing.privacy.redaction import redact_erased
 from event_sourcing.training.reproducibility import source_sha256
 
 __all__ = ["data_assets"]
 
 
-def data_assets(names: Names) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]:
-    """(raw_data, validated_data) of one model's dataset."""
+def data_assets(
+    names: Names,
+) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dg.AssetsDefinition]:
+    """(raw_data, redacted_data, validated_data) of one model's dataset."""
     dataset = names.spec.dataset
 
     @dg.asset(
@@ -84,11 +87,12 @@ def data_assets(names: Names) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]
             data_version=dg.DataVersion(latest.version) if latest is not None else None,
         )
 
+    redacted_data = _redacted_data_asset(names, raw_data)
     validated_key = names.key("validated_data")
 
     @dg.asset(
         key=validated_key,
-        deps=[raw_data],
+        deps=[raw_data, redacted_data],
         group_name=names.group("data"),
         code_version=source_sha256(validation_verdict) or "unknown",
         kinds={"pandas"},
@@ -152,7 +156,61 @@ def data_assets(names: Names) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]
             data_version=dg.DataVersion(latest_passed.version) if latest_passed else None,
         )
 
-    return raw_data, validated_data
+    return raw_data, redacted_data, validated_data
+
+
+def _redacted_data_asset(names: Names, raw_data: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    dataset = names.spec.dataset
+
+    @dg.asset(
+        key=names.key("redacted_data"),
+        deps=[raw_data],
+        group_name=names.group("data"),
+        code_version=source_sha256(redact_erased) or "unknown",
+        kinds={"pandas"},
+        description=f"Erasures carried into the {dataset.dataset_id} snapshots: each version "
+        "holding a forgotten subject's rows gets a redacted version (dataset_redacted), and "
+        "its bytes, feature tables and evaluation sets are deleted.",
+    )
+    def redacted_data(
+        context: dg.AssetExecutionContext,
+        event_store: EventStoreResource,
+        artifact_store: ArtifactStoreResource,
+    ) -> dg.MaterializeResult:
+        outcome = redact_erased(
+            event_store.store, artifact_store.store, dataset_id=dataset.dataset_id
+        )
+        for event in outcome.events:
+            payload = event.payload
+            context.log.info(
+                f"redacted dataset version {payload['old_version'][:12]} -> "
+                f"{payload['new_version'][:12]} ({payload['rows_removed']} row(s) removed, "
+                f"erasure {payload['erasure_event_id']})"
+            )
+        for note in outcome.missing:
+            context.log.warning(note)
+        if outcome.problems:
+            raise dg.Failure(
+                "some erasures cannot be carried out: " + "; ".join(outcome.problems)
+            )
+        history = dataset_history(event_store.store, dataset.stream)
+        last = max((e.position for e in history.redacted.values()), default=0)
+        return dg.MaterializeResult(
+            metadata={
+                "redactions": dg.MetadataValue.json([
+                    {key: e.payload[key] for key in (
+                        "old_version", "new_version", "rows_removed", "erasure_event_id"
+                    )} | {"event_id": e.id}
+                    for e in outcome.events
+                ]),
+                "deleted_bytes": dg.MetadataValue.int(outcome.deleted_bytes),
+                "missing_snapshots": outcome.missing,
+                "redacted_versions": dg.MetadataValue.int(len(history.redacted)),
+            },
+            data_version=dg.DataVersion(str(last)),
+        )
+
+    return redacted_data
 
 
 def _record_verdicts(
@@ -170,11 +228,12 @@ def _record_verdicts(
     events = []
     for version in pending:
         verdict = validation_verdict(artifact_store.store, dataset, version)
+        redacted = {"redacted_from": version.redacted_from} if version.redacted_from else {}
         events.append(
             es.NewEvent(
                 verdict.event_type,
                 verdict.model_dump(mode="json"),
-                metadata={"ingested_event_id": version.ingested_event.id},
+                metadata={"ingested_event_id": version.ingested_event.id, **redacted},
             )
         )
         if not verdict.passed:

@@ -80,6 +80,11 @@ class ModelPipeline:
         return self.keys("features", "trained_model", "model_evaluation", "deployed_model")
 
     @property
+    def erasure_assets(self) -> list[dg.AssetKey]:
+        """Redact, validate the redacted versions, retrain, evaluate, deploy."""
+        return [*self.keys("redacted_data", "validated_data"), *self.retrain_assets]
+
+    @property
     def provenance_assets(self) -> list[dg.AssetKey]:
         return [READ_MODELS_KEY, self.names.key("deployed_model_lineage")]
 
@@ -181,18 +186,19 @@ def model_pipeline(
     ingest_cron: str = "0 6 * * *",
     retrain_cron: str = "0 3 * * 0",
 ) -> ModelPipeline:
-    """A model's assets (raw_data -> validated_data -> features -> trained_model ->
-    model_evaluation -> deployed_model -> deployed_model_lineage), its jobs (ingest_and_validate,
-    retrain, refresh_provenance, full_pipeline), sensors (landing folder, retrain on new data,
-    retrain on quality drop, refresh provenance) and schedules (daily ingestion, weekly
+    """A model's assets (raw_data -> redacted_data -> validated_data -> features ->
+    trained_model -> model_evaluation -> deployed_model -> deployed_model_lineage), its jobs
+    (ingest_and_validate, retrain, retrain_after_erasure, refresh_provenance, full_pipeline),
+    sensors (landing folder, retrain on new data, retrain on erasure, retrain on quality drop,
+    refresh provenance) and schedules (daily ingestion, weekly
     retrain), named under `prefix` (none: plain names). The read models asset
     (`read_models`) is shared: `mlevents_definitions` adds it.
     """
     names = Names(spec, prefix, landing_subfolder)
-    raw, validated = data_assets(names)
+    raw, redacted, validated = data_assets(names)
     model = model_assets(names, validated)
     lineage = _lineage_asset(names, model[-1])
-    pipeline = ModelPipeline(names, [raw, validated, *model, lineage], {})
+    pipeline = ModelPipeline(names, [raw, redacted, validated, *model, lineage], {})
     select = dg.AssetSelection.assets
 
     def job(name: str, keys: list[dg.AssetKey], description: str) -> Any:
@@ -207,10 +213,16 @@ def model_pipeline(
     provenance = job("refresh_provenance", pipeline.provenance_assets,
                      "Catch the read models up with the log and publish the deployed model's "
                      "lineage.")
+    erasure = job("retrain_after_erasure", pipeline.erasure_assets,
+                  f"Redact the {spec.dataset.dataset_id} versions holding forgotten subjects' "
+                  "rows, then retrain on the redacted data and replace a model trained on them.")
     full = job("full_pipeline",
-               [*pipeline.ingestion_assets, *pipeline.retrain_assets, *pipeline.provenance_assets],
-               "Everything, from new batches to a deployed model and its lineage.")
-    pipeline.jobs = {"ingest": ingest, "retrain": retrain, "provenance": provenance, "full": full}
+               [*pipeline.ingestion_assets, names.key("redacted_data"),
+                *pipeline.retrain_assets, *pipeline.provenance_assets],
+               "Everything, from new batches (and pending erasures) to a deployed model and "
+               "its lineage.")
+    pipeline.jobs = {"ingest": ingest, "retrain": retrain, "erasure": erasure,
+                     "provenance": provenance, "full": full}
 
     def dataset_versions(causes: list[es.RecordedEvent]) -> dict[str, str]:
         versions = ",".join(e.payload["dataset_version"][:12] for e in causes)
@@ -229,6 +241,17 @@ def model_pipeline(
             description=f"data_validated (passed) for a new {spec.dataset.dataset_id} version "
             "-> features, training, evaluation, deployment. One run per tick, keyed by the "
             "newest such event.",
+        ),
+        event_sensor(
+            names.job("retrain_on_erasure"),
+            [EventTypes.SUBJECT_ERASED],
+            job=erasure,
+            filter=lambda e: spec.dataset.dataset_id in (e.payload.get("dataset_ids") or ()),
+            covers=pipeline.erasure_assets,
+            interval_seconds=interval_seconds,
+            description=f"subject_erased naming a {spec.dataset.dataset_id} version -> redact "
+            "the snapshots holding the subject's rows, retrain on the redacted version, and "
+            "retire the model trained on the erased data.",
         ),
         event_sensor(
             names.job("refresh_provenance"),
