@@ -89,7 +89,8 @@ def redact_erased(
     store: EventStore, artifacts: ArtifactStore, *, dataset_id: str | None = None
 ) -> Redaction:
     """Carry out every erasure on the dataset versions holding the subject's rows (only
-    `dataset_id`'s, if given), and finish deletions a crash left undone. Idempotent."""
+    `dataset_id`'s, if given). Idempotent. A crash between a dataset_redacted and its deletes
+    leaves bytes behind: `mlevents artifacts gc` deletes them (event_sourcing.artifact_gc)."""
     outcome = Redaction()
     recorded: dict[str, dict[str, Any]] = {}  # version -> its dataset_subjects_recorded
     for event in _payloads(store, EventTypes.DATASET_SUBJECTS_RECORDED):
@@ -101,11 +102,10 @@ def redact_erased(
         )
     redactions = _payloads(store, EventTypes.DATASET_REDACTED)
     gone = {e.payload["old_version"] for e in redactions}
-    for event in redactions:
-        edges.setdefault(event.payload["old_version"], set()).add(event.payload["new_version"])
-        # A crash between the event and the deletes leaves bytes behind: delete them now.
-        for digest in event.payload["deleted_artifacts"]:
-            outcome.deleted_bytes += artifacts.delete(digest)
+    for redaction in redactions:
+        edges.setdefault(redaction.payload["old_version"], set()).add(
+            redaction.payload["new_version"]
+        )
     for erasure in _payloads(store, EventTypes.SUBJECT_ERASED):
         subject_hash = erasure.payload["subject_hash"]
         for version in _affected(erasure.payload["dataset_versions"], edges, recorded,
@@ -113,10 +113,10 @@ def redact_erased(
             subjects = recorded[version]
             if version in gone or (dataset_id and subjects["dataset_id"] != dataset_id):
                 continue
-            event = _redact(store, artifacts, erasure, subjects, recorded, outcome)
-            if event is not None:
+            done = _redact(store, artifacts, erasure, subjects, recorded, outcome)
+            if done is not None:
                 gone.add(version)
-                edges.setdefault(version, set()).add(event.payload["new_version"])
+                edges.setdefault(version, set()).add(done.payload["new_version"])
     return outcome
 
 
