@@ -113,6 +113,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "dataset_version": SHA,
         "subject_hashes": [SHA2],
     },
+    "dataset_redacted": {
+        "dataset_id": "customers",
+        "old_version": SHA,
+        "new_version": SHA2,
+        "artifact": ARTIFACT,
+        "erasure_event_id": "0190c6a0-0000-7000-8000-000000000000",
+        "subject_column": "customer_id",
+        "rows_removed": 3,
+        "rows_out": 97,
+        "deleted_artifacts": [SHA],
+    },
     "subject_erased": {
         "subject_hash": SHA,
         "reason": "GDPR art. 17 request #12",

@@ -540,9 +540,18 @@ def test_init_output_hides_every_credential(
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
+    """Every command, a group's (`mlevents artifacts gc`) by its full name."""
+
+    def commands(parser: argparse.ArgumentParser, prefix: str) -> dict[str, Any]:
+        found: dict[str, argparse.ArgumentParser] = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    nested = commands(sub, f"{prefix}{name} ")
+                    found.update(nested or {f"{prefix}{name}": sub})
+        return found
+
+    return commands(build_parser(), "")
 
 
 def test_every_command_that_opens_a_store_takes_url() -> None:

@@ -181,7 +181,7 @@ def test_events_naming_no_subject_need_no_key_and_cost_no_key(
     store = make_store()  # no key-encryption key anywhere
     event = predict(store, None, "anon@example.com")
     assert event.payload["inputs"]["email"] == "anon@example.com"
-    assert not store.privacy.keys.table_exists()  # nothing was looked up or created
+    assert not store.privacy.keys.holds_any()  # nothing was looked up or created
     with pytest.raises(EventValidationError, match="reserved for encrypted values"):
         store.append("x", [es.NewEvent("inference_requested", {
             "model_id": "m", "model_version": 1, "inputs": {"$enc": "forged"},

@@ -83,7 +83,7 @@ def erasure_report(store: EventStore, subject_id: str) -> dict[str, Any]:
     """What was erased of a subject, when and why, and what followed (dataset versions
     redacted, models flagged, retrained, retired, deployed), with event ids (JSON-ready)."""
     keys = store.privacy.keys
-    if not keys.table_exists():  # nothing was ever sealed or forgotten here
+    if not keys.holds_any():  # nothing was ever sealed or forgotten here
         check_subject_id(subject_id)
         return {"subject_hash": None, "erasures": [], "holds_live_key": False}
     subject_hash = keys.subject_hash(subject_id)

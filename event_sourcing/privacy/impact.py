@@ -91,7 +91,7 @@ def subject_impact(store: EventStore, subject_id: str) -> dict[str, Any]:
     from event_sourcing.privacy.forget import erasure_report, sealed_events
 
     keys = store.privacy.keys
-    if not keys.table_exists():
+    if not keys.holds_any():
         check_subject_id(subject_id)
         return {"subject_hash": None, "dataset_versions": [], "predictions": [],
                 **downstream(store, [])}

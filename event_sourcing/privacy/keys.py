@@ -1,6 +1,8 @@
 """The subject key table: one data key per subject (by keyed hash), wrapped by the KEK.
 
-The only data the store ever deletes; created on first use beside the log, on both backends.
+The only data the store ever deletes. Created with the store's schema (stores/sqlite.py,
+stores/postgres.py run DDL), so roles without CREATE can append personal data; stores made
+before that get it on first use (by a role that may create it) or from `mlevents grant`.
 """
 
 from __future__ import annotations
@@ -88,6 +90,13 @@ class SubjectKeys:
             sql = "SELECT 1 WHERE to_regclass(?) IS NOT NULL"
         self._ready = bool(self.store.recorder.query(sql, [TABLE]))
         return self._ready
+
+    def holds_any(self) -> bool:
+        """Whether any key (or the store's hash secret) was ever made here: without one,
+        nothing was sealed or forgotten, and no subject can be named without a KEK."""
+        return self.table_exists() and bool(
+            self.store.recorder.query(f"SELECT 1 FROM {TABLE} LIMIT 1", [])
+        )
 
     def _ensure_table(self) -> None:
         if self.table_exists():

@@ -88,6 +88,12 @@ class ModelPipeline:
     def provenance_assets(self) -> list[dg.AssetKey]:
         return [READ_MODELS_KEY, self.names.key("deployed_model_lineage")]
 
+    @property
+    def full_assets(self) -> list[dg.AssetKey]:
+        """Everything: ingestion, pending erasures, retraining, provenance."""
+        return [*self.ingestion_assets, *self.keys("redacted_data"), *self.retrain_assets,
+                *self.provenance_assets]
+
 
 def _lineage_asset(names: Names, deployed: dg.AssetsDefinition) -> dg.AssetsDefinition:
     spec = names.spec
@@ -216,9 +222,7 @@ def model_pipeline(
     erasure = job("retrain_after_erasure", pipeline.erasure_assets,
                   f"Redact the {spec.dataset.dataset_id} versions holding forgotten subjects' "
                   "rows, then retrain on the redacted data and replace a model trained on them.")
-    full = job("full_pipeline",
-               [*pipeline.ingestion_assets, names.key("redacted_data"),
-                *pipeline.retrain_assets, *pipeline.provenance_assets],
+    full = job("full_pipeline", pipeline.full_assets,
                "Everything, from new batches (and pending erasures) to a deployed model and "
                "its lineage.")
     pipeline.jobs = {"ingest": ingest, "retrain": retrain, "erasure": erasure,
