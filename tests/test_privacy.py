@@ -35,6 +35,7 @@ from event_sourcing.privacy import (
     personal_spec,
 )
 from event_sourcing.privacy.forget import erasure_report
+from event_sourcing.privacy.impact import record_dataset_subjects
 from event_sourcing.privacy.keys import TABLE
 from event_sourcing.projections import ProjectionRunner, builtin_projections, list_trainings
 from event_sourcing.projections.temporal import as_of
@@ -538,7 +539,7 @@ def test_impact_of_a_subject_and_models_flagged_by_their_erasure(
     from sklearn.linear_model import LogisticRegression
 
     from event_sourcing.artifacts import ArtifactStore
-    from event_sourcing.privacy.impact import record_dataset_subjects, subject_impact
+    from event_sourcing.privacy.impact import subject_impact
     from event_sourcing.projections import get_model
     from event_sourcing.training import TrainingService
 
@@ -626,6 +627,47 @@ def test_grants_on_the_key_table(
             for role in roles.values():
                 connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
                 connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("made_before_the_key_table_joined_the_schema", [False, True])
+def test_an_appender_without_create_seals_personal_data_in_a_fresh_store(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    made_before_the_key_table_joined_the_schema: bool,
+) -> None:
+    """The key table comes with the store's schema (or, for a store made before, with
+    `mlevents grant`): the first personal event may come from a least-privilege appender."""
+    from psycopg import sql
+
+    from event_sourcing.cli import main
+
+    monkeypatch.setenv("MLEVENTS_KEK", base64.b64encode(os.urandom(32)).decode())
+    es.connect(pg_schema_url).close()  # the owner made the store, and sealed nothing
+    schema = pg_schema_url.rpartition("schema=")[2]
+    if made_before_the_key_table_joined_the_schema:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP TABLE {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(TABLE)))
+    host = PG_URL.removeprefix("postgresql://").partition("@")[2].partition("?")[0]
+    role = f"mlev_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        assert main(["grant", role, "--appender", pg_schema_url, "--apply"]) == 0
+        capsys.readouterr()
+        with es.connect(f"postgresql://{role}@{host}?schema={schema}") as appender:
+            event = predict(appender, ALICE, "alice@example.com")  # hash secret + a key
+            assert appender.get_event(event.id) == event
+            record_dataset_subjects(appender, "customers", "ab" * 32, [ALICE, BOB])
+        with psycopg.connect(PG_URL) as connection:
+            owner_of = connection.execute(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+                (schema, TABLE),
+            ).fetchone()
+        assert owner_of is not None and owner_of[0] != role
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_a_batch_reads_each_subjects_key_once_and_a_page_reads_keys_once(
