@@ -21,6 +21,7 @@ from event_sourcing.artifacts import ArtifactStore, read_canonical_table
 from event_sourcing.catalog import DatasetRedacted
 from event_sourcing.cli import main
 from event_sourcing.dagster import mlevents_definitions, model_pipeline
+from event_sourcing.ml import PromotionPolicy
 from event_sourcing.ml.history import dataset_history
 from event_sourcing.projections import ProjectionRunner, builtin_projections, get_model
 from event_sourcing.serving import current_deployment
@@ -31,7 +32,11 @@ from pipelines.models import WINE_MODEL
 
 ALICE = "alice@example.com"
 CUSTOMERS = [ALICE, "bob@example.com", "carol@example.com", "dave@example.com"]
-SPEC = replace(WINE_MODEL, dataset=replace(WINE_MODEL.dataset, subject_column="customer_id"))
+# A policy no retrained model passes (a gain of 50 points): the erasure overrides it.
+SPEC = replace(
+    WINE_MODEL, dataset=replace(WINE_MODEL.dataset, subject_column="customer_id"),
+    promotion=PromotionPolicy(metric="accuracy", min_gain=0.5),
+)
 PIPELINE = model_pipeline(SPEC, prefix="wine", landing_subfolder="wine")
 # Alice's rows get values no other row has, so a file holding them can be found by its bytes.
 MARKER = 13.1234567
@@ -144,6 +149,10 @@ def test_forgetting_a_subject_redacts_retrains_retires_and_reports(
         verdict = list(store.read_all(event_types=["model_evaluated"]))[-1].payload
         assert verdict["promoted"] and "erasure overrides the promotion policy" in verdict[
             "reason"]
+        assert not SPEC.promotion.decide(
+            {"model_id": new.model_id, "metrics": verdict["metrics"]},
+            {"model_id": old.model_id, "metrics": verdict["champion_metrics"]},
+        ).promote
         ProjectionRunner(store, builtin_projections()).run()
         assert get_model(store, old.model_id)["erased_by"] == erasure.id  # type: ignore[index]
         assert get_model(store, old.model_id)["status"] == "retired"  # type: ignore[index]
