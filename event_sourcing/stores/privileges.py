@@ -14,15 +14,16 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from event_sourcing.errors import AccessDeniedError, ConfigurationError
+
+# Subjects' data keys (event_sourcing.privacy): appenders add keys, every role reads them
+# (to decrypt), and only the owner deletes them (store.forget).
 from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
+from event_sourcing.privacy.keys import TABLE as KEY_TABLE
 
 Kind = Literal["reader", "appender", "projector"]
 KINDS: tuple[Kind, ...] = ("reader", "appender", "projector")
 # The store's own objects; every other table of its schema belongs to projections.
 STORE_TABLES = ("mlevents_schema", "streams", "event_store")
-# Subjects' data keys (event_sourcing.privacy): appenders add keys, every role reads them
-# (to decrypt), and only the owner deletes them (store.forget).
-KEY_TABLE = "mlevents_subject_keys"
 _FUNCTIONS = (
     "mlevents_inflight_key", "mlevents_last_position", "mlevents_horizon", "mlevents_head"
 )
@@ -40,13 +41,6 @@ def _projection_tables(connection: psycopg.Connection[Any], schema: str) -> list
     return [row[0] for row in rows]
 
 
-def _table_exists(connection: psycopg.Connection[Any], schema: str, table: str) -> bool:
-    row = connection.execute(
-        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, table)
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def grant_statements(
     connection: psycopg.Connection[Any], schema: str, role: str, kind: Kind
 ) -> list[sql.Composed]:
@@ -57,7 +51,8 @@ def grant_statements(
     also INSERT events (and take positions: USAGE on the sequence, which allows nextval but
     not setval). projector: a reader that may CREATE tables in the schema and owns the
     projection tables (runner checkpoints, dead letters, read models): a rebuild drops and
-    recreates them, which only their owner may do.
+    recreates them, which only their owner may do. Every kind: the subject key table is
+    created first if the store predates it (the owner runs this), then granted.
     """
     if kind not in KINDS:
         raise ConfigurationError(f"unknown role kind {kind!r}; use one of {', '.join(KINDS)}")
