@@ -12,7 +12,8 @@ import pytest
 
 import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
-from event_sourcing.catalog import DataPreprocessed
+from event_sourcing.catalog import DataIngested, DataPreprocessed, DataValidated
+from event_sourcing.ml.history import dataset_history
 from event_sourcing.privacy import LocalKeyProvider
 from event_sourcing.privacy.impact import record_dataset_subjects
 from event_sourcing.privacy.redaction import dataset_stream, erased_versions, redact_erased
@@ -125,3 +126,30 @@ def test_rows_that_cannot_be_found_are_reported_not_guessed(
     done = redact_erased(private, artifacts)
     assert done.events == [] and artifacts.exists(ref)
     assert "no subject column was recorded" in done.problems[0]
+
+
+def test_a_redacted_version_takes_the_old_ones_place_in_the_dataset_history(
+    private: es.EventStore, artifacts: ArtifactStore
+) -> None:
+    """Alice only in the second batch: the redacted second version is the first one's rows.
+    It keeps the second batch's hash (the file is not ingested again) and the identical
+    version's verdict; the next batch builds on it."""
+    v1 = _version(private, artifacts, _table(B, C))
+    v2 = _version(private, artifacts, _table(B, C, A, start=0), parent=v1)
+    for version, batch, rows in ((v1, "1" * 64, 2), (v2, "2" * 64, 3)):
+        private.append(dataset_stream("customers"), [
+            DataIngested(dataset_id="customers", dataset_version=version, source_uri="file:///b",
+                         rows=rows, columns=["sample_id", "customer", "x"],
+                         content_sha256=batch, artifact=artifacts.ref_for(version)),
+            DataValidated(dataset_id="customers", dataset_version=version, passed=True,
+                          checks=[], rows=rows),
+        ])
+    private.forget(A, reason="art. 17")
+    redact_erased(private, artifacts)
+    history = dataset_history(private, dataset_stream("customers"))
+    assert [(v.version, v.redacted_from, v.status) for v in history.versions] == [
+        (v1, None, "passed"), (v1, v2, "passed"),
+    ]
+    assert history.ingested_hashes() == {"1" * 64, "2" * 64}
+    assert history.ingestion_parent() is history.versions[-1]
+    assert set(history.redacted) == {v2}

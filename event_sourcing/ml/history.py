@@ -106,22 +106,21 @@ def dataset_history(store: es.EventStore, stream: str) -> DatasetHistory:
 
 
 def _fold_redaction(history: DatasetHistory, event: es.RecordedEvent) -> None:
-    """The redacted version replaces the old one, in its place, pending validation; it keeps
-    the old one's batch hash, so the batch file is not ingested again."""
+    """The redacted version replaces the old one, in its place, pending validation (or with
+    the verdict of an identical version, when the redacted rows are one); it keeps the old
+    one's batch hash, so the batch file is not ingested again."""
     redacted = DatasetRedacted.model_validate(event.payload)
     history.redacted[redacted.old_version] = event
-    live = history.by_version(redacted.new_version)
+    same = history.by_version(redacted.new_version)
     for index, old in enumerate(history.versions):
-        if old.version == redacted.old_version and live is not None:
-            del history.versions[index]  # the redacted rows are an existing version
-            return
         if old.version == redacted.old_version:
             ingested = old.ingested.model_copy(update={
                 "dataset_version": redacted.new_version, "rows": redacted.rows_out,
                 "artifact": redacted.artifact,
             })
             history.versions[index] = DatasetVersion(
-                ingested, event, redacted_from=redacted.old_version
+                ingested, event, same.validated if same else None,
+                same.validated_event if same else None, redacted_from=redacted.old_version,
             )
 
 
