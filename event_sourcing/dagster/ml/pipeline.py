@@ -73,7 +73,8 @@ class ModelPipeline:
 
     @property
     def ingestion_assets(self) -> list[dg.AssetKey]:
-        return self.keys("raw_data", "validated_data")
+        """New batches, pending erasures (redacted_data), validation."""
+        return self.keys("raw_data", "redacted_data", "validated_data")
 
     @property
     def retrain_assets(self) -> list[dg.AssetKey]:
@@ -87,12 +88,6 @@ class ModelPipeline:
     @property
     def provenance_assets(self) -> list[dg.AssetKey]:
         return [READ_MODELS_KEY, self.names.key("deployed_model_lineage")]
-
-    @property
-    def full_assets(self) -> list[dg.AssetKey]:
-        """Everything: ingestion, pending erasures, retraining, provenance."""
-        return [*self.ingestion_assets, *self.keys("redacted_data"), *self.retrain_assets,
-                *self.provenance_assets]
 
 
 def _lineage_asset(names: Names, deployed: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -213,7 +208,8 @@ def model_pipeline(
         )
 
     ingest = job("ingest_and_validate", pipeline.ingestion_assets,
-                 f"Ingest new {spec.dataset.dataset_id} batches and validate the new versions.")
+                 f"Ingest new {spec.dataset.dataset_id} batches, carry out pending erasures, "
+                 "and validate the new versions.")
     retrain = job("retrain", pipeline.retrain_assets,
                   "Features, training, evaluation and (if the policy says so) deployment.")
     provenance = job("refresh_provenance", pipeline.provenance_assets,
@@ -222,7 +218,8 @@ def model_pipeline(
     erasure = job("retrain_after_erasure", pipeline.erasure_assets,
                   f"Redact the {spec.dataset.dataset_id} versions holding forgotten subjects' "
                   "rows, then retrain on the redacted data and replace a model trained on them.")
-    full = job("full_pipeline", pipeline.full_assets,
+    full = job("full_pipeline",
+               [*pipeline.ingestion_assets, *pipeline.retrain_assets, *pipeline.provenance_assets],
                "Everything, from new batches (and pending erasures) to a deployed model and "
                "its lineage.")
     pipeline.jobs = {"ingest": ingest, "retrain": retrain, "erasure": erasure,
