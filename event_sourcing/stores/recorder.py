@@ -134,9 +134,11 @@ class Recorder(Protocol):
 def fetch_events(
     fetch: Callable[[], Sequence[Sequence[Any]]],
     parse_time: Callable[[Any], datetime] | None = None,
+    parse_id: Callable[[Any], str] | None = None,
 ) -> list[RecordedEvent]:
     """The events of the rows `fetch` returns: RecordedEvent's 13 fields, payload and
-    metadata as JSON text, created_at as a datetime (or text that `parse_time` reads).
+    metadata as JSON text, created_at as a datetime (or what `parse_time` reads), the id as
+    text (or what `parse_id` reads).
 
     A page is decoded a column at a time, with no Python call per row, and with the cyclic
     garbage collector paused: it allocates thousands of containers, none in a cycle, and the
@@ -150,7 +152,16 @@ def fetch_events(
         metadatas = decode_all([row[8] for row in rows])
         new = tuple.__new__
         events: list[RecordedEvent]
-        if parse_time is None:
+        if parse_id is not None:
+            assert parse_time is not None
+            events = [
+                new(RecordedEvent, (
+                    parse_id(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], payload,
+                    metadata, parse_time(row[9]), row[10], row[11], row[12],
+                ))
+                for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+            ]
+        elif parse_time is None:
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
