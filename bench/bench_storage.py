@@ -4,7 +4,8 @@ Grows the realistic ML log of bench_scale.py (training runs of 1,200 progress st
 versions, deployments, predictions with feedback) on each backend, then prints, per backend,
 the bytes per event of the log (event_store with its indexes, plus streams), the payload and
 payload+metadata bytes per event (compact JSON of what read_all returns: the same on both
-backends), their ratios, and each index's size with the query that needs it.
+backends), their ratios, and each index's size with the query that needs it. Every append
+carries the metadata a Dagster asset's `emit` adds (run id, job, asset key, partition).
 
 SQLite: every b-tree's pages from the `dbstat` table after a WAL checkpoint (the file is
 the sum of them plus the schema page). PostgreSQL: pg_total_relation_size (heap, TOAST,
@@ -24,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -135,6 +137,30 @@ def postgres_sizes(url: str, schema: str, store: es.EventStore) -> Sizes:
     return Sizes(events, payload, metadata, int(row[0]) + int(row[1]), parts)
 
 
+class DagsterRunStore:
+    """The store as assets write to it: every append carries the metadata
+    EventStoreResource.emit adds inside a Dagster run (its run id, job, asset key,
+    partition); a new run every 20 appends."""
+
+    def __init__(self, store: es.EventStore) -> None:
+        self.store = store
+        self.appends = 0
+        self.run_id = ""
+
+    def head_position(self) -> int:
+        return self.store.head_position()
+
+    def append(self, stream_id: str, events: list[es.NewEvent], **options: Any) -> Any:
+        if self.appends % 20 == 0:
+            self.run_id = str(uuid.uuid4())
+        self.appends += 1
+        metadata = {
+            "dagster_run_id": self.run_id, "dagster_job": "__ASSET_JOB",
+            "asset_key": stream_id.partition(":")[0].partition("-")[0], "partition_key": None,
+        }
+        return self.store.append(stream_id, events, metadata=metadata, **options)
+
+
 def measure(backend: str, events: int, pg_url: str) -> Sizes:
     tmp = tempfile.TemporaryDirectory(prefix="bench-storage-")
     schema = f"bench_storage_{uuid.uuid4().hex[:8]}"
@@ -144,7 +170,7 @@ def measure(backend: str, events: int, pg_url: str) -> Sizes:
     )
     try:
         with es.connect(url, validate=False) as store:
-            generate(store, Log(), events)
+            generate(DagsterRunStore(store), Log(), events)  # type: ignore[arg-type]
             print(f"[{backend}] {store.head_position():,} events generated", file=sys.stderr)
             if backend == "sqlite":
                 return sqlite_sizes(path, store)

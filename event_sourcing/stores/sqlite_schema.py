@@ -99,9 +99,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def id_value(event_id: str) -> bytes:
-    """A canonical UUID text (what the store writes) as stored: its 16 bytes."""
-    return bytes.fromhex(event_id.replace("-", ""))
+def id_value(event_id: str) -> bytearray:
+    """A canonical UUID text (what the store writes) as stored: its 16 bytes (a bytearray,
+    which sqlite3 binds without looking for an adapter, unlike bytes)."""
+    return bytearray.fromhex(event_id.replace("-", ""))
 
 
 def id_param(event_id: str) -> bytes | str:
@@ -201,7 +202,8 @@ def _add_hashes(connection: sqlite3.Connection) -> None:
         "causation_id FROM event_store ORDER BY position"
     ):
         content = content_hash(
-            id_text(row[1]), row[2], *row[5:9], time_text(row[9]), row[10], row[11]
+            id_text(row[1]), row[2], row[5], row[6], row[7], row[8], time_text(row[9]),
+            row[10], row[11],
         )
         chain = chain_hash(heads.get(row[2], GENESIS), row[4], row[3], content)
         heads[row[2]] = chain
