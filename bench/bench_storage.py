@@ -37,12 +37,15 @@ from bench_scale import DEFAULT_PG_URL, Log, generate
 
 # The query each index of event_store exists for (EXPLAIN QUERY PLAN names the index).
 INDEX_QUERIES = {
-    "table": "read_all pages: position > ? ORDER BY position (the rowid / position)",
-    "id": "idempotent retries and read_ids: id IN (...)",
+    "table": "the rows (SQLite: the b-tree keyed by position that read_all pages walk; "
+    "PostgreSQL: heap and TOAST)",
+    "position": "read_all pages: position > ? ORDER BY position",
+    "id": "idempotent retries and get_event / read_ids: id IN (...)",
     "stream_version": "read_stream and the append's head: stream_id = ? AND version ...",
     "idx_event_store_type": "read_all(event_types=...): event_type = ? AND position > ?",
     "idx_event_store_correlation": "read_correlated: correlation_id = ?",
-    "idx_event_store_time": "none on SQLite; PostgreSQL's `until` filter",
+    "idx_event_store_time": "PostgreSQL's read_all(until=...) (SQLite filters the positions "
+    "it scans)",
     "streams": "the stream's type on its first append, `mlevents status`",
 }
 # A query that should use each SQLite index, to show the plan does.
@@ -198,7 +201,7 @@ def format_sizes(backend: str, sizes: Sizes) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, size in sorted(sizes.parts.items(), key=lambda item: -item[1]):
-        need = INDEX_QUERIES.get(name, "PostgreSQL's position order (reads, sensors)")
+        need = INDEX_QUERIES.get(name, "")
         if name in sizes.plans:
             need += f" (plan: {sizes.plans[name]})"
         lines.append(f"| {name} | {size / n:,.0f} | {size / sizes.total:.0%} | {need} |")

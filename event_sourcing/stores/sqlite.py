@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -43,14 +43,14 @@ from event_sourcing.stores.sqlite_schema import (
     id_param,
     id_text,
     id_value,
-    time_of,
+    ids_and_times,
     time_text,
     time_value,
 )
 
 # RecordedEvent's fields (the last is recorded_schema_version), payload and metadata as
 # their UTF-8 bytes (decoded a page at a time: recorder.fetch_events; ids and times by
-# _read_page's decoders).
+# sqlite_schema.ids_and_times).
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
     "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
@@ -164,20 +164,6 @@ def page_query(
         query = " UNION ALL ".join(branches)
     params.append(limit)
     return f"{query} ORDER BY position LIMIT ?", params
-
-
-def _times() -> Callable[[Any], datetime]:
-    """A stored time as a datetime, each distinct value decoded once (a batch's events
-    share theirs)."""
-    seen: dict[Any, datetime] = {}
-
-    def decode(value: Any) -> datetime:
-        found = seen.get(value)
-        if found is None:
-            found = seen[value] = time_of(value)
-        return found
-
-    return decode
 
 
 class _Transaction:
@@ -407,13 +393,13 @@ class SQLiteRecorder:
             [*(id_value(row.id) for row in rows), head],
         ).fetchall()
         if found:
-            raise AlreadyRecorded(fetch_events(lambda: found, _times(), id_text))
+            raise AlreadyRecorded(fetch_events(lambda: found, ids_and_times))
 
     # -- integrity (event_sourcing.integrity) ---------------------------------------------
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order) as hashed: position, id, stream, stream type, version, type,
         schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
-        content hash, chain hash."""
+        content hash, chain hash; the id and time as the text hashed (sqlite_schema)."""
         with self._connection() as connection:
             rows = connection.execute(
                 f"SELECT {_HASHED} FROM event_store WHERE position > ? "
@@ -456,7 +442,7 @@ class SQLiteRecorder:
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
         with self._connection() as connection:
-            return fetch_events(connection.execute(sql, params).fetchall, _times(), id_text)
+            return fetch_events(connection.execute(sql, params).fetchall, ids_and_times)
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None

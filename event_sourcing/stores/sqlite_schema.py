@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
 
@@ -119,6 +121,22 @@ def id_text(value: bytes | str) -> str:
         return str(value)
     h = value.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def ids_and_times(rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[datetime]]:
+    """The ids (column 0) and times (column 9) of a page of rows, decoded with no Python
+    call per row; each distinct time once (a batch's events share theirs)."""
+    ids = [
+        f"{(h := value.hex())[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if type(value := row[0]) is bytes else str(value)
+        for row in rows
+    ]
+    seen: dict[Any, datetime] = {}
+    times = [
+        seen[value] if (value := row[9]) in seen else seen.setdefault(value, time_of(value))
+        for row in rows
+    ]
+    return ids, times
 
 
 def time_value(value: datetime) -> int:
