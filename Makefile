@@ -15,7 +15,7 @@ MLEVENTS_CHROMIUM ?= /usr/bin/chromium
 export MLEVENTS_CHROMIUM
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run demo batch test lint bench bench-scale schema clean
+.PHONY: run demo batch test lint bench bench-scale bench-storage schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(STAMP)
 EVENTS ?= 1000000
 bench-scale: $(STAMP)
 	$(PY) bench/bench_scale.py --events $(EVENTS)
+
+# Bytes on disk per event against payload+metadata, and each index's size and query.
+bench-storage: $(STAMP)
+	$(PY) bench/bench_storage.py
 
 schema: $(STAMP)
 	$(VENV)/bin/mlevents schema --markdown docs/event-catalog.md --json-dir docs/schemas

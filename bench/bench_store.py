@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.events import new_event_id
 from event_sourcing.stores import postgres as postgres_store
-from event_sourcing.stores import sqlite as sqlite_store
+from event_sourcing.stores import sqlite_schema
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -318,7 +318,7 @@ class EventSourcingLib:
 
 # The store's own DDL up to its triggers and functions: the same tables, columns,
 # constraints and indexes, with the position from a sequence / INTEGER PRIMARY KEY at insert.
-_RAW_SQLITE_SCHEMA = sqlite_store._SCHEMA.split("CREATE TRIGGER")[0]
+_RAW_SQLITE_SCHEMA = sqlite_schema.SCHEMA.split("CREATE TRIGGER")[0]
 _RAW_PG_SCHEMA = postgres_store._SCHEMA.split("CREATE OR REPLACE FUNCTION")[0] + (
     # (the store's trigger assigns positions; raw SQL takes them from a column default)
     "ALTER TABLE event_store ALTER COLUMN position SET DEFAULT nextval('event_position_seq');"
@@ -334,6 +334,10 @@ _RAW_SELECT = (
     "payload, metadata, created_at, correlation_id, causation_id FROM event_store "
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
+
+
+def _new_id_bytes() -> bytes:
+    return sqlite_schema.id_value(new_event_id())
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
@@ -364,11 +368,13 @@ class _RawWriter:
     def append(self, payloads: Sequence[dict[str, Any]]) -> None:
         before = self._streams.advance(len(payloads))
         now = datetime.now(UTC)
-        created = now.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00") if self._sqlite else now
+        # SQLite stores ids as their 16 bytes and times as integer microseconds.
+        created = sqlite_schema.time_value(now) if self._sqlite else now
+        new_id = _new_id_bytes if self._sqlite else new_event_id
         stream_id = self._streams.stream_id
         rows = [
             (
-                new_event_id(), stream_id, "training_run", before + n, EVENT_TYPE, 1,
+                new_id(), stream_id, "training_run", before + n, EVENT_TYPE, 1,
                 json.dumps(payload, separators=(",", ":")), json.dumps({}), created, None, None,
             )
             for n, payload in enumerate(payloads, start=1)
@@ -421,12 +427,14 @@ class RawSql:
         count, after = 0, 0
         if location.backend == "sqlite":
             connection = _sqlite_connect(location.sqlite_path)
-            loads, parse = json.loads, datetime.fromisoformat
+            # (ids are stored as 16 bytes, times as integer microseconds)
+            loads, parse, text = json.loads, sqlite_schema.time_of, sqlite_schema.id_text
             try:
                 while True:
                     rows = connection.execute(_RAW_SELECT, (after, READ_PAGE)).fetchall()
                     decoded = [
-                        (*row[:7], loads(row[7]), loads(row[8]), parse(row[9]), *row[10:])
+                        (text(row[0]), *row[1:7], loads(row[7]), loads(row[8]), parse(row[9]),
+                         *row[10:])
                         for row in rows
                     ]
                     count += len(decoded)

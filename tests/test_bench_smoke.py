@@ -96,3 +96,25 @@ def test_the_integrity_bench_prints_a_row_per_operation(
             assert any(
                 line.startswith(backend) and f"| {operation} " in line for line in lines
             ), lines
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_storage_bench_accounts_for_every_btree(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    import bench_storage
+
+    pg_url = bench_store.DEFAULT_PG_URL
+    if backend == "postgresql":
+        pg_url = _without_schema(request.getfixturevalue("pg_schema_url"))
+    sizes = bench_storage.measure(backend, 2000, pg_url)
+
+    assert sizes.events >= 2000 and sizes.payload > 0 and sizes.metadata > 0
+    assert sizes.total == sum(sizes.parts.values()) > sizes.payload + sizes.metadata
+    assert {"table", "id", "stream_version", "idx_event_store_type",
+            "idx_event_store_correlation", "streams"} <= set(sizes.parts)
+    if backend == "sqlite":  # each index's query uses it
+        assert sizes.plans and all("INDEX" in plan for plan in sizes.plans.values())
+    lines = bench_storage.format_sizes(backend, sizes)
+    assert sum(line.startswith("| ") for line in lines) == 3 + len(sizes.parts)  # + headers
+    assert all(bench_storage.INDEX_QUERIES.get(name) for name in sizes.parts)

@@ -21,6 +21,7 @@ import event_sourcing as es
 from event_sourcing.cli import main
 from event_sourcing.projections import Projection, ProjectionError, ProjectionRunner
 from event_sourcing.projections.read_models import builtin_projections
+from event_sourcing.stores import postgres, sqlite
 from event_sourcing.stores.recorder import redact_text, redact_url
 
 PG_URL = os.environ.get("MLEVENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -51,6 +52,16 @@ def raw(store_url: str, statement: str, params: Any = None) -> None:
             conn.execute(statement, params)  # type: ignore[arg-type]
 
 
+def rewrite(dialect: str, statement: str, id1: str) -> str:
+    """One of the rewrites below for `dialect`, about the event `id1` and a fresh id, with
+    each id as the backend stores it."""
+    if dialect == "sqlite":
+        return statement.format(
+            c=COLUMNS, id1=f"X'{uuid.UUID(id1).hex}'", new=f"X'{uuid.uuid4().hex}'"
+        )
+    return statement.format(c=PG_COLUMNS, id1=id1, new=str(uuid.uuid4()))
+
+
 def schema_of(url: str) -> str:
     return url.partition("?schema=")[2]
 
@@ -62,24 +73,25 @@ def schema_exists(name: str) -> bool:
 
 
 # -- 1. history cannot be replaced, slipped in before the head, or given a forged position ----
+# (SQLite stores an id as its UUID's 16 bytes: {id1} and {new} are blob literals.)
 SQLITE_REWRITES = [
     # REPLACE on the position: the old row is deleted without a DELETE trigger firing.
-    "INSERT OR REPLACE INTO event_store ({c}) VALUES (1, '{id1}', 's', 'default', 1, "
+    "INSERT OR REPLACE INTO event_store ({c}) VALUES (1, {id1}, 's', 'default', 1, "
     "'thing_happened', 1, '{{\"hacked\": 1}}', '{{}}', '2020-01-01T00:00:00.000000+00:00')",
     # REPLACE on the id, at a new position.
-    "REPLACE INTO event_store ({c}) VALUES (3, '{id1}', 's', 'default', 3, "
+    "REPLACE INTO event_store ({c}) VALUES (3, {id1}, 's', 'default', 3, "
     "'thing_happened', 1, '{{\"hacked\": 1}}', '{{}}', '2020-01-01T00:00:00.000000+00:00')",
     # REPLACE on (stream_id, version), with a fresh id and position.
-    "REPLACE INTO event_store ({c}) VALUES (3, '{new}', 's', 'default', 1, "
+    "REPLACE INTO event_store ({c}) VALUES (3, {new}, 's', 'default', 1, "
     "'thing_happened', 1, '{{\"hacked\": 1}}', '{{}}', '2020-01-01T00:00:00.000000+00:00')",
     # An upsert.
-    "INSERT INTO event_store ({c}) VALUES (1, '{id1}', 's', 'default', 1, 'thing_happened', 1, "
+    "INSERT INTO event_store ({c}) VALUES (1, {id1}, 's', 'default', 1, 'thing_happened', 1, "
     "'{{}}', '{{}}', '2020-01-01T00:00:00.000000+00:00') "
     "ON CONFLICT (position) DO UPDATE SET payload = '{{\"hacked\": 1}}'",
-    "INSERT OR REPLACE INTO event_store ({c}) SELECT 2, '{id1}', 's', 'default', 9, "
+    "INSERT OR REPLACE INTO event_store ({c}) SELECT 2, {id1}, 's', 'default', 9, "
     "'thing_happened', 1, '{{}}', '{{}}', '2020-01-01T00:00:00.000000+00:00'",
     # An event slipped in below the head (position 0), where a reader has already been.
-    "INSERT INTO event_store ({c}) VALUES (0, '{new}', 'other', 'default', 1, "
+    "INSERT INTO event_store ({c}) VALUES (0, {new}, 'other', 'default', 1, "
     "'thing_happened', 1, '{{}}', '{{}}', '2020-01-01T00:00:00.000000+00:00')",
     "UPDATE OR REPLACE event_store SET position = 1 WHERE position = 2",
 ]
@@ -115,10 +127,7 @@ def test_history_cannot_be_replaced_or_reordered_with_raw_sql(
         store.append("s", [ev(n=1), ev(n=2)])
         before = list(store.read_all())
         with pytest.raises((sqlite3.DatabaseError, psycopg.Error)) as caught:
-            raw(url, statement.format(
-                c=COLUMNS if dialect == "sqlite" else PG_COLUMNS, id1=before[0].id,
-                new=str(uuid.uuid4()),
-            ))
+            raw(url, rewrite(dialect, statement, before[0].id))
         assert "append-only" in str(caught.value) or "set by the store" in str(caught.value)
         assert list(store.read_all()) == before
         store.append("s", [ev(n=3)], expected_version=2)  # the store itself still appends
@@ -181,13 +190,12 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     old.close()
     migrated = make_store(validate=False)
     with migrated.transaction() as tx:
-        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 4
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
+            sqlite.SCHEMA_VERSION if migrated.dialect == "sqlite" else postgres.SCHEMA_VERSION
+        )
     statement = (SQLITE_REWRITES if migrated.dialect == "sqlite" else PG_REWRITES)[0]
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error)):
-        raw(store_url, statement.format(
-            c=COLUMNS if migrated.dialect == "sqlite" else PG_COLUMNS, id1=first.id,
-            new=str(uuid.uuid4()),
-        ))
+        raw(store_url, rewrite(migrated.dialect, statement, first.id))
     assert list(migrated.read_all()) == [first]
     assert [e.position for e in migrated.append("s", [ev()])] == [2]
 

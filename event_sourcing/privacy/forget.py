@@ -13,6 +13,7 @@ from event_sourcing.events import NewEvent, RecordedEvent
 from event_sourcing.privacy.consequences import erasure_consequences
 from event_sourcing.privacy.impact import datasets_of, downstream
 from event_sourcing.privacy.keys import TABLE, check_subject_id
+from event_sourcing.stores.sqlite_schema import id_text
 
 if TYPE_CHECKING:
     from event_sourcing.stores.store import EventStore
@@ -29,15 +30,18 @@ def sealed_events(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]
     """(event id, type) of every event sealed under one of `key_ids` (one scan of the log)."""
     text = "payload" if store.dialect == "sqlite" else "payload::text"
     meta = "metadata" if store.dialect == "sqlite" else "metadata::text"
-    id_ = "id" if store.dialect == "sqlite" else "id::text"
+    id_ = "id" if store.dialect == "sqlite" else "id::text"  # SQLite: the UUID's bytes
     found: list[tuple[str, str]] = []
     for key_id in key_ids:
         pattern = f'%"{key_id}.%'  # the envelope's text begins with its key id
-        found += store.recorder.query(
-            f"SELECT {id_}, event_type FROM event_store WHERE {text} LIKE ? OR {meta} LIKE ? "
-            "ORDER BY position",
-            [pattern, pattern],
-        )
+        found += [
+            (id_text(event_id), event_type)
+            for event_id, event_type in store.recorder.query(
+                f"SELECT {id_}, event_type FROM event_store WHERE {text} LIKE ? "
+                f"OR {meta} LIKE ? ORDER BY position",
+                [pattern, pattern],
+            )
+        ]
     return found
 
 

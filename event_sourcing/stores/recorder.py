@@ -133,10 +133,13 @@ class Recorder(Protocol):
 
 def fetch_events(
     fetch: Callable[[], Sequence[Sequence[Any]]],
-    parse_time: Callable[[Any], datetime] | None = None,
+    decode_ids_and_times: Callable[
+        [Sequence[Sequence[Any]]], tuple[list[str], list[datetime]]
+    ] | None = None,
 ) -> list[RecordedEvent]:
     """The events of the rows `fetch` returns: RecordedEvent's 13 fields, payload and
-    metadata as JSON text, created_at as a datetime (or text that `parse_time` reads).
+    metadata as JSON text, the id as text and created_at as a datetime (or, where the
+    backend stores them otherwise, as `decode_ids_and_times` decodes a page's).
 
     A page is decoded a column at a time, with no Python call per row, and with the cyclic
     garbage collector paused: it allocates thousands of containers, none in a cycle, and the
@@ -150,7 +153,7 @@ def fetch_events(
         metadatas = decode_all([row[8] for row in rows])
         new = tuple.__new__
         events: list[RecordedEvent]
-        if parse_time is None:
+        if decode_ids_and_times is None:
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
@@ -159,12 +162,15 @@ def fetch_events(
                 for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
             ]
         else:
+            ids, times = decode_ids_and_times(rows)
             events = [
                 new(RecordedEvent, (
-                    row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
-                    parse_time(row[9]), row[10], row[11], row[12],
+                    event_id, row[1], row[2], row[3], row[4], row[5], row[6], payload,
+                    metadata, created_at, row[10], row[11], row[12],
                 ))
-                for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+                for row, event_id, created_at, payload, metadata in zip(
+                    rows, ids, times, payloads, metadatas, strict=True
+                )
             ]
         return events
     finally:

@@ -25,15 +25,7 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
-from event_sourcing.integrity.hashing import (
-    GENESIS,
-    append_hashes,
-    chain_hash,
-    content_hash,
-    fold_chain,
-    timestamp_text,
-)
-from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
+from event_sourcing.integrity.hashing import GENESIS, append_hashes, fold_chain, timestamp_text
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -42,142 +34,49 @@ from event_sourcing.stores.recorder import (
     EventRow,
     fetch_events,
 )
-
-SCHEMA_VERSION = 4
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mlevents_schema (
-    version     INTEGER PRIMARY KEY,
-    applied_at  TEXT NOT NULL,
-    description TEXT NOT NULL
-);
--- One row per stream, written by its first append; its version is its events' highest.
-CREATE TABLE IF NOT EXISTS streams (
-    stream_id   TEXT PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
-    stream_type TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS event_store (
-    position       INTEGER PRIMARY KEY,
-    id             TEXT NOT NULL UNIQUE,
-    stream_id      TEXT NOT NULL,
-    stream_type    TEXT NOT NULL,
-    version        INTEGER NOT NULL CHECK (version >= 1),
-    event_type     TEXT NOT NULL,
-    schema_version INTEGER NOT NULL,
-    payload        TEXT NOT NULL,
-    metadata       TEXT NOT NULL DEFAULT '{}',
-    created_at     TEXT NOT NULL,
-    correlation_id TEXT,
-    causation_id   TEXT,
-    content_hash   BLOB,  -- integrity: docs/integrity.md
-    chain_hash     BLOB,
-    UNIQUE (stream_id, version)
-);
-CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
-CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
-CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
-    WHERE correlation_id IS NOT NULL;
--- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
-CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
-    id            INTEGER PRIMARY KEY CHECK (id = 1),
-    seal_version  BIGINT NOT NULL,
-    seal_chain    TEXT NOT NULL,
-    seal_to       BIGINT NOT NULL,
-    head_position BIGINT NOT NULL,
-    head_chain    TEXT NOT NULL,
-    verified_at   TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS event_store_no_update BEFORE UPDATE ON event_store
-BEGIN
-    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be updated');
-END;
-CREATE TRIGGER IF NOT EXISTS event_store_no_delete BEFORE DELETE ON event_store
-BEGIN
-    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be deleted');
-END;
--- REPLACE (INSERT OR REPLACE, REPLACE INTO, an upsert) deletes the rows an insert collides
--- with and fires no DELETE trigger: refuse any insert that collides, or that would slip an
--- event in below the head (positions only grow). Three index seeks per event.
-CREATE TRIGGER IF NOT EXISTS event_store_no_replace BEFORE INSERT ON event_store
-WHEN NEW.position <= (SELECT max(position) FROM event_store)
-    OR EXISTS (SELECT 1 FROM event_store WHERE id = NEW.id)
-    OR EXISTS (SELECT 1 FROM event_store
-               WHERE stream_id = NEW.stream_id AND version = NEW.version)
-BEGIN
-    SELECT RAISE(ABORT, 'event_store is append-only: an insert may not replace an event');
-END;
-"""
-
-# The subject key table (event_sourcing.privacy.keys), created with the store so that a role
-# without CREATE (`mlevents grant ... appender`) can append personal data.
-_SCHEMA += f"{KEY_TABLE_DDL};\n"
+from event_sourcing.stores.sqlite_schema import (
+    DESCRIPTIONS,
+    MIGRATION_STEPS,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    id_param,
+    id_text,
+    id_value,
+    ids_and_times,
+    time_text,
+    time_value,
+)
 
 # RecordedEvent's fields (the last is recorded_schema_version), payload and metadata as
-# their UTF-8 bytes (decoded a page at a time: recorder.fetch_events).
+# their UTF-8 bytes (decoded a page at a time: recorder.fetch_events; ids and times by
+# sqlite_schema.ids_and_times).
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
     "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
     "schema_version"
 )
-# What a database at each older schema version needs before _SCHEMA brings it up to date.
-_MIGRATIONS = {
-    # v2: a stream's version is its events' highest, not a counter updated by every append.
-    1: """
-    ALTER TABLE streams DROP COLUMN version;
-    ALTER TABLE streams DROP COLUMN updated_at;
-    """,
-    # v3: the event_store_no_replace trigger (created by _SCHEMA).
-    2: "",
-    # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
-    3: "DROP TRIGGER IF EXISTS event_store_no_update;",
-}
-_DESCRIPTIONS = {
-    1: "event_store, streams, append-only triggers",
-    2: "streams without a version counter",
-    3: "inserts cannot replace events or precede the head",
-    4: "per-stream hash chains (content_hash, chain_hash)",
-}
+# What is hashed, payload and metadata as their UTF-8 bytes (no decoding).
 _HASHED = (
-    "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
-    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
-)
-# The same, with payload and metadata as their UTF-8 bytes (what is hashed; no decoding).
-_HASHED_BYTES = _HASHED.replace(
-    "payload, metadata,", "CAST(payload AS BLOB), CAST(metadata AS BLOB),"
+    "position, id, stream_id, stream_type, version, event_type, schema_version, "
+    "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
+    "content_hash, chain_hash"
 )
 
 
-def _add_hashes(connection: sqlite3.Connection) -> None:
-    """Migration to v4: add the hash columns and compute every chain in position order
-    (the update trigger is dropped by the SQL step; the schema script recreates it)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
-    for name in ("content_hash", "chain_hash"):
-        if name not in columns:
-            connection.execute(f"ALTER TABLE event_store ADD COLUMN {name} BLOB")
-    heads: dict[str, bytes] = {}
-    updates = []
-    for row in connection.execute(f"SELECT {_HASHED} FROM event_store ORDER BY position"):
-        content = content_hash(*row[1:3], *row[5:12])
-        chain = chain_hash(heads.get(row[2], GENESIS), row[4], row[3], content)
-        heads[row[2]] = chain
-        updates.append((content, chain, row[0]))
-    connection.executemany(
-        "UPDATE event_store SET content_hash = ?, chain_hash = ? WHERE position = ?", updates
+# sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
+# (~0.3 us a value): hashes are bound as bytearrays, and a batch without a correlation or
+# causation id has NULL in its statement (the key: whether each is given).
+_INSERT = {
+    (correlated, caused): (
+        "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
+        "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
+        "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        f"{'?' if correlated else 'NULL'}, {'?' if caused else 'NULL'}, ?, ?)"
     )
-
-
-_MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
-
-
-_INSERT = (
-    "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
-    "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
-    "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
-# `until` filters rely on.
-_ts = timestamp_text
+    for correlated in (False, True)
+    for caused in (False, True)
+}
 
 
 def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
@@ -242,7 +141,7 @@ def page_query(
     """The keyset query of one page of the global log: a range seek on the rowid, or with a
     type filter one ordered seek of the (event_type, position) index per type, merged."""
     time_filter = " AND created_at <= ?" if until is not None else ""
-    stamp = [_ts(until)] if until is not None else []
+    stamp = [time_value(until)] if until is not None else []
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None:
         query = f"SELECT {_COLUMNS} FROM event_store WHERE position > ?{time_filter}"
@@ -406,15 +305,15 @@ class SQLiteRecorder:
                 )
             if found != SCHEMA_VERSION:
                 for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
-                    for statement in _statements(_MIGRATIONS[version]):
+                    for statement in _statements(MIGRATIONS[version]):
                         connection.execute(statement)
-                    if version in _MIGRATION_STEPS:
-                        _MIGRATION_STEPS[version](connection)
-                for statement in _statements(_SCHEMA):
+                    if version in MIGRATION_STEPS:
+                        MIGRATION_STEPS[version](connection)
+                for statement in _statements(SCHEMA):
                     connection.execute(statement)
                 connection.execute(
                     "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
-                    (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
+                    (SCHEMA_VERSION, DESCRIPTIONS[SCHEMA_VERSION]),
                 )
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -442,8 +341,9 @@ class SQLiteRecorder:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended:
-        now = _ts(created_at)
-        contents, _ = append_hashes(rows, stream_id, now, correlation_id, causation_id)
+        stamp = timestamp_text(created_at)  # hashed as text, stored as microseconds
+        contents, _ = append_hashes(rows, stream_id, stamp, correlation_id, causation_id)
+        now = time_value(created_at)
         with self._write() as connection:
             # (SQLite gives the bare columns of the row holding max(version).)
             head, current, kind, chain = connection.execute(
@@ -457,13 +357,14 @@ class SQLiteRecorder:
                 self._raise_if_recorded(connection, rows, head)
                 raise ConcurrencyError(stream_id, expected_version, current)
             chains = fold_chain(chain or GENESIS, current, kind, contents)
+            ids = tuple(given for given in (correlation_id, causation_id) if given is not None)
             try:
                 connection.executemany(
-                    _INSERT,
+                    _INSERT[correlation_id is not None, causation_id is not None],
                     [
-                        (head + n, row.id, stream_id, kind, current + n, row.event_type,
-                         row.schema_version, row.payload_json, row.metadata_json, now,
-                         correlation_id, causation_id, content, chain)
+                        (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
+                         row.schema_version, row.payload_json, row.metadata_json, now, *ids,
+                         bytearray(content), bytearray(chain))
                         for n, (row, content, chain) in enumerate(
                             zip(rows, contents, chains, strict=True), start=1
                         )
@@ -476,7 +377,7 @@ class SQLiteRecorder:
                 connection.execute(
                     "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
                     "VALUES (?, ?, ?)",
-                    (stream_id, kind, now),
+                    (stream_id, kind, stamp),
                 )
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
 
@@ -489,28 +390,36 @@ class SQLiteRecorder:
         found = connection.execute(
             f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({marks}) AND position <= ? "
             "ORDER BY position",
-            [*(row.id for row in rows), head],
+            [*(id_value(row.id) for row in rows), head],
         ).fetchall()
         if found:
-            raise AlreadyRecorded(fetch_events(lambda: found, datetime.fromisoformat))
+            raise AlreadyRecorded(fetch_events(lambda: found, ids_and_times))
 
     # -- integrity (event_sourcing.integrity) ---------------------------------------------
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order) as hashed: position, id, stream, stream type, version, type,
         schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
-        content hash, chain hash."""
+        content hash, chain hash; the id and time as the text hashed (sqlite_schema)."""
         with self._connection() as connection:
-            return connection.execute(
-                f"SELECT {_HASHED_BYTES} FROM event_store WHERE position > ? "
+            rows = connection.execute(
+                f"SELECT {_HASHED} FROM event_store WHERE position > ? "
                 "AND position <= ? ORDER BY position LIMIT ?",
                 (after, through, limit),
             ).fetchall()
+        texts: dict[Any, str] = {}  # a batch's events share their time
+        out = []
+        for row in rows:
+            stamp = texts.get(row[9])
+            if stamp is None:
+                stamp = texts[row[9]] = time_text(row[9])
+            out.append((row[0], id_text(row[1]), *row[2:9], stamp, *row[10:]))
+        return out
 
     def restore_triggers(self) -> tuple[list[str], str | None]:
         """Recreate missing append-only triggers: (what was wrong, why it could not be
         fixed or None)."""
         expected = re.findall(
-            r"CREATE\s+(?:TEMP\w*\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", _SCHEMA,
+            r"CREATE\s+(?:TEMP\w*\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", SCHEMA,
             re.IGNORECASE,
         )
         with self._connection() as connection:
@@ -524,7 +433,7 @@ class SQLiteRecorder:
             return [], None
         try:
             with self._write() as connection:
-                for statement in _statements(_SCHEMA):
+                for statement in _statements(SCHEMA):
                     connection.execute(statement)
         except sqlite3.Error as exc:
             return found, str(exc)
@@ -533,9 +442,7 @@ class SQLiteRecorder:
     # -- reading ------------------------------------------------------------------------
     def _select(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
         with self._connection() as connection:
-            return fetch_events(
-                connection.execute(sql, params).fetchall, datetime.fromisoformat
-            )
+            return fetch_events(connection.execute(sql, params).fetchall, ids_and_times)
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None
@@ -567,7 +474,7 @@ class SQLiteRecorder:
         return self._select(
             f"SELECT {_COLUMNS} FROM event_store WHERE id IN ({','.join('?' * len(ids))}) "
             "ORDER BY position",
-            list(ids),
+            [id_param(event_id) for event_id in ids],
         )
 
     def stream_version(self, stream_id: str) -> int:

@@ -1,0 +1,254 @@
+"""The SQLite store's schema (v5), its migrations from every older version, and how ids and
+times are stored: an event id as its UUID's 16 bytes, a time as INTEGER microseconds since
+1970-01-01 UTC. Both decode back to the same values (a str UUID, a tz-aware datetime), and
+to the exact text the hashes cover (docs/integrity.md), so the hash definition is unchanged.
+
+A value the migration could not turn into its compact form exactly (an id that is not
+canonical UUID text, a time that is not the store's ISO text) stays text; every decoder
+takes both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
+from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
+
+SCHEMA_VERSION = 5
+
+_EVENT_STORE = """
+CREATE TABLE IF NOT EXISTS event_store (
+    position       INTEGER PRIMARY KEY,
+    id             BLOB NOT NULL UNIQUE,  -- the UUID's 16 bytes
+    stream_id      TEXT NOT NULL,
+    stream_type    TEXT NOT NULL,
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    event_type     TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       TEXT NOT NULL DEFAULT '{}',
+    created_at     INTEGER NOT NULL,  -- microseconds since 1970-01-01T00:00:00Z
+    correlation_id TEXT,
+    causation_id   TEXT,
+    content_hash   BLOB,  -- integrity: docs/integrity.md
+    chain_hash     BLOB,
+    UNIQUE (stream_id, version)
+);
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mlevents_schema (
+    version     INTEGER PRIMARY KEY,
+    applied_at  TEXT NOT NULL,
+    description TEXT NOT NULL
+);
+-- One row per stream, written by its first append; its version is its events' highest.
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id   TEXT PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
+    stream_type TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);""" + _EVENT_STORE + """
+-- Every index has a query that needs it (bench/bench_storage.py prints them); reads by
+-- time filter the position range they scan, so created_at has none.
+CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
+CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
+    WHERE correlation_id IS NOT NULL;
+-- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
+CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    seal_version  BIGINT NOT NULL,
+    seal_chain    TEXT NOT NULL,
+    seal_to       BIGINT NOT NULL,
+    head_position BIGINT NOT NULL,
+    head_chain    TEXT NOT NULL,
+    verified_at   TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS event_store_no_update BEFORE UPDATE ON event_store
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be updated');
+END;
+CREATE TRIGGER IF NOT EXISTS event_store_no_delete BEFORE DELETE ON event_store
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: events cannot be deleted');
+END;
+-- REPLACE (INSERT OR REPLACE, REPLACE INTO, an upsert) deletes the rows an insert collides
+-- with and fires no DELETE trigger: refuse any insert that collides, or that would slip an
+-- event in below the head (positions only grow). Three index seeks per event.
+CREATE TRIGGER IF NOT EXISTS event_store_no_replace BEFORE INSERT ON event_store
+WHEN NEW.position <= (SELECT max(position) FROM event_store)
+    OR EXISTS (SELECT 1 FROM event_store WHERE id = NEW.id)
+    OR EXISTS (SELECT 1 FROM event_store
+               WHERE stream_id = NEW.stream_id AND version = NEW.version)
+BEGIN
+    SELECT RAISE(ABORT, 'event_store is append-only: an insert may not replace an event');
+END;
+"""
+# The subject key table (event_sourcing.privacy.keys), created with the store so that a role
+# without CREATE (`mlevents grant ... appender`) can append personal data.
+SCHEMA += f"{KEY_TABLE_DDL};\n"
+
+DESCRIPTIONS = {
+    1: "event_store, streams, append-only triggers",
+    2: "streams without a version counter",
+    3: "inserts cannot replace events or precede the head",
+    4: "per-stream hash chains (content_hash, chain_hash)",
+    5: "ids as 16-byte UUIDs, times as integer microseconds, no created_at index",
+}
+
+# -- ids and times -------------------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def id_value(event_id: str) -> bytearray:
+    """A canonical UUID text (what the store writes) as stored: its 16 bytes (a bytearray,
+    which sqlite3 binds without looking for an adapter, unlike bytes)."""
+    return bytearray.fromhex(event_id.replace("-", ""))
+
+
+def id_param(event_id: str) -> bytes | str:
+    """Any id a caller looks up, as stored (text that is no UUID cannot match)."""
+    try:
+        return uuid.UUID(event_id).bytes
+    except ValueError:
+        return event_id
+
+
+def id_text(value: bytes | str) -> str:
+    """A stored id as canonical UUID text."""
+    if type(value) is not bytes:
+        return str(value)
+    h = value.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def ids_and_times(rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[datetime]]:
+    """The ids (column 0) and times (column 9) of a page of rows, decoded with no Python
+    call per row; each distinct time once (a batch's events share theirs)."""
+    ids = [
+        f"{(h := value.hex())[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if type(value := row[0]) is bytes else str(value)
+        for row in rows
+    ]
+    seen: dict[Any, datetime] = {}
+    times = [
+        seen[value] if (value := row[9]) in seen else seen.setdefault(value, time_of(value))
+        for row in rows
+    ]
+    return ids, times
+
+
+def time_value(value: datetime) -> int:
+    """A UTC datetime as stored: microseconds since the Unix epoch."""
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def time_of(value: int | str) -> datetime:
+    """A stored time as a UTC datetime."""
+    if type(value) is int:
+        return _EPOCH + timedelta(microseconds=value)
+    return datetime.fromisoformat(str(value))
+
+
+def time_text(value: int | str) -> str:
+    """A stored time as the text its hash covers (hashing.timestamp_text)."""
+    return timestamp_text(time_of(value)) if type(value) is int else str(value)
+
+
+def _compact_id(value: bytes | str) -> bytes | str:
+    if type(value) is not str:
+        return value
+    try:
+        compact = uuid.UUID(value).bytes
+    except ValueError:
+        return value
+    return compact if id_text(compact) == value else value
+
+
+def _compact_time(value: int | str) -> int | str:
+    if type(value) is not str:
+        return value
+    try:
+        compact = time_value(datetime.fromisoformat(value))
+    except (ValueError, TypeError, OverflowError):
+        return value
+    return compact if time_text(compact) == value else value
+
+
+# -- migrations ---------------------------------------------------------------------------------
+# What a database at each older version needs before SCHEMA brings it up to date.
+MIGRATIONS = {
+    # v2: a stream's version is its events' highest, not a counter updated by every append.
+    1: """
+    ALTER TABLE streams DROP COLUMN version;
+    ALTER TABLE streams DROP COLUMN updated_at;
+    """,
+    # v3: the event_store_no_replace trigger (created by SCHEMA).
+    2: "",
+    # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
+    3: "DROP TRIGGER IF EXISTS event_store_no_update;",
+    # v5: the table is rebuilt (_compact) with ids and times in their compact form.
+    4: """
+    DROP TRIGGER IF EXISTS event_store_no_update;
+    DROP TRIGGER IF EXISTS event_store_no_delete;
+    DROP TRIGGER IF EXISTS event_store_no_replace;
+    DROP INDEX IF EXISTS idx_event_store_type;
+    DROP INDEX IF EXISTS idx_event_store_time;
+    DROP INDEX IF EXISTS idx_event_store_correlation;
+    ALTER TABLE event_store RENAME TO event_store_v4;
+    """,
+}
+_COPIED = (
+    "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
+    "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+
+
+def _add_hashes(connection: sqlite3.Connection) -> None:
+    """Migration to v4: add the hash columns and compute every chain in position order
+    (the update trigger is dropped by the SQL step; the schema script recreates it)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
+    for name in ("content_hash", "chain_hash"):
+        if name not in columns:
+            connection.execute(f"ALTER TABLE event_store ADD COLUMN {name} BLOB")
+    heads: dict[str, bytes] = {}
+    updates = []
+    for row in connection.execute(
+        "SELECT position, id, stream_id, stream_type, version, event_type, schema_version, "
+        "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, "
+        "causation_id FROM event_store ORDER BY position"
+    ):
+        content = content_hash(
+            id_text(row[1]), row[2], row[5], row[6], row[7], row[8], time_text(row[9]),
+            row[10], row[11],
+        )
+        chain = chain_hash(heads.get(row[2], GENESIS), row[4], row[3], content)
+        heads[row[2]] = chain
+        updates.append((content, chain, row[0]))
+    connection.executemany(
+        "UPDATE event_store SET content_hash = ?, chain_hash = ? WHERE position = ?", updates
+    )
+
+
+def _compact(connection: sqlite3.Connection) -> None:
+    """Migration to v5: copy every event, in position order, into the new table with its id
+    and time in compact form (exact: each decodes to the text it was hashed as)."""
+    connection.create_function("mlevents_compact_id", 1, _compact_id, deterministic=True)
+    connection.create_function("mlevents_compact_time", 1, _compact_time, deterministic=True)
+    connection.execute(_EVENT_STORE)
+    copied = _COPIED.replace(" id,", " mlevents_compact_id(id),").replace(
+        " created_at,", " mlevents_compact_time(created_at),"
+    )
+    connection.execute(
+        f"INSERT INTO event_store ({_COPIED}) SELECT {copied} FROM event_store_v4 "
+        "ORDER BY position"
+    )
+    connection.execute("DROP TABLE event_store_v4")
+
+
+MIGRATION_STEPS = {3: _add_hashes, 4: _compact}  # Python run after a version's SQL
