@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PG_URL
+from conftest import PG_URL, latest_schema_version
 
 import event_sourcing as es
 from event_sourcing.cli import main
@@ -40,7 +40,7 @@ from event_sourcing.integrity.hashing import (
     merkle_root,
     seal_chain,
 )
-from event_sourcing.stores.postgres import append_query
+from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.recorder import EventRow
 
 Raw = Callable[..., list[tuple[Any, ...]]]
@@ -565,9 +565,47 @@ def test_a_version_2_store_gets_its_chains_on_connect(
         tuple(bytes(h) for h in pair) for pair in expected
     ]
     with migrated.transaction() as tx:
-        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 4
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
+            latest_schema_version(migrated.dialect))
         with pytest.raises(Exception, match="append-only"):
             tx.execute("UPDATE event_store SET version = version")
     migrated.append("run-a", [ev(4)], expected_version=3)
     migrated.append("run-b", [ev(4), ev(5)])
     assert migrated.verify().ok
+
+
+def test_a_version_4_postgres_store_is_migrated_to_5(pg_schema_url: str) -> None:
+    """v5 replaces the B-tree on created_at by a block range index; every event stays,
+    verifies, and `until` reads and appends go on."""
+    store = es.connect(pg_schema_url)
+    store.append("run-a", [ev(1), ev(2)], correlation_id="job")
+    store.append("run-b", [ev(1)])
+    store.seal()
+    before = list(store.read_all())
+    with store.transaction() as tx:  # put the database back into its v4 shape
+        tx.execute("DROP INDEX idx_event_store_time_range")
+        tx.execute("CREATE INDEX idx_event_store_time ON event_store (created_at)")
+        tx.execute("DELETE FROM mlevents_schema")
+        tx.execute("INSERT INTO mlevents_schema (version, applied_at, description) "
+                   "VALUES (4, '2026-01-01', 'v4')")
+    store.close()
+    migrated = es.connect(pg_schema_url)
+    try:
+        with migrated.transaction() as tx:
+            assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 5
+            indexes = {row[0]: row[1] for row in tx.execute(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE schemaname = current_schema() AND tablename = 'event_store'"
+            ).fetchall()}
+        assert "idx_event_store_time" not in indexes
+        assert "USING brin (created_at)" in indexes["idx_event_store_time_range"]
+        assert list(migrated.read_all()) == before
+        assert list(migrated.read_all(until=before[0].created_at)) == [
+            e for e in before if e.created_at <= before[0].created_at
+        ]
+        migrated.append("run-a", [ev(3)], expected_version=2)
+        report = migrated.verify()
+        assert report.ok, report.problems
+        assert report.events == len(before) + 1
+    finally:
+        migrated.close()

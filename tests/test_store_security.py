@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import latest_schema_version
 from psycopg import sql
 
 import event_sourcing as es
@@ -181,7 +182,8 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     old.close()
     migrated = make_store(validate=False)
     with migrated.transaction() as tx:
-        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 4
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
+            latest_schema_version(migrated.dialect))
     statement = (SQLITE_REWRITES if migrated.dialect == "sqlite" else PG_REWRITES)[0]
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error)):
         raw(store_url, statement.format(
