@@ -85,7 +85,8 @@ def append_hashes(
     """The content hash of each row of one append (EventRow: id, event_type, schema_version,
     payload_json, metadata_json, payload), the fields a batch shares encoded once; and,
     given the head (its chain hash, version, stream type), their chain hashes.
-    `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb)."""
+    `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb), which
+    is their text when the row says it was written in that form."""
     sha256 = _sha256
     s = field(stream_id)
     tail = field(created_at) + (
@@ -103,7 +104,7 @@ def append_hashes(
             t = types[row.event_type] = field(row.event_type)
         i = row.id.encode()
         metadata = row.metadata_json
-        if canonical:
+        if canonical and not row.canonical:
             p = canonical_json_bytes(
                 decode(row.payload_json) if row.payload is None else row.payload
             )
