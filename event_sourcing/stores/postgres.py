@@ -22,6 +22,7 @@ import bisect
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import psycopg
@@ -115,6 +116,22 @@ def page_query(
         query = " UNION ALL ".join(branches)
     params.append(limit)
     return f"{query} ORDER BY position LIMIT %s", params
+
+
+# A page is fetched in chunks of this many rows (libpq's chunked mode), each decoded while
+# the server renders the next ones as text: read_page's two halves, the server's and the
+# client's, run side by side instead of one after the other (bench/README.md).
+_CHUNK = 500
+
+
+def _stream_on(
+    connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
+) -> list[RecordedEvent]:
+    rows = connection.cursor(binary=True).stream(query, params, size=_CHUNK)
+    events: list[RecordedEvent] = []
+    while chunk := list(islice(rows, _CHUNK)):
+        events += fetch_events(chunk.copy)
+    return events
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -375,10 +392,11 @@ class PostgresRecorder:
                     f"{isolation}: a snapshot older than the read horizon could skip events. "
                     "Read before the transaction, or do not change its isolation level."
                 )
-            # Never prepared: a prepared page query may switch to a generic plan after five
-            # runs, one that walks the position index filtering every row (a reset cursor
-            # with a type filter); an unnamed statement is planned for its own values.
-            page = self._select_on(connection, query, params, prepare=False)
+            # Never prepared (a stream is not): a prepared page query may switch to a
+            # generic plan after five runs, one that walks the position index filtering
+            # every row (a reset cursor with a type filter); an unnamed statement is
+            # planned for its own values.
+            page = _stream_on(connection, query, params)
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
             return page if settled == len(page) else page[:settled]
 

@@ -55,6 +55,8 @@ def _jsonb_safe(match: re.Match[str]) -> str:
 def decode_all(texts: Sequence[bytes]) -> list[Any]:
     """The values of stored JSON texts (UTF-8: a page's payloads or metadata), exactly as
     `decode` reads them, types included: through orjson wherever that reads the same."""
+    if texts.count(b"{}") == len(texts):  # a page of events without metadata
+        return [{} for _ in texts]
     try:
         if _LONG_RUN not in b"\n".join(texts).translate(_DIGITS_AS_ZEROS):  # the whole page
             return list(map(_orjson_loads, texts))
@@ -82,9 +84,10 @@ def encode(value: Any, what: str) -> tuple[str, int, Any]:
 
 def encode_marked(value: Any, what: str) -> tuple[str, int, Any, bool]:
     """`value` as JSON text (keys sorted, unless the json module writes it), its size in
-    UTF-8 bytes, the value as every reader will decode it, and whether the text is the canonical JSON of that value that
-    PostgreSQL's content hash covers (integrity.hashing.canonical_json): orjson's text with
-    sorted keys is, unless a number had to be rewritten or the json module wrote it.
+    UTF-8 bytes, the value as every reader will decode it, and whether the text is the
+    canonical JSON of that value, which PostgreSQL's content hash covers
+    (integrity.hashing.canonical_json): orjson's text with sorted keys is, unless a number
+    had to be rewritten or the json module wrote it.
 
     Refused (EventValidationError, saying what to do): values JSON cannot carry (sets,
     bytes, objects, NaN and Infinity), values that would read back different (keys that
