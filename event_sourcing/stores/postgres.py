@@ -29,6 +29,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
+from psycopg.types.string import ByteaBinaryLoader
 
 from event_sourcing.errors import (
     ConcurrencyError,
@@ -57,12 +58,26 @@ from event_sourcing.stores.recorder import (
 from event_sourcing.stores.values import decode
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
-# Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events).
+# Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events):
+# as varchar, which an event cursor loads as bytes (_event_cursor). The store's tables have
+# no varchar column; convert_to(..., 'UTF8') to bytea would cost the server a validation
+# and a copy per value.
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "convert_to(payload::text, 'UTF8'), convert_to(metadata::text, 'UTF8'), created_at, "
+    "payload::text::varchar, metadata::text::varchar, created_at, "
     "correlation_id, causation_id, schema_version"
 )
+# bytea's binary loader (psycopg's C one when installed): the bytes as they came.
+_AS_BYTES = psycopg.postgres.adapters.get_loader(
+    psycopg.postgres.types["bytea"].oid, psycopg.pq.Format.BINARY
+) or ByteaBinaryLoader
+
+
+def _event_cursor(connection: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A binary cursor that loads varchar (only _COLUMNS' payload and metadata) as bytes."""
+    cursor = connection.cursor(binary=True)
+    cursor.adapters.register_loader("varchar", _AS_BYTES)
+    return cursor
 
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
@@ -127,7 +142,7 @@ _CHUNK = 500
 def _stream_on(
     connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
 ) -> list[RecordedEvent]:
-    rows = connection.cursor(binary=True).stream(query, params, size=_CHUNK)
+    rows = _event_cursor(connection).stream(query, params, size=_CHUNK)
     events: list[RecordedEvent] = []
     while chunk := list(islice(rows, _CHUNK)):
         events += fetch_events(chunk.copy)
@@ -347,9 +362,8 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        return fetch_events(
-            connection.execute(query, params, prepare=prepare, binary=True).fetchall
-        )
+        cursor = _event_cursor(connection)
+        return fetch_events(cursor.execute(query, params, prepare=prepare).fetchall)
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(
