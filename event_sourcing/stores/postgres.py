@@ -79,6 +79,7 @@ def _event_cursor(connection: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     cursor.adapters.register_loader("varchar", _AS_BYTES)
     return cursor
 
+
 _STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
