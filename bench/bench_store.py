@@ -29,8 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from event_sourcing.events import new_event_id
-from event_sourcing.stores import postgres as postgres_store
-from event_sourcing.stores import sqlite_schema
+from event_sourcing.stores import postgres_schema, sqlite_schema
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")
@@ -319,7 +318,7 @@ class EventSourcingLib:
 # The store's own DDL up to its triggers and functions: the same tables, columns,
 # constraints and indexes, with the position from a sequence / INTEGER PRIMARY KEY at insert.
 _RAW_SQLITE_SCHEMA = sqlite_schema.SCHEMA.split("CREATE TRIGGER")[0]
-_RAW_PG_SCHEMA = postgres_store._SCHEMA.split("CREATE OR REPLACE FUNCTION")[0] + (
+_RAW_PG_SCHEMA = postgres_schema.SCHEMA.split("CREATE OR REPLACE FUNCTION")[0] + (
     # (the store's trigger assigns positions; raw SQL takes them from a column default)
     "ALTER TABLE event_store ALTER COLUMN position SET DEFAULT nextval('event_position_seq');"
 )

@@ -45,6 +45,13 @@ def require_pg() -> None:
     pytest.skip(message)
 
 
+def latest_schema_version(dialect: str) -> int:
+    """The schema version a store of `dialect` is created at, and migrated to."""
+    from event_sourcing.stores import postgres_schema, sqlite
+
+    return sqlite.SCHEMA_VERSION if dialect == "sqlite" else postgres_schema.SCHEMA_VERSION
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _pg_state.get("skipped"):
         terminalreporter.write_line(

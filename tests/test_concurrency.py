@@ -17,7 +17,7 @@ from _workers import write_for
 
 import event_sourcing as es
 from event_sourcing.events import new_event_id
-from event_sourcing.stores.postgres import append_query
+from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.recorder import EventRow
 
 pytestmark = pytest.mark.slow

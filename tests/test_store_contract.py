@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import psycopg
 import pytest
+from conftest import latest_schema_version
 
 import event_sourcing as es
 from event_sourcing.catalog import TrainingProgress, TrainingStarted
 from event_sourcing.events import new_event_id
-from event_sourcing.stores import postgres, sqlite
 
 SHA = "a" * 64
 
@@ -232,8 +232,7 @@ def test_a_version_1_database_is_migrated_on_connect(
     assert _stream_columns(migrated) == {"stream_id", "stream_type", "created_at"}
     with migrated.transaction() as tx:
         assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
-            sqlite.SCHEMA_VERSION if migrated.dialect == "sqlite" else postgres.SCHEMA_VERSION
-        )
+            latest_schema_version(migrated.dialect))
         if migrated.dialect == "postgresql":
             found = tx.execute("SELECT to_regprocedure('mlevents_append(jsonb)')").fetchone()
             assert found[0] is None

@@ -15,13 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import latest_schema_version
 from psycopg import sql
 
 import event_sourcing as es
 from event_sourcing.cli import main
 from event_sourcing.projections import Projection, ProjectionError, ProjectionRunner
 from event_sourcing.projections.read_models import builtin_projections
-from event_sourcing.stores import postgres, sqlite
 from event_sourcing.stores.recorder import redact_text, redact_url
 
 PG_URL = os.environ.get("MLEVENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -191,8 +191,7 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     migrated = make_store(validate=False)
     with migrated.transaction() as tx:
         assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
-            sqlite.SCHEMA_VERSION if migrated.dialect == "sqlite" else postgres.SCHEMA_VERSION
-        )
+            latest_schema_version(migrated.dialect))
     statement = (SQLITE_REWRITES if migrated.dialect == "sqlite" else PG_REWRITES)[0]
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error)):
         raw(store_url, rewrite(migrated.dialect, statement, first.id))

@@ -85,25 +85,29 @@ def append_hashes(
     """The content hash of each row of one append (EventRow: id, event_type, schema_version,
     payload_json, metadata_json, payload), the fields a batch shares encoded once; and,
     given the head (its chain hash, version, stream type), their chain hashes.
-    `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb)."""
+    `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb), which
+    is their text when the row says it was written in that form."""
     sha256 = _sha256
     s = field(stream_id)
     tail = field(created_at) + (
         _NULL if correlation_id is None else field(correlation_id)
     ) + (_NULL if causation_id is None else field(causation_id))
-    types: dict[str, bytes] = {}
+    # (type, schema version) -> the stream, type and schema version fields, encoded once
+    fixed: dict[tuple[str, int], bytes] = {}
     contents = []
     chains: list[bytes] | None = None
     if head is not None:
         chain, version, kind = head[0], head[1], field(head[2])
         chains = []
     for row in rows:
-        t = types.get(row.event_type)
+        t = fixed.get((row.event_type, row.schema_version))
         if t is None:
-            t = types[row.event_type] = field(row.event_type)
+            t = fixed[row.event_type, row.schema_version] = s + field(row.event_type) + (
+                row.schema_version.to_bytes(8, "big", signed=True)
+            )
         i = row.id.encode()
         metadata = row.metadata_json
-        if canonical:
+        if canonical and not row.canonical:
             p = canonical_json_bytes(
                 decode(row.payload_json) if row.payload is None else row.payload
             )
@@ -113,10 +117,7 @@ def append_hashes(
         else:
             p = row.payload_json.encode("utf-8", "surrogatepass")
             m = _EMPTY_OBJECT if metadata == "{}" else field(metadata)
-        content = sha256(b"".join((
-            _U32(len(i)), i, s, t, row.schema_version.to_bytes(8, "big", signed=True),
-            _U32(len(p)), p, m, tail,
-        ))).digest()
+        content = sha256(b"".join((_U32(len(i)), i, t, _U32(len(p)), p, m, tail))).digest()
         contents.append(content)
         if chains is not None:
             version += 1

@@ -32,6 +32,9 @@ class EventRow(NamedTuple):
     payload: Any = None
     """The decoded payload_json, when the writer has it (saves PostgreSQL a decode when it
     hashes the canonical JSON of the stored value; docs/integrity.md)."""
+    canonical: bool = False
+    """payload_json and metadata_json are the canonical JSON of their values (the form
+    PostgreSQL's content hash covers, docs/integrity.md): hashed as they are."""
 
 
 class Appended(NamedTuple):

@@ -36,7 +36,7 @@ from event_sourcing.stores.recorder import (
 from event_sourcing.stores.times import utc_time
 from event_sourcing.stores.values import (
     decode,
-    encode,
+    encode_marked,
     refuse_lone_surrogates,
     same,
 )
@@ -283,8 +283,8 @@ class EventStore:
         batch_keys: dict[str, Any] = {}  # subjects' keys, read once per append
         limit = self.max_payload_bytes
         batch_metadata = dict(metadata) if metadata else {}
-        batch_metadata_json, batch_metadata_size, batch_metadata = (
-            encode(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {})
+        batch_metadata_json, batch_metadata_size, batch_metadata, batch_canonical = (
+            encode_marked(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {}, True)
         )
         rows: list[EventRow] = []
         payloads: list[dict[str, Any]] = []
@@ -313,12 +313,14 @@ class EventStore:
                 what = f"{what} ({event_type})"
                 if registered:
                     schema_version, payload = registry.encode(event_type, raw_payload)
-                    payload_json, size, payload = encode(payload, what)
+                    payload_json, size, payload, canonical = encode_marked(payload, what)
                     if "\ufffd" in payload_json:
                         refuse_lone_surrogates(raw_payload, what)
                 else:
                     schema_version = 1
-                    payload_json, size, payload = encode(dict(raw_payload), what)
+                    payload_json, size, payload, canonical = encode_marked(
+                        dict(raw_payload), what
+                    )
                 if event.id is None:
                     event_id = new_event_id()  # fresh ids never collide; given ones may
                 else:
@@ -341,7 +343,7 @@ class EventStore:
             elif isinstance(event, DomainEvent):
                 event_type, schema_version, payload = registry.encode_model(event)
                 what = f"{what} ({event_type})"
-                payload_json, size, payload = encode(payload, what)
+                payload_json, size, payload, canonical = encode_marked(payload, what)
                 if "\ufffd" in payload_json:
                     refuse_lone_surrogates(event.model_dump(), what)
                 event_id = new_event_id()
@@ -351,12 +353,13 @@ class EventStore:
                     "typed catalog event"
                 )
             if event_metadata:
-                metadata_json, metadata_size, merged = encode(
+                metadata_json, metadata_size, merged, metadata_canonical = encode_marked(
                     {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
                 )
                 metadatas.append(merged)
             else:
                 metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
+                metadata_canonical = batch_canonical
                 metadatas.append(decode(metadata_json) if batch_metadata else {})
             size += metadata_size
             stored = payload  # the value payload_json holds (hashed on PostgreSQL)
@@ -366,13 +369,15 @@ class EventStore:
                 if sealed is not None:
                     payload_json, metadata_json, size = sealed
                     stored = None  # ciphertext: the hash is over what is stored, not plaintext
+                    canonical = False
             if size > limit:
                 raise _too_large(f"{what} with its metadata", size, limit, "per event")
             total += size
             payloads.append(payload)
-            rows.append(
-                EventRow(event_id, event_type, schema_version, payload_json, metadata_json, stored)
-            )
+            rows.append(EventRow(
+                event_id, event_type, schema_version, payload_json, metadata_json, stored,
+                canonical and metadata_canonical,
+            ))
         if total > MAX_BATCH_BYTES:
             raise _too_large(
                 f"this batch of {len(rows):,} events", total, MAX_BATCH_BYTES, "per append"

@@ -21,6 +21,7 @@ MAX_NESTING_DEPTH = 100
 
 # Built once: json.dumps(**kwargs) would construct an encoder per call on the hot path.
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+_SORTED = orjson.OPT_SORT_KEYS
 decode = json.JSONDecoder().decode
 _orjson_loads = orjson.loads
 # orjson reads an integer beyond 64 bits as a float: text holding a run of 19+ digits (an
@@ -54,6 +55,8 @@ def _jsonb_safe(match: re.Match[str]) -> str:
 def decode_all(texts: Sequence[bytes]) -> list[Any]:
     """The values of stored JSON texts (UTF-8: a page's payloads or metadata), exactly as
     `decode` reads them, types included: through orjson wherever that reads the same."""
+    if texts.count(b"{}") == len(texts):  # a page of events without metadata
+        return [{} for _ in texts]
     try:
         if _LONG_RUN not in b"\n".join(texts).translate(_DIGITS_AS_ZEROS):  # the whole page
             return list(map(_orjson_loads, texts))
@@ -73,8 +76,18 @@ def _depth(text: str) -> int:
 
 
 def encode(value: Any, what: str) -> tuple[str, int, Any]:
-    """`value` as canonical JSON text, its size in UTF-8 bytes, and the value as every
-    reader will decode it.
+    """`value` as JSON text, its size in UTF-8 bytes, and the value as every reader will
+    decode it: `encode_marked` without the mark."""
+    text, size, decoded, _ = encode_marked(value, what)
+    return text, size, decoded
+
+
+def encode_marked(value: Any, what: str) -> tuple[str, int, Any, bool]:
+    """`value` as JSON text (keys sorted, unless the json module writes it), its size in
+    UTF-8 bytes, the value as every reader will decode it, and whether the text is the
+    canonical JSON of that value, which PostgreSQL's content hash covers
+    (integrity.hashing.canonical_json): orjson's text with sorted keys is, unless a number
+    had to be rewritten or the json module wrote it.
 
     Refused (EventValidationError, saying what to do): values JSON cannot carry (sets,
     bytes, objects, NaN and Infinity), values that would read back different (keys that
@@ -87,17 +100,20 @@ def encode(value: Any, what: str) -> tuple[str, int, Any]:
         # orjson refuses keys that are not str, lone surrogates, ints beyond 64 bits and
         # foreign types, but writes NaN as null and tuples as lists: the comparison below
         # catches those.
-        data = orjson.dumps(value)
+        data = orjson.dumps(value, option=_SORTED)
     except TypeError:
         text = _encode_slowly(value, what)
         decoded = decode(text)  # orjson.loads would turn ints beyond 64 bits into floats
+        canonical = False
     else:
-        text = _checked(data.decode(), what)
+        written = data.decode()
+        text = _checked(written, what)
         decoded = orjson.loads(text)
+        canonical = text is written and "e+" not in text and "-0.0" not in text
     if decoded != value:
         _encode_slowly(value, what)  # the precise error, if there is one (NaN, objects...)
         raise EventValidationError(f"{what} would not read back as written: {_difference(value)}")
-    return text, len(text) if text.isascii() else _utf8_size(text, what), decoded
+    return text, len(text) if text.isascii() else _utf8_size(text, what), decoded, canonical
 
 
 def _encode_slowly(value: Any, what: str) -> str:
