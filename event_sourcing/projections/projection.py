@@ -26,6 +26,7 @@ __all__ = [
     "ReadModelMissingError",
     "apply_event",
     "apply_page",
+    "insert_rows",
     "iso",
     "on",
     "table_exists",
@@ -53,6 +54,29 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="microseconds")  # years padded to 4
+
+
+_MAX_PARAMETERS = 900  # per statement: within every SQLite build's limit (999 at least)
+
+
+def insert_rows(
+    tx: SqlTransaction, into: str, rows: Sequence[Sequence[Any]], conflict: str = ""
+) -> None:
+    """`INSERT INTO {into} VALUES (...), (...) {conflict}` of `rows`, a few hundred rows per
+    statement: one round trip where executemany makes one per row on PostgreSQL. `into` is
+    the table and its columns, e.g. ``"edges (source, target)"``; `conflict` an ON CONFLICT
+    clause. Rows of one statement must not conflict with each other under DO UPDATE."""
+    if not rows:
+        return
+    width = len(rows[0])
+    mark = "(" + ", ".join("?" * width) + ")"
+    per_statement = max(1, _MAX_PARAMETERS // width)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        tx.execute(
+            f"INSERT INTO {into} VALUES {', '.join([mark] * len(chunk))} {conflict}",
+            [value for row in chunk for value in row],
+        )
 
 
 def table_exists(tx: SqlTransaction, table: str) -> bool:

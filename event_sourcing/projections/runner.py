@@ -55,6 +55,9 @@ log = logging.getLogger("event_sourcing.projections")
 
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_MAX_ATTEMPTS = 3
+# A page is read as a range of the log (all types, filtered here) while at least one event
+# in this many of the last page's span was of interest to the projection.
+_SCAN_DENSITY = 3
 _SETUP_LOCK = 0x6D6C7072  # advisory lock key ("mlpr"): serializes concurrent DDL on PostgreSQL
 
 _RUNNER_DDL = (
@@ -136,6 +139,7 @@ class ProjectionRunner:
                 raise ProjectionError(f"two projections are named {projection.name!r}")
             self.projections[projection.name] = projection
         self._ready: set[str] = set()
+        self._scan: dict[str, bool] = {}  # read the next page as a range of the log
 
     # -- selection & setup ----------------------------------------------------------------
     def get(self, name: str) -> Projection:
@@ -215,7 +219,9 @@ class ProjectionRunner:
         results = {}
         for projection in self._selected(name):
             stats = RunStats(projection.name, rebuilt=self._ensure(projection))
-            while self._batch(projection, batch_size, stats):
+            # The checkpoint is read once per run; each batch's claim checks it still holds.
+            checkpoint = self._checkpoint_of(projection)
+            while (checkpoint := self._batch(projection, batch_size, stats, checkpoint)) >= 0:
                 if progress is not None:
                     progress(stats)
             if progress is not None:
@@ -223,19 +229,25 @@ class ProjectionRunner:
             results[projection.name] = stats
         return results
 
-    def _batch(self, projection: Projection, batch_size: int, stats: RunStats) -> bool:
-        """Apply one batch in one transaction; True if a full batch was read (more may wait).
+    def _batch(
+        self, projection: Projection, batch_size: int, stats: RunStats, checkpoint: int
+    ) -> int:
+        """Apply one batch after `checkpoint` in one transaction; return the checkpoint to
+        read the next batch after, or -1 when the read came back short (caught up).
 
         The events are read before the transaction (which stays short, and needs no second
         connection); it then claims the checkpoint and applies them only if no other runner
-        moved the checkpoint meanwhile (otherwise it reads again)."""
+        moved the checkpoint meanwhile (otherwise it reads again after that runner's)."""
         # Every position up to this head is visible now (positions become visible in order),
         # so once a filtered read comes back short, the checkpoint may move up to it.
-        checkpoint = self._checkpoint_of(projection)
-        page = read_page(self.store, checkpoint, projection.event_types, batch_size)
+        scan = self._scan.get(projection.name, True)
+        page = read_page(self.store, checkpoint, projection.event_types, batch_size, scan=scan)
         if checkpoint >= page.head:
             stats.checkpoint = checkpoint
-            return False  # nothing to do: no write transaction (no fsync, no lock)
+            return -1  # nothing to do: no write transaction (no fsync, no lock)
+        # Read the next page as a range of the log while most of its events are of interest.
+        span = page.cursor - checkpoint
+        self._scan[projection.name] = len(page.events) * _SCAN_DENSITY >= span
         events = page.events
         with self.store.transaction() as tx:
             # Claiming the row (a no-op update) serializes runners of one projection.
@@ -250,7 +262,7 @@ class ProjectionRunner:
                     "by another process?); run it again"
                 )
             if int(row[0]) != checkpoint:
-                return True  # another runner applied a batch meanwhile: read from its checkpoint
+                return int(row[0])  # another runner applied a batch meanwhile: read after it
             failed = apply_page(tx, projection, events, self.store.registry, self.max_attempts)
             for event, outcome in failed:
                 self._park(tx, projection, event, outcome)
@@ -267,7 +279,7 @@ class ProjectionRunner:
         stats.parked += parked
         stats.batches += 1
         stats.checkpoint = position
-        return full
+        return position if full else -1
 
     def _checkpoint_of(self, projection: Projection) -> int:
         """The checkpoint as last committed (-1 if the row is gone: the claim then says so)."""
