@@ -11,6 +11,7 @@ from typing import Any
 
 from event_sourcing.catalog import DomainEvent, InferenceCompleted, InferenceFeedback
 from event_sourcing.events import RecordedEvent
+from event_sourcing.projections.projection import insert_rows
 from event_sourcing.projections.read_models.common import (
     Queryable,
     query_read_model,
@@ -170,33 +171,39 @@ class _Batch:
 
     def write(self) -> None:
         tx = self.tx
-        if self.predictions:
-            tx.executemany(
-                "INSERT INTO inference_quality_predictions (inference_id, model_id, "
-                "model_version, prediction) VALUES (?, ?, ?, ?) ON CONFLICT (inference_id) DO "
-                "UPDATE SET model_id = excluded.model_id, model_version = excluded.model_version, "
-                "prediction = excluded.prediction",
-                [(inference_id, *seen) for inference_id, seen in self.predictions.items()],
-            )
-        for (model_id, version), row in self.rows.items():
-            window_count = len(row.judged) if row.judged is not None else None
-            tx.execute(
-                "INSERT INTO inference_quality (model_id, model_version, predictions, feedback, "
+        insert_rows(
+            tx, "inference_quality_predictions (inference_id, model_id, model_version, "
+            "prediction)",
+            [(inference_id, *seen) for inference_id, seen in self.predictions.items()],
+            "ON CONFLICT (inference_id) DO UPDATE SET model_id = excluded.model_id, "
+            "model_version = excluded.model_version, prediction = excluded.prediction",
+        )
+        # Rows whose window was loaded have their new window_count; others keep theirs.
+        for judged in (True, False):
+            keep = "window_count = excluded.window_count, " if judged else ""
+            insert_rows(
+                tx, "inference_quality (model_id, model_version, predictions, feedback, "
                 "window_size, window_count, rolling_accuracy, rolling_mae, last_prediction_at, "
-                "last_feedback_at) VALUES (?, ?, ?, ?, ?, coalesce(?, 0), ?, ?, ?, ?) "
+                "last_feedback_at)",
+                [
+                    (
+                        model_id, version, row.predictions, row.feedback, row.window_size,
+                        len(row.judged) if row.judged is not None else 0,
+                        row.rolling_accuracy, row.rolling_mae, row.last_prediction_at,
+                        row.last_feedback_at,
+                    )
+                    for (model_id, version), row in self.rows.items()
+                    if (row.judged is not None) == judged
+                ],
                 "ON CONFLICT (model_id, model_version) DO UPDATE SET "
-                "predictions = excluded.predictions, feedback = excluded.feedback, "
-                "window_count = coalesce(?, inference_quality.window_count), "
+                f"predictions = excluded.predictions, feedback = excluded.feedback, {keep}"
                 "rolling_accuracy = excluded.rolling_accuracy, "
                 "rolling_mae = excluded.rolling_mae, "
                 "last_prediction_at = excluded.last_prediction_at, "
                 "last_feedback_at = excluded.last_feedback_at",
-                (
-                    model_id, version, row.predictions, row.feedback, row.window_size,
-                    window_count, row.rolling_accuracy, row.rolling_mae, row.last_prediction_at,
-                    row.last_feedback_at, window_count,
-                ),
             )
+        window: list[tuple[Any, ...]] = []
+        for (model_id, version), row in self.rows.items():
             if row.judged is None:
                 continue
             tx.execute(
@@ -204,11 +211,13 @@ class _Batch:
                 "AND seq <= ?",
                 (model_id, version, row.feedback - self.window),
             )
-            tx.executemany(
-                "INSERT INTO inference_quality_window (model_id, model_version, seq, correct, "
-                "abs_error) VALUES (?, ?, ?, ?, ?)",
-                [(model_id, version, *j) for j in row.judged if j[0] >= row.first_new_seq],
+            window.extend(
+                (model_id, version, *j) for j in row.judged if j[0] >= row.first_new_seq
             )
+        insert_rows(
+            tx, "inference_quality_window (model_id, model_version, seq, correct, abs_error)",
+            window,
+        )
 
 
 def _apply(tx: SqlTransaction, pairs: Sequence[Pair], window: int) -> None:
