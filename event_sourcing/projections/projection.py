@@ -56,27 +56,39 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="microseconds")  # years padded to 4
 
 
-_MAX_PARAMETERS = 900  # per statement: within every SQLite build's limit (999 at least)
+# Parameters per statement: psycopg parses a statement of up to 50 once (and caches it), and
+# executemany pipelines its executions on PostgreSQL; SQLite takes them as they come.
+_STATEMENT_PARAMETERS = 48
 
 
 def insert_rows(
     tx: SqlTransaction, into: str, rows: Sequence[Sequence[Any]], conflict: str = ""
 ) -> None:
-    """`INSERT INTO {into} VALUES (...), (...) {conflict}` of `rows`, a few hundred rows per
-    statement: one round trip where executemany makes one per row on PostgreSQL. `into` is
-    the table and its columns, e.g. ``"edges (source, target)"``; `conflict` an ON CONFLICT
-    clause. Rows of one statement must not conflict with each other under DO UPDATE."""
+    """`INSERT INTO {into} VALUES (...), (...) {conflict}` of `rows`, several rows per
+    statement and the statements sent at once (executemany), so the database executes a
+    few statements instead of one per row. `into` is the table and its columns, e.g.
+    ``"edges (source, target)"``; `conflict` an ON CONFLICT clause. Rows must not conflict
+    with each other under DO UPDATE."""
     if not rows:
         return
     width = len(rows[0])
     mark = "(" + ", ".join("?" * width) + ")"
-    per_statement = max(1, _MAX_PARAMETERS // width)
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        tx.execute(
-            f"INSERT INTO {into} VALUES {', '.join([mark] * len(chunk))} {conflict}",
-            [value for row in chunk for value in row],
+    per_statement = max(1, _STATEMENT_PARAMETERS // width)
+
+    def statement(count: int) -> str:
+        return f"INSERT INTO {into} VALUES {', '.join([mark] * count)} {conflict}"
+
+    def values(chunk: Sequence[Sequence[Any]]) -> list[Any]:
+        return [value for row in chunk for value in row]
+
+    whole = len(rows) - len(rows) % per_statement
+    if whole:
+        tx.executemany(
+            statement(per_statement),
+            [values(rows[at : at + per_statement]) for at in range(0, whole, per_statement)],
         )
+    if whole < len(rows):
+        tx.execute(statement(len(rows) - whole), values(rows[whole:]))
 
 
 def table_exists(tx: SqlTransaction, table: str) -> bool:
