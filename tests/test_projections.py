@@ -381,3 +381,24 @@ def test_a_caught_up_runner_writes_nothing(tmp_path: Any) -> None:
         writer.execute("ROLLBACK")
         writer.close()
         impatient.close()
+
+
+def test_insert_rows_writes_every_row_whatever_the_chunking(raw: es.EventStore) -> None:
+    """insert_rows sends several rows per statement (whole statements at once, then the
+    rest): every row lands, once, and an ON CONFLICT clause applies to each."""
+    from event_sourcing.projections import insert_rows
+
+    rows = [(f"k{i}", i, i * 2, "x") for i in range(25)]  # 12 rows a statement: 12 + 12 + 1
+    with raw.transaction() as tx:
+        tx.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, a BIGINT, b BIGINT, c TEXT)")
+        insert_rows(tx, "kv (k, a, b, c)", rows)
+        insert_rows(tx, "kv (k, a, b, c)", [], "ON CONFLICT DO NOTHING")
+        insert_rows(
+            tx, "kv (k, a, b, c)", [(f"k{i}", -i, 0, "y") for i in range(20, 30)],
+            "ON CONFLICT (k) DO UPDATE SET c = excluded.c",
+        )
+    with raw.transaction(read_only=True) as tx:
+        found = sorted(tx.execute("SELECT k, a, b, c FROM kv").fetchall())
+    expected = [(k, a, b, "y" if a >= 20 else c) for k, a, b, c in rows]
+    expected += [(f"k{i}", -i, 0, "y") for i in range(25, 30)]
+    assert found == sorted(expected)
