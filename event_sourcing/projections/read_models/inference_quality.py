@@ -100,7 +100,6 @@ class _Batch:
         self.rows: dict[tuple[str, int], _Quality] = {}
         self.predictions: dict[str, tuple[str, int, str | None]] = {}
         self.stored: dict[str, tuple[str, int, str | None]] = {}
-        self.loaded: set[str] = set()  # models whose rows and windows were read at once
         self.windows: dict[tuple[str, int], list[tuple[int, Any, Any]]] = {}
 
     def _in(self, sql: str, ids: list[str]) -> list[Any]:
@@ -113,7 +112,8 @@ class _Batch:
 
     def load(self, pairs: Sequence[Pair]) -> None:
         """Read at once what the page's events will touch: the stored predictions its
-        feedback judges, then the quality rows and windows of every model they name."""
+        feedback judges, then the quality rows and windows of every model they name (every
+        model a prediction or feedback of the page can be counted against)."""
         feedback = [t for _, t in pairs if isinstance(t, InferenceFeedback)]
         inference_ids = sorted({t.inference_id for t in feedback})
         for inference_id, model_id, version, prediction in self._in(
@@ -125,7 +125,6 @@ class _Batch:
         models = {t.model_id for _, t in pairs if isinstance(t, InferenceCompleted)}
         models |= {t.model_id for t in feedback if t.model_id}
         models |= {model_id for model_id, _, _ in self.stored.values()}
-        self.loaded = models
         for model_id, version, *found in self._in(
             "SELECT model_id, model_version, predictions, feedback, window_size, "
             "rolling_accuracy, rolling_mae, last_prediction_at, last_feedback_at "
@@ -146,33 +145,15 @@ class _Batch:
             )
 
     def row(self, key: tuple[str, int]) -> _Quality:
+        """The quality row of a model version (`load` read every one the page names)."""
         row = self.rows.get(key)
         if row is None:
-            found = None
-            if key[0] not in self.loaded:
-                found = self.tx.execute(
-                    "SELECT predictions, feedback, window_size, rolling_accuracy, rolling_mae, "
-                    "last_prediction_at, last_feedback_at FROM inference_quality "
-                    "WHERE model_id = ? AND model_version = ?",
-                    key,
-                ).fetchone()
-            row = _Quality(*found) if found else _Quality(window_size=self.window)
-            self.rows[key] = row
+            row = self.rows[key] = _Quality(window_size=self.window)
         return row
 
     def judged(self, key: tuple[str, int], row: _Quality) -> list[tuple[int, Any, Any]]:
         if row.judged is None:
-            if key[0] in self.loaded:
-                row.judged = self.windows.get(key, [])
-            else:
-                row.judged = [
-                    (int(seq), correct, error)
-                    for seq, correct, error in self.tx.execute(
-                        "SELECT seq, correct, abs_error FROM inference_quality_window "
-                        "WHERE model_id = ? AND model_version = ? ORDER BY seq",
-                        key,
-                    ).fetchall()
-                ]
+            row.judged = self.windows.get(key, [])
             row.first_new_seq = row.feedback + 1
         return row.judged
 
