@@ -142,6 +142,7 @@ class ProjectionRunner:
             self.projections[projection.name] = projection
         self._ready: set[str] = set()
         self._scan: dict[str, bool] = {}  # read the next page as a range of the log
+        self._read: dict[str, int] = {}  # checkpoints just read or set, for the next run
 
     # -- selection & setup ----------------------------------------------------------------
     def get(self, name: str) -> Projection:
@@ -178,22 +179,19 @@ class ProjectionRunner:
         """Create tables and the checkpoint row; rebuild if the version changed. True if reset."""
         if projection.name in self._ready:
             return False
+        checkpoint = "SELECT version, position FROM projection_checkpoints WHERE name = ?"
         with self.store.transaction(read_only=True) as tx:  # set up before: nothing to write
             row = None
             if tx.table_exists("projection_checkpoints"):
-                row = tx.execute(
-                    "SELECT version FROM projection_checkpoints WHERE name = ?",
-                    (projection.name,),
-                ).fetchone()
+                row = tx.execute(checkpoint, (projection.name,)).fetchone()
         if row is not None and row[0] == str(projection.version):
             self._ready.add(projection.name)
+            self._read[projection.name] = int(row[1])
             return False
         reset = False
         with self.store.transaction() as tx:
             self._lock_ddl(tx)
-            row = tx.execute(
-                "SELECT version FROM projection_checkpoints WHERE name = ?", (projection.name,)
-            ).fetchone()
+            row = tx.execute(checkpoint, (projection.name,)).fetchone()
             if row is None or row[0] != str(projection.version):
                 if row is not None:
                     log.warning(
@@ -205,6 +203,7 @@ class ProjectionRunner:
             else:
                 projection.setup(tx)
         self._ready.add(projection.name)
+        self._read[projection.name] = 0 if row is None or reset else int(row[1])
         return reset
 
     # -- catching up ----------------------------------------------------------------------
@@ -221,8 +220,11 @@ class ProjectionRunner:
         results = {}
         for projection in self._selected(name):
             stats = RunStats(projection.name, rebuilt=self._ensure(projection))
-            # The checkpoint is read once per run; each batch's claim checks it still holds.
-            checkpoint = self._checkpoint_of(projection)
+            # The checkpoint is read once per run (by _ensure, the first time); each batch's
+            # claim checks it still holds.
+            checkpoint = self._read.pop(projection.name, None)
+            if checkpoint is None:
+                checkpoint = self._checkpoint_of(projection)
             while (checkpoint := self._batch(projection, batch_size, stats, checkpoint)) >= 0:
                 if progress is not None:
                     progress(stats)
@@ -358,6 +360,7 @@ class ProjectionRunner:
             self._lock_ddl(tx)
             self._reset(tx, projection)
         self._ready.add(projection.name)
+        self._read[projection.name] = 0
         stats = self.run(name, batch_size, progress)[name]
         stats.rebuilt = True
         return stats
@@ -441,6 +444,7 @@ class ProjectionRunner:
         """
         projection = self.get(name)
         self._ensure(projection)
+        self._read.pop(name, None)  # for a run, not for this
         stats = RunStats(name, checkpoint=self.checkpoint(name))
         for letter in self.dead_letters(name):
             if event_ids is not None and letter.event_id not in event_ids:
