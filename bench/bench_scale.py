@@ -4,8 +4,9 @@ Generates a realistic ML log (training runs of 1,200 progress steps, dataset ver
 deployments, predictions with feedback) in append batches, then times each read at a tenth
 of the size and at the full size, on a fresh store and on a long-lived one (every query run
 more than five times on it first, the way a Dagster daemon holds it), and prints the growth
-exponent log(t_full / t_tenth) / log(10). Also projection catch-up from position 0, in
-events/s, and the read-model tables' size after it against their live size (PostgreSQL).
+exponent log(t_full / t_tenth) / log(10). Also projection catch-up from position 0 (median
+of --catch-up-repeats, in events/s and CPU µs per event), and the read-model tables' size
+after it against their live size.
 
 Run: `make bench-scale` or `.venv/bin/python bench/bench_scale.py [--events 200000]
 [--backend sqlite]`.
@@ -16,12 +17,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,7 @@ RUNS_PER_DEPLOYMENT = 3
 PREDICTIONS_PER_RUN = 60  # each: requested + completed, and feedback for every other one
 MODEL_NAME = "churn-clf"
 REPEATS = 7
+FRESH_REPEATS = 15  # a fresh store's figure is a few ms, easily moved by a busy machine
 
 
 def sha(text: str) -> str:
@@ -210,17 +214,34 @@ def measure(url: str, log: Log, long_lived: es.EventStore) -> dict[str, tuple[fl
                 operations(store, log)[name]()
 
         fresh()  # first use creates the projections' tables
-        out[name] = (_time(fresh, 3), _time(operation))
+        out[name] = (_time(fresh, FRESH_REPEATS), _time(operation))
     return out
 
 
-def catch_up(store: es.EventStore) -> float:
-    """Events/s of catching every built-in projection and the provenance index up from 0."""
+@dataclass(frozen=True)
+class CatchUp:
+    """Median events/s and CPU µs per event of catching every built-in projection and the
+    provenance index up from position 0 (each `ProjectionRunner.rebuild`)."""
+
+    rate: float
+    cpu_us: float
+
+
+def catch_up(store: es.EventStore, repeats: int) -> CatchUp:
     runner = ProjectionRunner(store, [*builtin_projections(), provenance_index_projection()])
-    start = time.perf_counter()
-    for name in runner.projections:
-        runner.rebuild(name)
-    return store.head_position() / (time.perf_counter() - start)
+    head = store.head_position()
+    rates, cpus = [], []
+    for _ in range(repeats):
+        start, cpu = time.perf_counter(), time.process_time()
+        for name in runner.projections:
+            runner.rebuild(name)
+        rates.append(head / (time.perf_counter() - start))
+        cpus.append((time.process_time() - cpu) / head * 1e6)
+    return CatchUp(statistics.median(rates), statistics.median(cpus))
+
+
+def _ratio(after: int, live: int) -> str:
+    return f"{after / 1e6:.1f} MB after catch-up, {live / 1e6:.1f} MB live ({after / live:.2f}x)"
 
 
 def table_bloat(url: str, schema: str) -> str:
@@ -239,13 +260,32 @@ def table_bloat(url: str, schema: str) -> str:
         for table in tables:
             conn.execute(f"VACUUM FULL {table}")
         live = size()
-    return f"{after / 1e6:.1f} MB after catch-up, {live / 1e6:.1f} MB live ({after / live:.2f}x)"
+    return _ratio(after, live)
+
+
+def table_bloat_sqlite(path: Path) -> str:
+    """Read-model tables (with their indexes) after catch-up against their size in a
+    VACUUM INTO copy of the database (pages measured with dbstat), SQLite."""
+    tables = [t for p in builtin_projections() for t in p.tables]
+    marks = ",".join("?" * len(tables))
+    query = (
+        "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN "
+        f"(SELECT name FROM sqlite_master WHERE tbl_name IN ({marks}))"
+    )
+    copy = path.with_name("live.db")
+    with closing(sqlite3.connect(path)) as conn:
+        after = int(conn.execute(query, tables).fetchone()[0])
+        conn.execute("VACUUM INTO ?", (str(copy),))
+    with closing(sqlite3.connect(copy)) as conn:
+        live = int(conn.execute(query, tables).fetchone()[0])
+    copy.unlink()
+    return _ratio(after, live)
 
 
 # -- running -----------------------------------------------------------------------------------
 
 
-def run_backend(backend: str, events: int, pg_url: str) -> list[str]:
+def run_backend(backend: str, events: int, pg_url: str, repeats: int) -> list[str]:
     tmp = tempfile.TemporaryDirectory(prefix="bench-scale-")
     schema = f"bench_scale_{uuid.uuid4().hex[:8]}"
     if backend == "sqlite":
@@ -255,7 +295,7 @@ def run_backend(backend: str, events: int, pg_url: str) -> list[str]:
     log = Log()
     lines: list[str] = []
     results: dict[int, dict[str, tuple[float, float]]] = {}
-    rates: dict[int, float] = {}
+    rates: dict[int, CatchUp] = {}
     try:
         store = es.connect(url, validate=False)
         for size in (events // 10, events):
@@ -264,7 +304,7 @@ def run_backend(backend: str, events: int, pg_url: str) -> list[str]:
             took = time.perf_counter() - start
             head = store.head_position()
             print(f"[{backend}] {head:,} events generated ({took:.0f} s)", file=sys.stderr)
-            rates[size] = catch_up(store)
+            rates[size] = catch_up(store, repeats)
             results[size] = measure(url, log, store)
         store.close()
         small, big = events // 10, events
@@ -280,11 +320,18 @@ def run_backend(backend: str, events: int, pg_url: str) -> list[str]:
                 f"{_exponent(f1, f2, small, big)} / {_exponent(l1, l2, small, big)} |"
             )
         lines.append(
-            f"| projection catch-up from 0 (events/s) | {rates[small]:,.0f} | | "
-            f"{rates[big]:,.0f} | | |"
+            f"| projection catch-up from 0 (events/s) | {rates[small].rate:,.0f} | | "
+            f"{rates[big].rate:,.0f} | | |"
         )
-        if backend == "postgresql":
-            lines.append(f"\nread-model tables: {table_bloat(pg_url, schema)}")
+        lines.append(
+            f"| projection catch-up, CPU µs per event | {rates[small].cpu_us:.1f} | | "
+            f"{rates[big].cpu_us:.1f} | | |"
+        )
+        bloat = (
+            table_bloat(pg_url, schema) if backend == "postgresql"
+            else table_bloat_sqlite(Path(tmp.name) / "events.db")
+        )
+        lines.append(f"\nread-model tables: {bloat}")
     finally:
         if backend == "postgresql":
             with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -303,12 +350,14 @@ def main() -> None:
                         help="full log size (default 1,000,000; the small one is a tenth)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
+    parser.add_argument("--catch-up-repeats", type=int, default=3,
+                        help="catch-ups from 0 per size, their median reported (default 3)")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     started = time.perf_counter()
     lines = [f"bench-scale {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"]
     for backend in backends:
-        lines.extend(run_backend(backend, args.events, args.pg_url))
+        lines.extend(run_backend(backend, args.events, args.pg_url, args.catch_up_repeats))
     lines.append(f"\ntotal {time.perf_counter() - started:.0f} s")
     print("\n".join(lines))
 

@@ -63,6 +63,48 @@ def test_catches_up_in_batches_and_lag_drops_to_zero(raw: es.EventStore) -> None
     assert totals(raw) == (110, total + more)
 
 
+def test_dense_and_sparse_stretches_of_the_log_are_applied_alike(raw: es.EventStore) -> None:
+    """The runner reads a page as a range of the log while most of its events are of
+    interest, and by type where few are: each tick is applied once whichever way it was
+    read, across stretches of either kind."""
+    total = ticks(raw, range(1, 81))  # dense: every event is a tick
+    raw.append("other", [es.NewEvent("noise", {}) for _ in range(300)])  # none
+    total += ticks(raw, range(81, 91))
+    raw.append("other", [es.NewEvent("noise", {}) for _ in range(100)])
+    total += ticks(raw, range(91, 201), noise_every=5)  # dense again
+    runner = ProjectionRunner(raw, [counter_projection()])
+
+    stats = runner.run(batch_size=16)["counter"]
+
+    assert (stats.read, stats.applied) == (200, 200)
+    assert totals(raw) == (200, total)
+    assert runner.checkpoint("counter") == raw.head_position()
+
+
+def test_a_scanned_page_keeps_what_a_filtered_page_keeps(raw: es.EventStore) -> None:
+    """read_page(scan=True) reads positions of every type and keeps the wanted ones: paging
+    through the log either way yields the same events, and ends at the head."""
+    from event_sourcing.projections.pages import read_page
+
+    ticks(raw, range(40), noise_every=3)
+    raw.append("other", [es.NewEvent("noise", {}) for _ in range(20)])
+    ticks(raw, range(40, 45))
+
+    def page_through(scan: bool) -> tuple[list[str], int]:
+        cursor, ids = 0, []
+        while True:
+            page = read_page(raw, cursor, ["tick"], limit=7, scan=scan)
+            assert all(e.event_type == "tick" and e.position > cursor for e in page.events)
+            ids += [e.id for e in page.events]
+            cursor = page.cursor
+            if not page.full:
+                return ids, cursor
+
+    scanned, filtered = page_through(scan=True), page_through(scan=False)
+    assert scanned == filtered
+    assert len(scanned[0]) == 45 and scanned[1] == raw.head_position()
+
+
 def test_checkpoint_passes_trailing_events_the_projection_ignores(raw: es.EventStore) -> None:
     ticks(raw, range(5))
     raw.append("other", [es.NewEvent("noise", {}) for _ in range(50)])
@@ -339,3 +381,24 @@ def test_a_caught_up_runner_writes_nothing(tmp_path: Any) -> None:
         writer.execute("ROLLBACK")
         writer.close()
         impatient.close()
+
+
+def test_insert_rows_writes_every_row_whatever_the_chunking(raw: es.EventStore) -> None:
+    """insert_rows sends several rows per statement (whole statements at once, then the
+    rest): every row lands, once, and an ON CONFLICT clause applies to each."""
+    from event_sourcing.projections import insert_rows
+
+    rows = [(f"k{i}", i, i * 2, "x") for i in range(25)]  # 12 rows a statement: 12 + 12 + 1
+    with raw.transaction() as tx:
+        tx.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, a BIGINT, b BIGINT, c TEXT)")
+        insert_rows(tx, "kv (k, a, b, c)", rows)
+        insert_rows(tx, "kv (k, a, b, c)", [], "ON CONFLICT DO NOTHING")
+        insert_rows(
+            tx, "kv (k, a, b, c)", [(f"k{i}", -i, 0, "y") for i in range(20, 30)],
+            "ON CONFLICT (k) DO UPDATE SET c = excluded.c",
+        )
+    with raw.transaction(read_only=True) as tx:
+        found = sorted(tx.execute("SELECT k, a, b, c FROM kv").fetchall())
+    expected = [(k, a, b, "y" if a >= 20 else c) for k, a, b, c in rows]
+    expected += [(f"k{i}", -i, 0, "y") for i in range(25, 30)]
+    assert found == sorted(expected)

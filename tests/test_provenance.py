@@ -396,3 +396,30 @@ def test_provenance_and_serving_on_a_single_connection(pg_schema_url: str) -> No
         assert now is not None and now.model_id == "m2"
         stats = ProjectionRunner(store, builtin_projections()).run()
         assert all(s.parked == 0 for s in stats.values())
+
+
+def test_the_index_of_a_page_at_once_is_the_index_of_one_event_at_a_time(
+    history: History,
+) -> None:
+    """The index writes a page's rows at once (deployments closed and features linked by
+    earlier events of the same page included): its tables hold what indexing one event per
+    batch gives."""
+    from event_sourcing.projections import ProjectionRunner
+    from event_sourcing.provenance.index import (
+        _TABLES,
+        PROVENANCE_INDEX,
+        provenance_index_projection,
+    )
+
+    store, _ = history
+
+    def index() -> dict[str, list[tuple[Any, ...]]]:
+        with store.transaction(read_only=True) as tx:
+            return {t: sorted(tx.execute(f"SELECT * FROM {t}").fetchall()) for t in _TABLES}
+
+    runner = ProjectionRunner(store, [provenance_index_projection()])
+    assert runner.rebuild(PROVENANCE_INDEX).batches == 1
+    paged = index()
+    assert paged["provenance_edges"] and paged["provenance_node_events"]
+    runner.rebuild(PROVENANCE_INDEX, batch_size=1)
+    assert index() == paged

@@ -284,6 +284,30 @@ def test_reading_a_read_model_does_not_hold_appends_back(tmp_path: Path) -> None
         store.close()
 
 
+def test_read_model_queries_go_through_while_another_connection_writes(tmp_path: Path) -> None:
+    """On SQLite the read-model queries take no write lock: while another connection holds
+    it, each query answers on a store that waits for no lock (busy timeout 0)."""
+    import sqlite3
+
+    from event_sourcing.stores.sqlite import SQLiteRecorder
+
+    path = str(tmp_path / "events.db")
+    with es.connect(f"sqlite:///{path}", clock=SteppingClock()) as store:
+        build_ml_history(store)
+        ProjectionRunner(store, builtin_projections()).run()
+    impatient = es.EventStore(SQLiteRecorder(path, busy_timeout_ms=0), validate=False)
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert list_models(impatient) and list_trainings(impatient)
+        assert list_deployments(impatient) and get_inference_quality(impatient)
+        assert get_model_provenance(impatient, list_models(impatient)[0]["model_id"])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        impatient.close()
+
+
 def read_all_models(store: es.EventStore) -> dict[str, list[tuple[Any, ...]]]:
     tables = [t for p in builtin_projections() for t in p.tables]
     with store.transaction(read_only=True) as tx:

@@ -30,6 +30,7 @@ from event_sourcing.projections.runner import (
     ProjectionStatus,
     ReadModelMissingError,
     RunStats,
+    insert_rows,
     on,
 )
 from event_sourcing.projections.temporal import (
@@ -62,6 +63,7 @@ __all__ = [
     "get_model_provenance",
     "get_training_summary",
     "inference_quality_projection",
+    "insert_rows",
     "list_deployments",
     "list_models",
     "list_trainings",

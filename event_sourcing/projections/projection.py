@@ -26,6 +26,7 @@ __all__ = [
     "ReadModelMissingError",
     "apply_event",
     "apply_page",
+    "insert_rows",
     "iso",
     "on",
     "table_exists",
@@ -53,6 +54,41 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat(timespec="microseconds")  # years padded to 4
+
+
+# Parameters per statement: psycopg parses a statement of up to 50 once (and caches it), and
+# executemany pipelines its executions on PostgreSQL; SQLite takes them as they come.
+_STATEMENT_PARAMETERS = 48
+
+
+def insert_rows(
+    tx: SqlTransaction, into: str, rows: Sequence[Sequence[Any]], conflict: str = ""
+) -> None:
+    """`INSERT INTO {into} VALUES (...), (...) {conflict}` of `rows`, several rows per
+    statement and the statements sent at once (executemany), so the database executes a
+    few statements instead of one per row. `into` is the table and its columns, e.g.
+    ``"edges (source, target)"``; `conflict` an ON CONFLICT clause. Rows must not conflict
+    with each other under DO UPDATE."""
+    if not rows:
+        return
+    width = len(rows[0])
+    mark = "(" + ", ".join("?" * width) + ")"
+    per_statement = max(1, _STATEMENT_PARAMETERS // width)
+
+    def statement(count: int) -> str:
+        return f"INSERT INTO {into} VALUES {', '.join([mark] * count)} {conflict}"
+
+    def values(chunk: Sequence[Sequence[Any]]) -> list[Any]:
+        return [value for row in chunk for value in row]
+
+    whole = len(rows) - len(rows) % per_statement
+    if whole:
+        tx.executemany(
+            statement(per_statement),
+            [values(rows[at : at + per_statement]) for at in range(0, whole, per_statement)],
+        )
+    if whole < len(rows):
+        tx.execute(statement(len(rows) - whole), values(rows[whole:]))
 
 
 def table_exists(tx: SqlTransaction, table: str) -> bool:

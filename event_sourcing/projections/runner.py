@@ -25,6 +25,7 @@ from event_sourcing.projections.projection import (
     ReadModelMissingError,
     apply_event,
     apply_page,
+    insert_rows,
     iso,
     on,
     table_exists,
@@ -46,6 +47,7 @@ __all__ = [
     "apply_event",
     "apply_page",
     "catch_up",
+    "insert_rows",
     "iso",
     "on",
     "table_exists",
@@ -55,6 +57,9 @@ log = logging.getLogger("event_sourcing.projections")
 
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_MAX_ATTEMPTS = 3
+# A page is read as a range of the log (all types, filtered here) while at least one event
+# in this many of the last page's span was of interest to the projection.
+_SCAN_DENSITY = 3
 _SETUP_LOCK = 0x6D6C7072  # advisory lock key ("mlpr"): serializes concurrent DDL on PostgreSQL
 
 _RUNNER_DDL = (
@@ -136,6 +141,8 @@ class ProjectionRunner:
                 raise ProjectionError(f"two projections are named {projection.name!r}")
             self.projections[projection.name] = projection
         self._ready: set[str] = set()
+        self._scan: dict[str, bool] = {}  # read the next page as a range of the log
+        self._read: dict[str, int] = {}  # checkpoints just read or set, for the next run
 
     # -- selection & setup ----------------------------------------------------------------
     def get(self, name: str) -> Projection:
@@ -172,22 +179,19 @@ class ProjectionRunner:
         """Create tables and the checkpoint row; rebuild if the version changed. True if reset."""
         if projection.name in self._ready:
             return False
+        checkpoint = "SELECT version, position FROM projection_checkpoints WHERE name = ?"
         with self.store.transaction(read_only=True) as tx:  # set up before: nothing to write
             row = None
             if tx.table_exists("projection_checkpoints"):
-                row = tx.execute(
-                    "SELECT version FROM projection_checkpoints WHERE name = ?",
-                    (projection.name,),
-                ).fetchone()
+                row = tx.execute(checkpoint, (projection.name,)).fetchone()
         if row is not None and row[0] == str(projection.version):
             self._ready.add(projection.name)
+            self._read[projection.name] = int(row[1])
             return False
         reset = False
         with self.store.transaction() as tx:
             self._lock_ddl(tx)
-            row = tx.execute(
-                "SELECT version FROM projection_checkpoints WHERE name = ?", (projection.name,)
-            ).fetchone()
+            row = tx.execute(checkpoint, (projection.name,)).fetchone()
             if row is None or row[0] != str(projection.version):
                 if row is not None:
                     log.warning(
@@ -199,6 +203,7 @@ class ProjectionRunner:
             else:
                 projection.setup(tx)
         self._ready.add(projection.name)
+        self._read[projection.name] = 0 if row is None or reset else int(row[1])
         return reset
 
     # -- catching up ----------------------------------------------------------------------
@@ -215,7 +220,12 @@ class ProjectionRunner:
         results = {}
         for projection in self._selected(name):
             stats = RunStats(projection.name, rebuilt=self._ensure(projection))
-            while self._batch(projection, batch_size, stats):
+            # The checkpoint is read once per run (by _ensure, the first time); each batch's
+            # claim checks it still holds.
+            checkpoint = self._read.pop(projection.name, None)
+            if checkpoint is None:
+                checkpoint = self._checkpoint_of(projection)
+            while (checkpoint := self._batch(projection, batch_size, stats, checkpoint)) >= 0:
                 if progress is not None:
                     progress(stats)
             if progress is not None:
@@ -223,19 +233,25 @@ class ProjectionRunner:
             results[projection.name] = stats
         return results
 
-    def _batch(self, projection: Projection, batch_size: int, stats: RunStats) -> bool:
-        """Apply one batch in one transaction; True if a full batch was read (more may wait).
+    def _batch(
+        self, projection: Projection, batch_size: int, stats: RunStats, checkpoint: int
+    ) -> int:
+        """Apply one batch after `checkpoint` in one transaction; return the checkpoint to
+        read the next batch after, or -1 when the read came back short (caught up).
 
         The events are read before the transaction (which stays short, and needs no second
         connection); it then claims the checkpoint and applies them only if no other runner
-        moved the checkpoint meanwhile (otherwise it reads again)."""
+        moved the checkpoint meanwhile (otherwise it reads again after that runner's)."""
         # Every position up to this head is visible now (positions become visible in order),
         # so once a filtered read comes back short, the checkpoint may move up to it.
-        checkpoint = self._checkpoint_of(projection)
-        page = read_page(self.store, checkpoint, projection.event_types, batch_size)
+        scan = self._scan.get(projection.name, True)
+        page = read_page(self.store, checkpoint, projection.event_types, batch_size, scan=scan)
         if checkpoint >= page.head:
             stats.checkpoint = checkpoint
-            return False  # nothing to do: no write transaction (no fsync, no lock)
+            return -1  # nothing to do: no write transaction (no fsync, no lock)
+        # Read the next page as a range of the log while most of its events are of interest.
+        span = page.cursor - checkpoint
+        self._scan[projection.name] = len(page.events) * _SCAN_DENSITY >= span
         events = page.events
         with self.store.transaction() as tx:
             # Claiming the row (a no-op update) serializes runners of one projection.
@@ -250,7 +266,7 @@ class ProjectionRunner:
                     "by another process?); run it again"
                 )
             if int(row[0]) != checkpoint:
-                return True  # another runner applied a batch meanwhile: read from its checkpoint
+                return int(row[0])  # another runner applied a batch meanwhile: read after it
             failed = apply_page(tx, projection, events, self.store.registry, self.max_attempts)
             for event, outcome in failed:
                 self._park(tx, projection, event, outcome)
@@ -267,7 +283,7 @@ class ProjectionRunner:
         stats.parked += parked
         stats.batches += 1
         stats.checkpoint = position
-        return full
+        return position if full else -1
 
     def _checkpoint_of(self, projection: Projection) -> int:
         """The checkpoint as last committed (-1 if the row is gone: the claim then says so)."""
@@ -344,6 +360,7 @@ class ProjectionRunner:
             self._lock_ddl(tx)
             self._reset(tx, projection)
         self._ready.add(projection.name)
+        self._read[projection.name] = 0
         stats = self.run(name, batch_size, progress)[name]
         stats.rebuilt = True
         return stats
@@ -427,6 +444,7 @@ class ProjectionRunner:
         """
         projection = self.get(name)
         self._ensure(projection)
+        self._read.pop(name, None)  # for a run, not for this
         stats = RunStats(name, checkpoint=self.checkpoint(name))
         for letter in self.dead_letters(name):
             if event_ids is not None and letter.event_id not in event_ids:

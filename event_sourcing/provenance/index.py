@@ -19,6 +19,7 @@ from event_sourcing.catalog import (
     TrainingStarted,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.projections.projection import insert_rows
 from event_sourcing.projections.runner import Projection
 from event_sourcing.projections.runner import catch_up as catch_up_projection
 from event_sourcing.stores.recorder import SqlTransaction
@@ -72,95 +73,108 @@ _TABLES = (
 )
 
 
-def _closed_deployments(tx: SqlTransaction, typed: DomainEvent) -> list[str]:
-    """Open deployments this event closes (as the fold does), removed from the open set."""
-    if isinstance(typed, ModelDeployed):
-        rows = tx.execute(
-            "SELECT node FROM provenance_open_deployments WHERE environment = ? "
-            "AND (model_name = ? OR model_id = ?)",
-            (typed.environment, typed.model_name, typed.replaces_model_id or ""),
-        ).fetchall()
-    elif isinstance(typed, ModelRetired):
-        rows = tx.execute(
-            "SELECT node FROM provenance_open_deployments WHERE model_id = ? AND environment = ?",
-            (typed.model_id, typed.environment),
-        ).fetchall()
-    else:
-        return []
-    nodes = [row[0] for row in rows]
-    for node in nodes:
-        tx.execute("DELETE FROM provenance_open_deployments WHERE node = ?", (node,))
-    return nodes
+class _Page:
+    """What a page of events adds to the index. The open deployments and the feature links
+    are read by later events of the page, so they are written as each event is indexed;
+    everything else only accumulates, and is written once at the end of the page."""
+
+    def __init__(self, tx: SqlTransaction) -> None:
+        self.tx = tx
+        self.node_events: dict[tuple[str, int], str] = {}
+        self.edges: dict[tuple[str, str, str], None] = {}
+        self.names: dict[tuple[str, str], None] = {}
+        self.datasets: dict[str, None] = {}
+
+    def closed_deployments(self, typed: DomainEvent) -> list[str]:
+        """Open deployments this event closes (as the fold does), removed from the open set."""
+        tx = self.tx
+        if isinstance(typed, ModelDeployed):
+            rows = tx.execute(
+                "SELECT node FROM provenance_open_deployments WHERE environment = ? "
+                "AND (model_name = ? OR model_id = ?)",
+                (typed.environment, typed.model_name, typed.replaces_model_id or ""),
+            ).fetchall()
+        elif isinstance(typed, ModelRetired):
+            rows = tx.execute(
+                "SELECT node FROM provenance_open_deployments WHERE model_id = ? "
+                "AND environment = ?",
+                (typed.model_id, typed.environment),
+            ).fetchall()
+        else:
+            return []
+        nodes = [row[0] for row in rows]
+        for node in nodes:
+            tx.execute("DELETE FROM provenance_open_deployments WHERE node = ?", (node,))
+        return nodes
+
+    def link_features(self, event: RecordedEvent, typed: DomainEvent) -> None:
+        """Edges feature version -> run naming it, whichever of the two is recorded first (the
+        fold links them once it has seen everything)."""
+        if isinstance(typed, TrainingStarted) and typed.feature_version:
+            node, version, is_run = f"training:{event.stream_id}", typed.feature_version, 1
+        elif isinstance(typed, FeatureComputed | FeatureVersioned):
+            node = f"feature:{typed.feature_set}@{typed.feature_version}"
+            version, is_run = typed.feature_version, 0
+        else:
+            return
+        self.tx.execute(
+            "INSERT INTO provenance_features (feature_version, node, is_run) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (version, node, is_run),
+        )
+        for (other,) in self.tx.execute(
+            "SELECT node FROM provenance_features WHERE feature_version = ? AND is_run = ?",
+            (version, 1 - is_run),
+        ).fetchall():
+            feature, run = (other, node) if is_run else (node, other)
+            self.edges[(feature, run, "features_used")] = None
+
+    def add(self, event: RecordedEvent, typed: DomainEvent) -> None:
+        from event_sourcing.provenance.lineage import _Builder
+
+        builder = _Builder()
+        builder.add(event, typed)  # the same fold, on this one event: what it touches
+        graph = builder.graph
+        for touched in [*graph.nodes, *self.closed_deployments(typed)]:
+            self.node_events[(touched, event.position)] = event.id
+        for edge in graph.edges:
+            self.edges[(edge.source, edge.target, edge.relation)] = None
+        for digest, feature in builder._feature_artifacts.items():
+            self.edges[(feature, f"dataset:{digest}", "materialized")] = None
+        self.link_features(event, typed)
+        for node in graph.nodes.values():
+            name = node.attributes.get("model_name") if node.kind == "model" else None
+            if isinstance(name, str):
+                self.names[(name, node.id)] = None
+            elif node.kind == "dataset_version":
+                self.datasets[node.id] = None
+            elif node.kind == "deployment" and isinstance(typed, ModelDeployed):
+                self.tx.execute(
+                    "INSERT INTO provenance_open_deployments (node, model_id, model_name, "
+                    "environment) VALUES (?, ?, ?, ?)",
+                    (node.id, typed.model_id, typed.model_name, typed.environment),
+                )
+
+    def write(self) -> None:
+        tx, skip = self.tx, "ON CONFLICT DO NOTHING"
+        insert_rows(
+            tx, "provenance_node_events (node, position, event_id)",
+            [(node, position, event_id) for (node, position), event_id in self.node_events.items()],
+            skip,
+        )
+        insert_rows(tx, "provenance_edges (source, target, relation)", list(self.edges), skip)
+        insert_rows(tx, "provenance_names (name, node)", list(self.names), skip)
+        insert_rows(tx, "provenance_datasets (node)", [(n,) for n in self.datasets], skip)
 
 
-def _link_features(tx: SqlTransaction, event: RecordedEvent, typed: DomainEvent) -> None:
-    """Edges feature version -> run naming it, whichever of the two is recorded first (the
-    fold links them once it has seen everything)."""
-    if isinstance(typed, TrainingStarted) and typed.feature_version:
-        node, version, is_run = f"training:{event.stream_id}", typed.feature_version, 1
-    elif isinstance(typed, FeatureComputed | FeatureVersioned):
-        node = f"feature:{typed.feature_set}@{typed.feature_version}"
-        version, is_run = typed.feature_version, 0
-    else:
-        return
-    tx.execute(
-        "INSERT INTO provenance_features (feature_version, node, is_run) VALUES (?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        (version, node, is_run),
-    )
-    for (other,) in tx.execute(
-        "SELECT node FROM provenance_features WHERE feature_version = ? AND is_run = ?",
-        (version, 1 - is_run),
-    ).fetchall():
-        feature, run = (other, node) if is_run else (node, other)
-        _edge(tx, feature, run, "features_used")
-
-
-def _edge(tx: SqlTransaction, source: str, target: str, relation: str) -> None:
-    tx.execute(
-        "INSERT INTO provenance_edges (source, target, relation) VALUES (?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        (source, target, relation),
-    )
-
-
-def _index_event(tx: SqlTransaction, event: RecordedEvent, typed: DomainEvent | None) -> None:
-    from event_sourcing.provenance.lineage import _Builder
-
-    if typed is None:
-        return
-    builder = _Builder()
-    builder.add(event, typed)  # the same fold, on this one event: what it touches
-    graph = builder.graph
-    touched = [*graph.nodes, *_closed_deployments(tx, typed)]
-    tx.executemany(
-        "INSERT INTO provenance_node_events (node, position, event_id) VALUES (?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        [(node, event.position, event.id) for node in touched],
-    )
-    for edge in graph.edges:
-        _edge(tx, edge.source, edge.target, edge.relation)
-    for digest, feature in builder._feature_artifacts.items():
-        _edge(tx, feature, f"dataset:{digest}", "materialized")
-    _link_features(tx, event, typed)
-    for node in graph.nodes.values():
-        name = node.attributes.get("model_name") if node.kind == "model" else None
-        if isinstance(name, str):
-            tx.execute(
-                "INSERT INTO provenance_names (name, node) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (name, node.id),
-            )
-        elif node.kind == "dataset_version":
-            tx.execute(
-                "INSERT INTO provenance_datasets (node) VALUES (?) ON CONFLICT DO NOTHING",
-                (node.id,),
-            )
-        elif node.kind == "deployment" and isinstance(typed, ModelDeployed):
-            tx.execute(
-                "INSERT INTO provenance_open_deployments (node, model_id, model_name, "
-                "environment) VALUES (?, ?, ?, ?)",
-                (node.id, typed.model_id, typed.model_name, typed.environment),
-            )
+def _index_page(
+    tx: SqlTransaction, pairs: Sequence[tuple[RecordedEvent, DomainEvent | None]]
+) -> None:
+    page = _Page(tx)
+    for event, typed in pairs:
+        if typed is not None:
+            page.add(event, typed)
+    page.write()
 
 
 def provenance_index_projection() -> Projection:
@@ -172,7 +186,8 @@ def provenance_index_projection() -> Projection:
         version=1,
         ddl=_DDL,
         tables=_TABLES,
-        handlers=dict.fromkeys(PROVENANCE_EVENT_TYPES, _index_event),
+        handlers=dict.fromkeys(PROVENANCE_EVENT_TYPES, lambda tx, e, t: _index_page(tx, [(e, t)])),
+        batch=_index_page,
         description="provenance graph: edges and the events recording each node",
     )
 

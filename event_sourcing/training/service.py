@@ -16,71 +16,50 @@ training_started names the run's training function (``training_function``); trai
 carries ``model_name``, ``eval_set`` (ArtifactRef of the evaluation inputs),
 ``fingerprint_components`` and ``fingerprint_digits``, which model registration and
 verification read. The user's ``config`` is recorded as given.
+
+The service is the public face; each job lives in a module of its own: recording a run
+(recording.py), keyed runs (keyed.py), replaying one (runs.py), model versions
+(versioning.py) and re-running to verify (verification.py).
 """
 
 from __future__ import annotations
 
-import traceback as traceback_module
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from event_sourcing.artifacts import (
-    ArtifactError,
-    ArtifactStore,
-    artifact_uri,
-    parse_artifact_id,
-)
-from event_sourcing.catalog import (
-    ArtifactRef,
-    Resources,
-    TrainingCompleted,
-    TrainingFailed,
-    TrainingProgress,
-    TrainingStarted,
-    TrainingVerified,
-)
-from event_sourcing.errors import ConcurrencyError
-from event_sourcing.events import NewEvent, RecordedEvent
-from event_sourcing.training.errors import (
-    TrainingError,
-    TrainingFunctionNotFoundError,
-    TrainingStateError,
-)
+from event_sourcing.artifacts import ArtifactStore
+from event_sourcing.catalog import ArtifactRef, TrainingVerified
+from event_sourcing.events import RecordedEvent
+from event_sourcing.training.errors import TrainingError
 from event_sourcing.training.keyed import keyed_run, start_keyed
+from event_sourcing.training.recording import (
+    complete_run,
+    completed_model,
+    fail_run,
+    record_step,
+    started_event,
+)
 from event_sourcing.training.reproducibility import (
     DEFAULT_DIGITS,
     TrainFn,
     TrainingFunctionRegistry,
-    capture_environment,
-    code_version,
     default_training_functions,
-    fingerprint_components,
-    fingerprint_of,
 )
 from event_sourcing.training.runs import (
     MODEL_NAME_STREAM_PREFIX,
     MODEL_STREAM_TYPE,
-    TERMINAL,
     TRAINING_STREAM_TYPE,
     Run,
     TrainingOutcome,
     check_metrics,
-    derived_id,
     load_run,
     model_name_stream,
-    optional_float,
-    optional_str,
     replay,
-    run_ends,
 )
 from event_sourcing.training.verification import seed_globals, verify_run
-from event_sourcing.training.versioning import (
-    APPEND_ATTEMPTS,
-    model_registered,
-    register_model,
-)
+from event_sourcing.training.versioning import register_model
 
 if TYPE_CHECKING:
     from event_sourcing.stores import EventStore
@@ -93,19 +72,6 @@ __all__ = [
     "TrainingService",
     "model_name_stream",
 ]
-
-_STEP_KEYS = frozenset(
-    {
-        "step",
-        "metrics",
-        "loss",
-        "learning_rate",
-        "timestamp",
-        "resources",
-        "gpu_memory",
-        "cpu_usage",
-    }
-)
 
 
 def _utc_now() -> datetime:
@@ -179,54 +145,10 @@ class TrainingService:
         """
         if idempotency_key is not None and training_id is not None:
             raise TrainingError("pass training_id or idempotency_key, not both")
-        if isinstance(dataset_version, ArtifactRef):
-            dataset_uri = dataset_uri or dataset_version.uri
-            dataset_version = dataset_version.sha256
-        try:
-            version = parse_artifact_id(dataset_version)
-        except ArtifactError:
-            raise TrainingError(
-                f"dataset_version {dataset_version!r} is not a sha256 hex digest; snapshot the "
-                "dataset with ArtifactStore.put_table(df) and pass the returned ref (or .sha256)"
-            ) from None
-        if not isinstance(config, Mapping):
-            raise TrainingError(f"config must be a mapping, got {type(config).__name__}")
-        run_config: dict[str, Any] = dict(config)
-        if hyperparameters is None:
-            hyperparameters = run_config.get("hyperparameters") or {}
-        if seed is None and isinstance(run_config.get("seed"), int):
-            seed = run_config["seed"]
-        fn: TrainFn | None = None
-        function_name: str | None = None
-        if isinstance(train_fn, str):
-            if not train_fn:
-                raise TrainingError(
-                    "train_fn is an empty name; pass the training function or its registered name"
-                )
-            function_name = train_fn
-            try:
-                fn = self.functions.get(train_fn)
-            except TrainingFunctionNotFoundError:
-                fn = None  # recorded by name only; verification will say it is missing
-        elif train_fn is not None:
-            function_name = self.functions.name_of(train_fn)
-            fn = train_fn
-        if dataset_uri is None and self.artifacts.exists(version):
-            dataset_uri = artifact_uri(version)
-        event = TrainingStarted(
-            config=run_config,
-            dataset_id=dataset_id or str(run_config.get("dataset_id") or "dataset"),
-            dataset_version=version,
-            dataset_uri=dataset_uri,
-            feature_version=feature_version,
-            code_version=code_version(fn),
-            hyperparameters=dict(hyperparameters),
-            seed=seed,
-            environment=capture_environment(),
-            started_at=self.clock(),
-            user_id=user_id,
-            model_name=model_name or optional_str(run_config.get("model_name")),
-            training_function=function_name,
+        event = started_event(
+            self, config, dataset_version, dataset_id=dataset_id, dataset_uri=dataset_uri,
+            feature_version=feature_version, hyperparameters=hyperparameters, seed=seed,
+            train_fn=train_fn, model_name=model_name, user_id=user_id,
         )
         if idempotency_key is not None:
             return start_keyed(self, idempotency_key, event, correlation_id, metadata)
@@ -262,56 +184,7 @@ class TrainingService:
         A step number is recorded once per run: recording it again (a retried step) returns
         the event recorded first and writes nothing, even after the run has ended.
         """
-        unknown = set(step_data) - _STEP_KEYS
-        if unknown:
-            raise TrainingError(
-                f"unknown step_data keys {sorted(unknown)}; allowed: {sorted(_STEP_KEYS)}. "
-                "Put other numbers in step_data['metrics']"
-            )
-        if "step" not in step_data:
-            raise TrainingError("step_data needs a 'step' number (the step or epoch index)")
-        resources = step_data.get("resources")
-        if resources is None and (
-            step_data.get("gpu_memory") is not None or step_data.get("cpu_usage") is not None
-        ):
-            resources = Resources(
-                gpu_memory=step_data.get("gpu_memory"), cpu_usage=step_data.get("cpu_usage")
-            )
-        event = TrainingProgress(
-            step=int(step_data["step"]),
-            metrics=check_metrics(step_data.get("metrics") or {}),
-            loss=optional_float(step_data.get("loss")),
-            learning_rate=optional_float(step_data.get("learning_rate")),
-            timestamp=step_data.get("timestamp") or self.clock(),
-            resources=resources,
-        )
-        step_id = derived_id(training_id, "step", str(event.step))
-        for _attempt in range(APPEND_ATTEMPTS):
-            version, last, first = run_ends(self.store, training_id)
-            if last.event_type in TERMINAL:
-                recorded = self.store.get_event(step_id)
-                if recorded is not None and recorded.stream_id == training_id:
-                    return recorded
-                raise TrainingStateError(
-                    f"training run {training_id} has ended ({last.event_type}); steps can only "
-                    "be recorded while it runs. Start a new run"
-                )
-            try:
-                return self.store.append(
-                    training_id,
-                    [NewEvent.of(event, id=step_id)],
-                    expected_version=version,
-                    stream_type=TRAINING_STREAM_TYPE,
-                    correlation_id=first.correlation_id or training_id,
-                    causation_id=first.id,
-                    metadata=metadata,
-                    on_duplicate="return_existing",
-                )[0]
-            except ConcurrencyError:
-                continue  # another writer stepped the run; re-check it is still running
-        raise TrainingError(
-            f"training run {training_id} kept changing while recording a step; retry"
-        )
+        return record_step(self, training_id, step_data, metadata)
 
     def complete_training(
         self,
@@ -335,63 +208,10 @@ class TrainingService:
         If an earlier call recorded training_completed but was interrupted before the model
         events, calling again finishes them and returns the recorded model id.
         """
-        run = load_run(self.store, training_id)
-        if run.completed is not None and run.completed_event is not None:
-            if model_registered(self.store, run.completed.model_id):
-                raise TrainingStateError(
-                    f"training run {training_id} is already completed (model "
-                    f"{run.completed.model_id}); start a new run to train again"
-                )
-            self._register_model(run.completed_event, run, metadata)
-            return run.completed.model_id
-        if run.failed is not None:
-            raise TrainingStateError(
-                f"training run {training_id} failed ({run.failed.error}); start a new run"
-            )
-        final_metrics = check_metrics(metrics)
-        model_ref = self.artifacts.put_model(model)
-        digits = self.fingerprint_digits
-        eval_ref = self.artifacts.put_table(X_eval) if X_eval is not None else None
-        # Fingerprint on the stored evaluation set, read back, exactly as verification will.
-        eval_set = self.artifacts.get_table(eval_ref) if eval_ref is not None else None
-        components = fingerprint_components(model, eval_set, digits=digits)
-        name = (
-            model_name
-            or run.started.model_name
-            or optional_str(run.started.config.get("model_name"))
-            or "model"
+        return complete_run(
+            self, training_id, model, metrics, X_eval=X_eval, model_name=model_name,
+            model_id=model_id, metadata=metadata,
         )
-        completed_at = self.clock()
-        started_at = run.started.started_at or run.started_event.created_at
-        event = TrainingCompleted(
-            model_id=str(model_id or uuid.uuid4()),
-            model_artifact=model_ref,
-            final_metrics=final_metrics,
-            completed_at=completed_at,
-            duration_seconds=max(0.0, (completed_at - started_at).total_seconds()),
-            model_fingerprint=fingerprint_of(components),
-            model_name=name,
-            eval_set=eval_ref,
-            fingerprint_components=components,
-            fingerprint_digits=digits,
-        )
-        try:
-            recorded = self.store.append(
-                training_id,
-                [event],
-                expected_version=run.version,
-                stream_type=TRAINING_STREAM_TYPE,
-                correlation_id=run.correlation_id,
-                causation_id=run.started_event.id,
-                metadata=metadata,
-            )[0]
-        except ConcurrencyError:
-            raise TrainingStateError(
-                f"training run {training_id} changed while completing it (another process "
-                "stepped, completed or failed it); replay it and decide again"
-            ) from None
-        self._register_model(recorded, run, metadata)
-        return event.model_id
 
     def completed_model(
         self, training_id: str, *, metadata: Mapping[str, Any] | None = None
@@ -402,12 +222,7 @@ class TrainingService:
         What a retried step calls when `start_training(idempotency_key=...)` handed it a run
         an earlier attempt already completed.
         """
-        run = load_run(self.store, training_id)
-        if run.completed is None or run.completed_event is None:
-            return None
-        if not model_registered(self.store, run.completed.model_id):
-            self._register_model(run.completed_event, run, metadata)
-        return run.completed.model_id
+        return completed_model(self, training_id, metadata)
 
     def fail_training(
         self,
@@ -419,44 +234,7 @@ class TrainingService:
     ) -> RecordedEvent:
         """Append training_failed with the error message, type and traceback; `metadata` goes
         on the event's envelope."""
-        run = load_run(self.store, training_id)
-        if run.status != "running":
-            raise TrainingStateError(
-                f"training run {training_id} has already {run.status}; only a running run can fail"
-            )
-        if isinstance(error, BaseException):
-            message = str(error) or type(error).__name__
-            error_type: str | None = type(error).__name__
-            trace = (
-                "".join(traceback_module.format_exception(error))
-                if error.__traceback__ is not None
-                else None
-            )
-        else:
-            message, error_type, trace = str(error) or "unknown error", None, None
-        if step is None and run.steps:
-            step = int(run.steps[-1].payload["step"])
-        event = TrainingFailed(
-            error=message,
-            error_type=error_type,
-            traceback=trace,
-            failed_at=self.clock(),
-            step=step,
-        )
-        try:
-            return self.store.append(
-                training_id,
-                [event],
-                expected_version=run.version,
-                stream_type=TRAINING_STREAM_TYPE,
-                correlation_id=run.correlation_id,
-                causation_id=run.started_event.id,
-                metadata=metadata,
-            )[0]
-        except ConcurrencyError:
-            raise TrainingStateError(
-                f"training run {training_id} changed while failing it; replay it and retry"
-            ) from None
+        return fail_run(self, training_id, error, step=step, metadata=metadata)
 
     def train(
         self,

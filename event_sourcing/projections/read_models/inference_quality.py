@@ -11,6 +11,7 @@ from typing import Any
 
 from event_sourcing.catalog import DomainEvent, InferenceCompleted, InferenceFeedback
 from event_sourcing.events import RecordedEvent
+from event_sourcing.projections.projection import insert_rows
 from event_sourcing.projections.read_models.common import (
     Queryable,
     query_read_model,
@@ -99,43 +100,62 @@ class _Batch:
         self.rows: dict[tuple[str, int], _Quality] = {}
         self.predictions: dict[str, tuple[str, int, str | None]] = {}
         self.stored: dict[str, tuple[str, int, str | None]] = {}
+        self.windows: dict[tuple[str, int], list[tuple[int, Any, Any]]] = {}
+
+    def _in(self, sql: str, ids: list[str]) -> list[Any]:
+        """The rows of `sql` (ending in ``IN``) for `ids`, a chunk of ids per statement."""
+        rows: list[Any] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            rows += self.tx.execute(f"{sql} ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
+
+    def load(self, pairs: Sequence[Pair]) -> None:
+        """Read at once what the page's events will touch: the stored predictions its
+        feedback judges, then the quality rows and windows of every model they name (every
+        model a prediction or feedback of the page can be counted against)."""
+        feedback = [t for _, t in pairs if isinstance(t, InferenceFeedback)]
+        inference_ids = sorted({t.inference_id for t in feedback})
+        for inference_id, model_id, version, prediction in self._in(
+            "SELECT inference_id, model_id, model_version, prediction FROM "
+            "inference_quality_predictions WHERE inference_id IN",
+            inference_ids,
+        ):
+            self.stored[inference_id] = (model_id, int(version), prediction)
+        models = {t.model_id for _, t in pairs if isinstance(t, InferenceCompleted)}
+        models |= {t.model_id for t in feedback if t.model_id}
+        models |= {model_id for model_id, _, _ in self.stored.values()}
+        for model_id, version, *found in self._in(
+            "SELECT model_id, model_version, predictions, feedback, window_size, "
+            "rolling_accuracy, rolling_mae, last_prediction_at, last_feedback_at "
+            "FROM inference_quality WHERE model_id IN",
+            sorted(models),
+        ):
+            self.rows[(model_id, int(version))] = _Quality(*found)
+        for model_id, version, seq, correct, error in sorted(
+            self._in(
+                "SELECT model_id, model_version, seq, correct, abs_error "
+                "FROM inference_quality_window WHERE model_id IN",
+                sorted(models),
+            ),
+            key=lambda found: int(found[2]),
+        ):
+            self.windows.setdefault((model_id, int(version)), []).append(
+                (int(seq), correct, error)
+            )
 
     def row(self, key: tuple[str, int]) -> _Quality:
+        """The quality row of a model version (`load` read every one the page names)."""
         row = self.rows.get(key)
         if row is None:
-            found = self.tx.execute(
-                "SELECT predictions, feedback, window_size, rolling_accuracy, rolling_mae, "
-                "last_prediction_at, last_feedback_at FROM inference_quality "
-                "WHERE model_id = ? AND model_version = ?",
-                key,
-            ).fetchone()
-            row = _Quality(*found) if found else _Quality(window_size=self.window)
-            self.rows[key] = row
+            row = self.rows[key] = _Quality(window_size=self.window)
         return row
 
     def judged(self, key: tuple[str, int], row: _Quality) -> list[tuple[int, Any, Any]]:
         if row.judged is None:
-            row.judged = [
-                (int(seq), correct, error)
-                for seq, correct, error in self.tx.execute(
-                    "SELECT seq, correct, abs_error FROM inference_quality_window "
-                    "WHERE model_id = ? AND model_version = ? ORDER BY seq",
-                    key,
-                ).fetchall()
-            ]
+            row.judged = self.windows.get(key, [])
             row.first_new_seq = row.feedback + 1
         return row.judged
-
-    def load_predictions(self, inference_ids: list[str]) -> None:
-        for start in range(0, len(inference_ids), _CHUNK):
-            chunk = inference_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for inference_id, model_id, version, prediction in self.tx.execute(
-                "SELECT inference_id, model_id, model_version, prediction FROM "
-                f"inference_quality_predictions WHERE inference_id IN ({marks})",
-                chunk,
-            ).fetchall():
-                self.stored[inference_id] = (model_id, int(version), prediction)
 
     def completed(self, e: RecordedEvent, t: InferenceCompleted) -> None:
         row = self.row((t.model_id, t.model_version))
@@ -170,52 +190,59 @@ class _Batch:
 
     def write(self) -> None:
         tx = self.tx
-        if self.predictions:
-            tx.executemany(
-                "INSERT INTO inference_quality_predictions (inference_id, model_id, "
-                "model_version, prediction) VALUES (?, ?, ?, ?) ON CONFLICT (inference_id) DO "
-                "UPDATE SET model_id = excluded.model_id, model_version = excluded.model_version, "
-                "prediction = excluded.prediction",
-                [(inference_id, *seen) for inference_id, seen in self.predictions.items()],
-            )
-        for (model_id, version), row in self.rows.items():
-            window_count = len(row.judged) if row.judged is not None else None
-            tx.execute(
-                "INSERT INTO inference_quality (model_id, model_version, predictions, feedback, "
+        insert_rows(
+            tx, "inference_quality_predictions (inference_id, model_id, model_version, "
+            "prediction)",
+            [(inference_id, *seen) for inference_id, seen in self.predictions.items()],
+            "ON CONFLICT (inference_id) DO UPDATE SET model_id = excluded.model_id, "
+            "model_version = excluded.model_version, prediction = excluded.prediction",
+        )
+        # Rows whose window was loaded have their new window_count; others keep theirs.
+        for judged in (True, False):
+            keep = "window_count = excluded.window_count, " if judged else ""
+            insert_rows(
+                tx, "inference_quality (model_id, model_version, predictions, feedback, "
                 "window_size, window_count, rolling_accuracy, rolling_mae, last_prediction_at, "
-                "last_feedback_at) VALUES (?, ?, ?, ?, ?, coalesce(?, 0), ?, ?, ?, ?) "
+                "last_feedback_at)",
+                [
+                    (
+                        model_id, version, row.predictions, row.feedback, row.window_size,
+                        len(row.judged) if row.judged is not None else 0,
+                        row.rolling_accuracy, row.rolling_mae, row.last_prediction_at,
+                        row.last_feedback_at,
+                    )
+                    for (model_id, version), row in self.rows.items()
+                    if (row.judged is not None) == judged
+                ],
                 "ON CONFLICT (model_id, model_version) DO UPDATE SET "
-                "predictions = excluded.predictions, feedback = excluded.feedback, "
-                "window_count = coalesce(?, inference_quality.window_count), "
+                f"predictions = excluded.predictions, feedback = excluded.feedback, {keep}"
                 "rolling_accuracy = excluded.rolling_accuracy, "
                 "rolling_mae = excluded.rolling_mae, "
                 "last_prediction_at = excluded.last_prediction_at, "
                 "last_feedback_at = excluded.last_feedback_at",
-                (
-                    model_id, version, row.predictions, row.feedback, row.window_size,
-                    window_count, row.rolling_accuracy, row.rolling_mae, row.last_prediction_at,
-                    row.last_feedback_at, window_count,
-                ),
             )
-            if row.judged is None:
-                continue
-            tx.execute(
+        windowed = [(key, row) for key, row in self.rows.items() if row.judged is not None]
+        if windowed:
+            tx.executemany(
                 "DELETE FROM inference_quality_window WHERE model_id = ? AND model_version = ? "
                 "AND seq <= ?",
-                (model_id, version, row.feedback - self.window),
+                [(*key, row.feedback - self.window) for key, row in windowed],
             )
-            tx.executemany(
-                "INSERT INTO inference_quality_window (model_id, model_version, seq, correct, "
-                "abs_error) VALUES (?, ?, ?, ?, ?)",
-                [(model_id, version, *j) for j in row.judged if j[0] >= row.first_new_seq],
+        window: list[tuple[Any, ...]] = []
+        for (model_id, version), row in windowed:
+            assert row.judged is not None
+            window.extend(
+                (model_id, version, *j) for j in row.judged if j[0] >= row.first_new_seq
             )
+        insert_rows(
+            tx, "inference_quality_window (model_id, model_version, seq, correct, abs_error)",
+            window,
+        )
 
 
 def _apply(tx: SqlTransaction, pairs: Sequence[Pair], window: int) -> None:
     batch = _Batch(tx, window)
-    batch.load_predictions(
-        sorted({t.inference_id for _, t in pairs if isinstance(t, InferenceFeedback)})
-    )
+    batch.load(pairs)
     for e, t in pairs:
         if isinstance(t, InferenceCompleted):
             batch.completed(e, t)
