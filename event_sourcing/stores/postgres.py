@@ -48,6 +48,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.recorder import (
@@ -61,7 +62,7 @@ from event_sourcing.stores.recorder import (
 )
 from event_sourcing.stores.values import decode
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 _SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -94,12 +95,15 @@ CREATE TABLE IF NOT EXISTS event_store (
     causation_id   text,
     content_hash   bytea,  -- integrity: docs/integrity.md
     chain_hash     bytea,
+    occurred_at    timestamptz,  -- business time if given; NULL: created_at (temporal.md)
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_event_store_occurred ON event_store (occurred_at, position)
+    WHERE occurred_at IS NOT NULL;
 -- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
 CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
@@ -197,7 +201,7 @@ END $$;
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
     "convert_to(payload::text, 'UTF8'), convert_to(metadata::text, 'UTF8'), created_at, "
-    "correlation_id, causation_id, schema_version"
+    "correlation_id, causation_id, schema_version, occurred_at"
 )
 
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
@@ -216,12 +220,15 @@ _MIGRATIONS = {
     ALTER TABLE event_store ADD COLUMN IF NOT EXISTS content_hash bytea,
         ADD COLUMN IF NOT EXISTS chain_hash bytea;
     """,
+    # v5: business time (its partial index is created by _SCHEMA).
+    4: "ALTER TABLE event_store ADD COLUMN IF NOT EXISTS occurred_at timestamptz;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
     2: "streams without a version counter; appends are one INSERT statement",
     3: "positions are assigned by a trigger; inserts naming one are refused",
     4: "per-stream hash chains (content_hash, chain_hash)",
+    5: "business time (occurred_at)",
 }
 # (current user, USAGE on the store's schema, whether it holds mlevents_schema), or no row
 # when the schema does not exist.
@@ -236,13 +243,17 @@ _HASHED = (
 )
 
 
+_HASHED_V5 = _HASHED + ", occurred_at"  # (v5; _add_hashes runs before the column exists)
+
+
 def hashed_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """A row of _HASHED with payload and metadata as hashed (canonical JSON: jsonb keeps
-    the value, not the text) and the time as text."""
+    """A row of _HASHED (or _HASHED_V5) with payload and metadata as hashed (canonical
+    JSON: jsonb keeps the value, not the text) and the times as text."""
     return (
         *row[:7], canonical_json_bytes(row[7]), canonical_json_bytes(row[8]),
         timestamp_text(row[9]),
-        *row[10:],
+        *row[10:14],
+        *(None if when is None else timestamp_text(when) for when in row[14:]),
     )
 
 
@@ -300,11 +311,13 @@ _HEAD_LATEST = """
 # them from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
-            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea"""
+            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea,
+            %(occurred)s::timestamptz"""
 _EVENT_BATCH = """
         SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
             substring(%(contents)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
-            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32)
+            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
+            (x.item->>5)::timestamptz
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
 # The chain hash of each event (docs/integrity.md): given by the client when it knows the
 # head's (a new stream, or the version it last appended), else linked here to the head
@@ -319,9 +332,10 @@ _CHAIN = {
 _INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
         schema_version, payload, metadata, created_at, correlation_id, causation_id,
-        content_hash, chain_hash)
+        content_hash, chain_hash, occurred_at)
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
-        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain},
+        u.occurred
     FROM ({head}) AS head (stream_type, version, chain)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
@@ -330,7 +344,11 @@ _INSERT = """
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
-        content, chain)
+        content, chain, occurred)
+    -- The store clock never goes back: nothing is inserted when a time later than this
+    -- append's is recorded already (one seek of the created_at index, run once); the
+    -- caller then appends again at that time (docs/temporal.md).
+    WHERE coalesce((SELECT max(c.created_at) FROM event_store AS c) <= %(now)s, true)
     RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
@@ -368,11 +386,13 @@ _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _events_json(rows: Sequence[EventRow]) -> str:
-    """The batch as one JSON array of [id, type, schema version, payload, metadata]; the
-    payloads are spliced in already encoded rather than encoded a second time."""
+    """The batch as one JSON array of [id, type, schema version, payload, metadata] (and
+    occurred_at, when given); the payloads are spliced in already encoded rather than
+    encoded a second time."""
     events = ",".join(
         f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
-        f"{row.payload_json},{row.metadata_json}]"
+        f"{row.payload_json},{row.metadata_json}"
+        + ("]" if row.occurred_at is None else f',"{row.occurred_at}"]')
         for row in rows
     )
     return f"[{events}]"
@@ -422,7 +442,7 @@ def append_query(
         request.update(
             id=row.id, type=row.event_type, schema_version=row.schema_version,
             payload=row.payload_json, metadata=row.metadata_json, content=contents[0],
-            chain=chains[0] if chains is not None else None,
+            chain=chains[0] if chains is not None else None, occurred=row.occurred_at,
         )
         events = "one"
     else:
@@ -447,7 +467,11 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
 
 
 def page_query(
-    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+    after: int,
+    event_types: Collection[str] | None,
+    until: datetime | None,
+    limit: int,
+    undated_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """The keyset query of one page of the global log, without the horizon.
 
@@ -458,7 +482,9 @@ def page_query(
     `event_type = ANY(...)` would walk the position index and filter every row until the
     page fills (rare types), and unlimited branches may be planned as a whole-type scan.
     """
-    time_filter = " AND created_at <= %s" if until is not None else ""
+    time_filter = (" AND created_at <= %s" if until is not None else "") + (
+        UNDATED if undated_only else ""
+    )
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None or len(types) == 1:
         where = "position > %s" + (" AND event_type = %s" if types else "")
@@ -481,6 +507,14 @@ def page_query(
         query = " UNION ALL ".join(branches)
     params.append(limit)
     return f"{query} ORDER BY position LIMIT %s", params
+
+
+class ClockBehind(Exception):
+    """An append wrote nothing: a later time than its own is recorded already."""
+
+    def __init__(self, latest: datetime) -> None:
+        super().__init__(f"the log holds a time later than the clock's: {latest}")
+        self.latest = latest
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -657,16 +691,35 @@ class PostgresRecorder:
             known = self._reached.get(stream_id)
             if known is not None and known[1] == expected_version:
                 stream_type, head_chain = known[0], known[2]
-        statement, request = append_query(
-            stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-            causation_id, head_chain=head_chain,
+        while True:
+            statement, request = append_query(
+                stream_id, stream_type, expected_version, rows, created_at, correlation_id,
+                causation_id, head_chain=head_chain,
+            )
+            try:
+                appended, last_chain = self._sent(statement, request, rows, expected_version)
+                break
+            except ClockBehind as behind:  # rare: record at the latest time instead
+                created_at = behind.latest
+        if len(self._reached) >= _REACHED_STREAMS:
+            self._reached.clear()
+        self._reached[stream_id] = (
+            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
         )
-        what = f"append to {stream_id!r}"
+        return appended
+
+    def _sent(
+        self,
+        statement: str,
+        request: dict[str, Any],
+        rows: Sequence[EventRow],
+        expected_version: int | None,
+    ) -> tuple[Appended, bytes]:
+        """The append statement run, sent again once if the connection broke."""
+        what = f"append to {request['stream']!r}"
         cursor = self._append_cursor()
         try:
-            appended, last_chain = self._append_on(
-                cursor, statement, request, rows, expected_version
-            )
+            return self._append_on(cursor, statement, request, rows, expected_version)
         except psycopg.Error as exc:
             if not broken(cursor.connection):
                 raise self._connections.error(exc, what) from exc
@@ -674,18 +727,12 @@ class PostgresRecorder:
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
             try:
-                appended, last_chain = self._append_on(
+                return self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
             except psycopg.Error as again:
                 again_what = f"{what} (sent twice: the connection was lost)"
                 raise self._connections.error(again, again_what) from exc
-        if len(self._reached) >= _REACHED_STREAMS:
-            self._reached.clear()
-        self._reached[stream_id] = (
-            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
-        )
-        return appended
 
     def _append_on(
         self,
@@ -715,7 +762,7 @@ class PostgresRecorder:
             last_chain = claimed[-1][3]
             if last_chain is None:
                 last_chain = request["last_chain"]
-            return Appended(kind, first_version, positions), bytes(last_chain)
+            return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
         found = self._select_on(
@@ -725,6 +772,9 @@ class PostgresRecorder:
         )
         if found:
             raise AlreadyRecorded(found)
+        latest = connection.execute("SELECT max(created_at) FROM event_store").fetchone()
+        if latest and latest[0] is not None and latest[0] > request["now"]:
+            raise ClockBehind(latest[0])
         stream_id = request["stream"]
         if expected_version is None:
             raise StoreUnavailableError(
@@ -744,11 +794,11 @@ class PostgresRecorder:
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order, `through` at most the head) as hashed: position, id, stream,
         stream type, version, type, schema version, payload, metadata (canonical JSON), time
-        (text), correlation, causation, content, chain."""
+        (text), correlation, causation, content, chain, occurred_at (text or NULL)."""
         rows = self._connections.read(
             "read hashed rows",
             lambda connection: connection.execute(
-                f"SELECT {_HASHED} FROM event_store WHERE position > %s AND position <= %s "
+                f"SELECT {_HASHED_V5} FROM event_store WHERE position > %s AND position <= %s "
                 "ORDER BY position LIMIT %s",
                 (after, through, limit),
             ).fetchall(),
@@ -834,10 +884,11 @@ class PostgresRecorder:
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
+        undated_only: bool = False,
     ) -> list[RecordedEvent]:
         if event_types is not None and not event_types:
             return []
-        query, params = page_query(after, event_types, until, limit)
+        query, params = page_query(after, event_types, until, limit, undated_only)
 
         def read(connection: psycopg.Connection[Any]) -> list[RecordedEvent]:
             # Two statements, in this order: the scan's snapshot must be taken after the
@@ -862,6 +913,21 @@ class PostgresRecorder:
             return page if settled == len(page) else page[:settled]
 
         return self._connections.read(f"read_all(after={after})", read)
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        event_types: Collection[str] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        # No read horizon: a snapshot of what is committed (not a cursor that must never
+        # skip an event committed later).
+        return self._select("a bitemporal read", *dated_page_query(
+            _COLUMNS, "%s", lambda when: when, after, event_types, occurred_until,
+            recorded_until, limit,
+        ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(

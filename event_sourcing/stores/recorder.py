@@ -32,15 +32,21 @@ class EventRow(NamedTuple):
     payload: Any = None
     """The decoded payload_json, when the writer has it (saves PostgreSQL a decode when it
     hashes the canonical JSON of the stored value; docs/integrity.md)."""
+    occurred_at: str | None = None
+    """When the fact happened, if given, as hashed and stored (integrity.hashing's
+    timestamp_text); None is stored as NULL: the same as created_at."""
 
 
 class Appended(NamedTuple):
     """Where a batch landed: its stream's type, the first version (versions of a batch are
-    contiguous) and each event's position (increasing, not always contiguous)."""
+    contiguous), each event's position (increasing, not always contiguous) and the time
+    recorded (the clock's, or later: a recorder never records a time before the latest
+    already recorded; docs/temporal.md)."""
 
     stream_type: str
     first_version: int
     positions: Sequence[int]
+    created_at: datetime
 
 
 class AlreadyRecorded(Exception):
@@ -102,7 +108,24 @@ class Recorder(Protocol):
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
-    ) -> list[RecordedEvent]: ...
+        undated_only: bool = False,
+    ) -> list[RecordedEvent]:
+        """A page in position order; `until` bounds created_at; `undated_only` keeps the
+        events recorded without an occurred_at."""
+        ...
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        event_types: Collection[str] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        """A page of the events recorded with an occurred_at, in (occurred_at, position)
+        order after `after`: occurred at or before `occurred_until`, recorded at or before
+        `recorded_until` (docs/temporal.md)."""
+        ...
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]: ...
 
@@ -135,8 +158,9 @@ def fetch_events(
     fetch: Callable[[], Sequence[Sequence[Any]]],
     parse_time: Callable[[Any], datetime] | None = None,
 ) -> list[RecordedEvent]:
-    """The events of the rows `fetch` returns: RecordedEvent's 13 fields, payload and
-    metadata as JSON text, created_at as a datetime (or text that `parse_time` reads).
+    """The events of the rows `fetch` returns: RecordedEvent's 14 fields, payload and
+    metadata as JSON text, created_at and occurred_at as datetimes (or text that
+    `parse_time` reads); a NULL occurred_at is the event's created_at.
 
     A page is decoded a column at a time, with no Python call per row, and with the cyclic
     garbage collector paused: it allocates thousands of containers, none in a cycle, and the
@@ -154,7 +178,7 @@ def fetch_events(
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
-                    row[9], row[10], row[11], row[12],
+                    row[9], row[10], row[11], row[12], row[9] if row[13] is None else row[13],
                 ))
                 for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
             ]
@@ -162,9 +186,11 @@ def fetch_events(
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
-                    parse_time(row[9]), row[10], row[11], row[12],
+                    created, row[10], row[11], row[12],
+                    created if row[13] is None else parse_time(row[13]),
                 ))
                 for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
+                for created in (parse_time(row[9]),)
             ]
         return events
     finally:
@@ -179,12 +205,16 @@ def iter_pages(
     until: datetime | None,
     limit: int | None,
     page_size: int,
+    undated_only: bool = False,
 ) -> Iterator[list[RecordedEvent]]:
     """Keyset pagination over the global log: each page is one short query."""
     remaining = limit
     while remaining is None or remaining > 0:
         size = page_size if remaining is None else min(page_size, remaining)
-        page = recorder.read_page(after, event_types, until, size)
+        page = (
+            recorder.read_page(after, event_types, until, size, undated_only=True)
+            if undated_only else recorder.read_page(after, event_types, until, size)
+        )
         if not page:
             return
         yield page

@@ -33,6 +33,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -42,7 +43,7 @@ from event_sourcing.stores.recorder import (
     fetch_events,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -71,12 +72,15 @@ CREATE TABLE IF NOT EXISTS event_store (
     causation_id   TEXT,
     content_hash   BLOB,  -- integrity: docs/integrity.md
     chain_hash     BLOB,
+    occurred_at    TEXT,  -- business time if given; NULL: created_at (docs/temporal.md)
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_time ON event_store (created_at);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_event_store_occurred ON event_store (occurred_at, position)
+    WHERE occurred_at IS NOT NULL;
 -- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
 CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
@@ -113,7 +117,7 @@ END;
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
     "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
-    "schema_version"
+    "schema_version, occurred_at"
 )
 # What a database at each older schema version needs before _SCHEMA brings it up to date.
 _MIGRATIONS = {
@@ -126,21 +130,25 @@ _MIGRATIONS = {
     2: "",
     # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
     3: "DROP TRIGGER IF EXISTS event_store_no_update;",
+    # v5: business time (its partial index is created by _SCHEMA).
+    4: "ALTER TABLE event_store ADD COLUMN occurred_at TEXT;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, append-only triggers",
     2: "streams without a version counter",
     3: "inserts cannot replace events or precede the head",
     4: "per-stream hash chains (content_hash, chain_hash)",
+    5: "business time (occurred_at)",
 }
 _HASHED = (
     "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
     "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
 )
-# The same, with payload and metadata as their UTF-8 bytes (what is hashed; no decoding).
+# The same, with payload and metadata as their UTF-8 bytes (what is hashed; no decoding),
+# and occurred_at (v5; _add_hashes runs before the column exists).
 _HASHED_BYTES = _HASHED.replace(
     "payload, metadata,", "CAST(payload AS BLOB), CAST(metadata AS BLOB),"
-)
+) + ", occurred_at"
 
 
 def _add_hashes(connection: sqlite3.Connection) -> None:
@@ -168,7 +176,7 @@ _MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
 _INSERT = (
     "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
     "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
-    "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "content_hash, chain_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Fixed-width ISO 8601 in UTC (years 0001-9999: see stores.times) sorts as text, which
 # `until` filters rely on.
@@ -232,11 +240,17 @@ def _holds_a_store(path: str) -> bool:
 
 
 def page_query(
-    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+    after: int,
+    event_types: Collection[str] | None,
+    until: datetime | None,
+    limit: int,
+    undated_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """The keyset query of one page of the global log: a range seek on the rowid, or with a
     type filter one ordered seek of the (event_type, position) index per type, merged."""
-    time_filter = " AND created_at <= ?" if until is not None else ""
+    time_filter = (" AND created_at <= ?" if until is not None else "") + (
+        UNDATED if undated_only else ""
+    )
     stamp = [_ts(until)] if until is not None else []
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None:
@@ -441,12 +455,16 @@ class SQLiteRecorder:
         contents, _ = append_hashes(rows, stream_id, now, correlation_id, causation_id)
         with self._write() as connection:
             # (SQLite gives the bare columns of the row holding max(version).)
-            head, current, kind, chain = connection.execute(
+            head, current, kind, chain, latest = connection.execute(
                 "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
-                "coalesce(max(version), 0), stream_type, chain_hash FROM event_store "
+                "coalesce(max(version), 0), stream_type, chain_hash, "
+                "(SELECT max(created_at) FROM event_store) FROM event_store "
                 "WHERE stream_id = ?",
                 (stream_id,),
             ).fetchone()
+            if latest is not None and latest > now:  # the clock went back: never record that
+                now, created_at = latest, datetime.fromisoformat(latest)
+                contents, _ = append_hashes(rows, stream_id, now, correlation_id, causation_id)
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows, head)
@@ -458,7 +476,7 @@ class SQLiteRecorder:
                     [
                         (head + n, row.id, stream_id, kind, current + n, row.event_type,
                          row.schema_version, row.payload_json, row.metadata_json, now,
-                         correlation_id, causation_id, content, chain)
+                         correlation_id, causation_id, content, chain, row.occurred_at)
                         for n, (row, content, chain) in enumerate(
                             zip(rows, contents, chains, strict=True), start=1
                         )
@@ -473,7 +491,7 @@ class SQLiteRecorder:
                     "VALUES (?, ?, ?)",
                     (stream_id, kind, now),
                 )
-        return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
+        return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)), created_at)
 
     def _raise_if_recorded(
         self, connection: sqlite3.Connection, rows: Sequence[EventRow], head: int
@@ -493,7 +511,7 @@ class SQLiteRecorder:
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order) as hashed: position, id, stream, stream type, version, type,
         schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
-        content hash, chain hash."""
+        content hash, chain hash, occurred_at (text or NULL)."""
         with self._connection() as connection:
             return connection.execute(
                 f"SELECT {_HASHED_BYTES} FROM event_store WHERE position > ? "
@@ -547,10 +565,23 @@ class SQLiteRecorder:
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
+        undated_only: bool = False,
     ) -> list[RecordedEvent]:
         if event_types is not None and not event_types:
             return []
-        return self._select(*page_query(after, event_types, until, limit))
+        return self._select(*page_query(after, event_types, until, limit, undated_only))
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        event_types: Collection[str] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        return self._select(*dated_page_query(
+            _COLUMNS, "?", _ts, after, event_types, occurred_until, recorded_until, limit
+        ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(

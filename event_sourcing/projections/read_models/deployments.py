@@ -39,7 +39,7 @@ _DEPLOYMENTS_DDL = (
 
 
 def _deployed(tx: SqlTransaction, e: RecordedEvent, t: ModelDeployed) -> None:
-    at = iso(t.deployed_at or e.created_at)
+    at = iso(t.deployed_at or e.occurred_at)
     # One serving deployment per model name (and per replaced model) in an environment.
     tx.execute(
         "UPDATE deployments SET retired_at = ?, replaced_by_model_id = ?, "
@@ -61,7 +61,7 @@ def _retired(tx: SqlTransaction, e: RecordedEvent, t: ModelRetired) -> None:
         "replaced_by_model_id = coalesce(?, replaced_by_model_id) "
         "WHERE model_id = ? AND environment = ? AND retired_at IS NULL",
         (
-            iso(t.retired_at or e.created_at), t.reason or "retired", t.replaced_by_model_id,
+            iso(t.retired_at or e.occurred_at), t.reason or "retired", t.replaced_by_model_id,
             t.model_id, t.environment,
         ),
     )

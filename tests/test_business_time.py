@@ -1,0 +1,268 @@
+"""Business time (occurred_at) beside record time (created_at): appends, bitemporal as-of
+reads, the store clock that never goes backwards, and the v5 migration. Every test runs on
+SQLite and on PostgreSQL (the `store_url` fixture).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+from conftest import PG_URL
+
+import event_sourcing as es
+from event_sourcing.catalog import ModelDeployed
+from event_sourcing.cli import main
+from event_sourcing.projections import as_of, deployed_model_at
+
+MakeStore = Callable[..., es.EventStore]
+
+
+class Clock:
+    """A store clock the test sets by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def deployed(model_id: str, version: int) -> ModelDeployed:
+    return ModelDeployed(model_id=model_id, model_name="wine-clf", version=version)
+
+
+# -- appending ----------------------------------------------------------------------------------
+def test_occurred_at_defaults_to_the_time_of_recording(store: es.EventStore) -> None:
+    recorded = store.append("s", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
+    (read,) = store.read_all()
+    assert recorded[0].occurred_at == recorded[0].created_at
+    assert read == recorded[0]
+    assert read.occurred_at == read.created_at
+    assert read.to_dict()["occurred_at"] == read.created_at.isoformat()
+
+
+def test_occurred_at_per_event_per_typed_event_and_per_append(store: es.EventStore) -> None:
+    jan, feb = utc(2024, 1, 1), utc(2024, 2, 1, 12)
+    paris = datetime(2024, 3, 1, 1, 0, tzinfo=timezone(timedelta(hours=1)))
+    recorded = store.append(
+        "s",
+        [
+            es.NewEvent("training_progress", {"step": 1, "loss": 1.0}, occurred_at=feb),
+            es.NewEvent.of(deployed("m1", 1), occurred_at=paris),
+            es.NewEvent("training_progress", {"step": 2, "loss": 0.5}),
+            deployed("m2", 2),
+        ],
+        occurred_at=jan,
+    )
+    expected = [feb, utc(2024, 3, 1), jan, jan]
+    assert [e.occurred_at for e in recorded] == expected
+    assert all(e.occurred_at.tzinfo is UTC for e in recorded)
+    assert list(store.read_all()) == recorded
+    assert store.read_stream("s") == recorded
+    assert store.get_event(recorded[1].id) == recorded[1]
+    assert store.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "message"),
+    [
+        (datetime(2024, 1, 1), "naive"),
+        ("2024-01-01T00:00:00Z", "timezone-aware datetime"),
+        (1704067200, "timezone-aware datetime"),
+        (datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))), "time range"),
+        (datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=5))), "time range"),
+    ],
+)
+def test_a_bad_occurred_at_is_refused_before_anything_is_written(
+    store: es.EventStore, occurred_at: object, message: str
+) -> None:
+    event = es.NewEvent("training_progress", {"step": 1, "loss": 1.0})
+    with pytest.raises(es.EventValidationError, match=message) as per_event:
+        store.append("s", [event, es.NewEvent(event.type, event.payload,
+                                              occurred_at=occurred_at)])  # type: ignore[arg-type]
+    assert "events[1].occurred_at" in str(per_event.value)
+    with pytest.raises(es.EventValidationError, match=message):
+        store.append("s", [event], occurred_at=occurred_at)  # type: ignore[arg-type]
+    with pytest.raises(es.EventValidationError, match=message):
+        store.append("s", [es.NewEvent.of(deployed("m1", 1),
+                                          occurred_at=occurred_at)])  # type: ignore[arg-type]
+    assert store.head_position() == 0
+
+
+def test_the_earliest_and_latest_times_are_accepted(store: es.EventStore) -> None:
+    first, last = utc(1, 1, 1), datetime.max.replace(tzinfo=UTC)
+    recorded = store.append("s", [
+        es.NewEvent("training_progress", {"step": 1, "loss": 1.0}, occurred_at=first),
+        es.NewEvent("training_progress", {"step": 2, "loss": 1.0}, occurred_at=last),
+    ])
+    assert [e.occurred_at for e in store.read_all()] == [first, last] == [
+        e.occurred_at for e in recorded
+    ]
+    assert store.verify().ok
+
+
+# -- as of a business time, known at a record time ----------------------------------------------
+def test_a_backfilled_deployment_is_seen_as_of_when_it_happened(make_store: MakeStore) -> None:
+    """The docs/temporal.md story: a 2024-01-01 deployment recorded only on 2024-09-01."""
+    clock = Clock(utc(2024, 9, 1))
+    store = make_store(clock=clock)
+    store.append("model-m1", [es.NewEvent.of(deployed("m1", 1), occurred_at=utc(2024, 1, 1))])
+    served = deployed_model_at(store, "wine-clf", utc(2024, 6, 1))
+    assert served is not None and served["model_id"] == "m1"
+    assert served["deployed_at"].startswith("2024-01-01")
+    assert deployed_model_at(store, "wine-clf", utc(2023, 12, 31)) is None
+    # Bitemporal: on 2024-08-01 the log did not know yet; on 2024-10-01 it did.
+    assert deployed_model_at(store, "wine-clf", utc(2024, 6, 1), known_at=utc(2024, 8, 1)) is None
+    known = deployed_model_at(store, "wine-clf", utc(2024, 6, 1), known_at=utc(2024, 10, 1))
+    assert known is not None and known["model_id"] == "m1"
+    # read_all(until=...) stays record time.
+    assert list(store.read_all(until=utc(2024, 6, 1))) == []
+
+
+def test_as_of_applies_events_in_business_time_order(make_store: MakeStore) -> None:
+    """m2 was deployed live in July; m1's January deployment is recorded later. As of
+    December m2 serves: m1 is applied first, as it happened, not last, as it was recorded."""
+    clock = Clock(utc(2024, 7, 1))
+    store = make_store(clock=clock)
+    store.append("model-m2", [deployed("m2", 2)])
+    clock.now = utc(2024, 9, 1)
+    store.append("model-m1", [es.NewEvent.of(deployed("m1", 1), occurred_at=utc(2024, 1, 1))])
+    served = deployed_model_at(store, "wine-clf", utc(2024, 12, 1))
+    assert served is not None and served["model_id"] == "m2"
+    served = deployed_model_at(store, "wine-clf", utc(2024, 3, 1))
+    assert served is not None and served["model_id"] == "m1"
+    with as_of(store, "deployments", utc(2024, 12, 1)) as snapshot:
+        rows = snapshot.query("SELECT model_id, retired_at FROM deployments ORDER BY 1")
+        assert snapshot.position == store.head_position()
+    assert rows == [
+        {"model_id": "m1", "retired_at": utc(2024, 7, 1).isoformat(timespec="microseconds")},
+        {"model_id": "m2", "retired_at": None},
+    ]
+
+
+def test_read_as_of_is_bitemporal_and_in_business_time_order(make_store: MakeStore) -> None:
+    clock = Clock(utc(2024, 1, 10))
+    store = make_store(clock=clock)
+
+    def progress(step: int, **options: datetime) -> es.NewEvent:
+        return es.NewEvent("training_progress", {"step": step, "loss": 1.0}, **options)
+
+    store.append("a", [progress(1)])  # occurred = recorded = Jan 10
+    clock.now = utc(2024, 2, 10)
+    store.append("a", [progress(2, occurred_at=utc(2024, 1, 5))])  # a late report
+    store.append("b", [progress(3, occurred_at=utc(2024, 12, 1))])  # planned, in the future
+    store.append("b", [progress(4)])  # Feb 10
+    store.append("c", [deployed("m1", 1)], occurred_at=utc(2024, 1, 1))
+
+    def steps(at: datetime, **options: datetime) -> list[object]:
+        return [e.payload.get("step", e.event_type)
+                for e in store.read_as_of(at, **options)]  # type: ignore[arg-type]
+
+    assert steps(utc(2024, 3, 1)) == ["model_deployed", 2, 1, 4]
+    assert steps(utc(2024, 1, 31)) == ["model_deployed", 2, 1]
+    assert steps(utc(2024, 3, 1), known_at=utc(2024, 1, 31)) == [1]
+    assert steps(utc(2025, 1, 1)) == ["model_deployed", 2, 1, 4, 3]
+    assert steps(utc(2024, 1, 4)) == ["model_deployed"]
+    typed = store.read_as_of(utc(2025, 1, 1), event_types=["training_progress"])
+    assert [e.payload["step"] for e in typed] == [2, 1, 4, 3]
+    with pytest.raises(es.EventValidationError, match="known_at"):
+        store.read_as_of(utc(2024, 1, 1), known_at=datetime(2024, 1, 1))
+    with pytest.raises(es.EventValidationError, match="as-of time"):
+        store.read_as_of("2024-01-01")  # type: ignore[arg-type]
+    with pytest.raises(es.EventValidationError, match="not a position"):
+        as_of(store, "deployments", 3, known_at=utc(2024, 1, 1))
+
+
+def test_cli_known_at(make_store: MakeStore, store_url: str,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    store = make_store(clock=Clock(utc(2024, 9, 1)))
+    assert main(["append", store_url, "model-m1", "--type", "model_deployed", "--payload",
+                 '{"model_id": "m1", "model_name": "wine-clf", "version": 1}',
+                 "--occurred-at", "2024-01-01T00:00:00Z"]) == 0
+    capsys.readouterr()
+    assert main(["deployments", store_url, "--as-of", "2024-06-01T00:00:00Z", "--json"]) == 0
+    assert '"m1"' in capsys.readouterr().out
+    assert main(["deployments", store_url, "--as-of", "2024-06-01T00:00:00Z",
+                 "--known-at", "2024-08-01T00:00:00Z", "--json"]) == 0
+    assert '"m1"' not in capsys.readouterr().out
+    assert main(["deployments", store_url, "--known-at", "2024-08-01T00:00:00Z"]) == 2
+    assert "--known-at goes with --as-of TIME" in capsys.readouterr().err
+    store.close()
+
+
+# -- the store clock ---------------------------------------------------------------------------
+def test_a_clock_going_backwards_is_clamped(make_store: MakeStore) -> None:
+    clock = Clock(utc(2025, 6, 1, 12))
+    store = make_store(clock=clock)
+    first = store.append("s", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
+    clock.now = utc(2025, 6, 1, 11)  # an hour back (NTP step, another host)
+    second = store.append("t", [es.NewEvent("training_progress", {"step": 2, "loss": 1.0})])
+    assert second[0].created_at == first[0].created_at == utc(2025, 6, 1, 12)
+    assert second[0].occurred_at == second[0].created_at
+    # Another writer (process) with a slower clock on the same log is clamped too.
+    other = make_store(clock=Clock(utc(2020, 1, 1)))
+    third = other.append("s", [es.NewEvent("training_progress", {"step": 3, "loss": 1.0})] * 1
+                         + [es.NewEvent("training_progress", {"step": 4, "loss": 1.0})],
+                         expected_version=1)
+    assert {e.created_at for e in third} == {utc(2025, 6, 1, 12)}
+    clock.now = utc(2025, 6, 1, 13)
+    fourth = store.append("s", [es.NewEvent("training_progress", {"step": 5, "loss": 1.0})])
+    assert fourth[0].created_at == utc(2025, 6, 1, 13)
+    events = list(store.read_all())
+    assert events == first + second + third + fourth
+    times = [e.created_at for e in events]
+    assert times == sorted(times)
+    assert store.verify().ok
+    other.close()
+
+
+# -- the v5 migration --------------------------------------------------------------------------
+def _back_to_v4(store_url: str) -> None:
+    """Put the database back into its schema v4 shape (no occurred_at), as the owner."""
+    if store_url.startswith("sqlite"):
+        connection = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            connection.execute("DROP INDEX idx_event_store_occurred")
+            connection.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
+            connection.execute("DELETE FROM mlevents_schema")
+            connection.execute("INSERT INTO mlevents_schema VALUES (4, '2026-01-01', 'v4')")
+        finally:
+            connection.close()
+        return
+    schema = store_url.partition("?schema=")[2]
+    with psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}") as pg:
+        pg.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
+        pg.execute("DELETE FROM mlevents_schema")
+        pg.execute("INSERT INTO mlevents_schema (version, description) VALUES (4, 'v4')")
+
+
+def test_a_v4_store_migrates_keeps_its_events_and_verifies(
+    make_store: MakeStore, store_url: str
+) -> None:
+    store = make_store()
+    store.append("s", [es.NewEvent("training_progress", {"step": n, "loss": 1.0})
+                       for n in (1, 2)])
+    store.append("model-m1", [deployed("m1", 1)])
+    store.seal()
+    before = list(store.read_all())
+    store.close()
+    _back_to_v4(store_url)
+    migrated = make_store()
+    with migrated.transaction() as tx:
+        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 5
+    assert list(migrated.read_all()) == before
+    report = migrated.verify()
+    assert report.ok, report.problems
+    assert report.events == len(before)
+    migrated.append("s", [es.NewEvent("training_progress", {"step": 3, "loss": 1.0},
+                                      occurred_at=utc(2024, 1, 1))])
+    assert migrated.read_stream("s")[-1].occurred_at == utc(2024, 1, 1)
+    assert migrated.verify().ok
