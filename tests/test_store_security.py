@@ -22,6 +22,7 @@ from event_sourcing.cli import main
 from event_sourcing.projections import Projection, ProjectionError, ProjectionRunner
 from event_sourcing.projections.read_models import builtin_projections
 from event_sourcing.stores.recorder import redact_text, redact_url
+from event_sourcing.stores.sqlite import SCHEMA_VERSION  # (both backends are at the same one)
 
 PG_URL = os.environ.get("MLEVENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -181,7 +182,8 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     old.close()
     migrated = make_store(validate=False)
     with migrated.transaction() as tx:
-        assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 4
+        found = tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
+        assert found == SCHEMA_VERSION
     statement = (SQLITE_REWRITES if migrated.dialect == "sqlite" else PG_REWRITES)[0]
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error)):
         raw(store_url, statement.format(

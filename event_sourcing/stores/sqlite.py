@@ -130,8 +130,8 @@ _MIGRATIONS = {
     2: "",
     # v4: content and chain hashes (tamper evidence); _add_hashes computes them in order.
     3: "DROP TRIGGER IF EXISTS event_store_no_update;",
-    # v5: business time (its partial index is created by _SCHEMA).
-    4: "ALTER TABLE event_store ADD COLUMN occurred_at TEXT;",
+    # v5: business time; _add_occurred_at adds the column (its partial index: _SCHEMA).
+    4: "",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, append-only triggers",
@@ -170,7 +170,14 @@ def _add_hashes(connection: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
+def _add_occurred_at(connection: sqlite3.Connection) -> None:
+    """Migration to v5: the occurred_at column (NULL for every event recorded before)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
+    if "occurred_at" not in columns:  # (SQLite has no ADD COLUMN IF NOT EXISTS)
+        connection.execute("ALTER TABLE event_store ADD COLUMN occurred_at TEXT")
+
+
+_MIGRATION_STEPS = {3: _add_hashes, 4: _add_occurred_at}  # Python run after a version's SQL
 
 
 _INSERT = (
