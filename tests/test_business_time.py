@@ -214,11 +214,31 @@ def test_a_clock_going_backwards_is_clamped(make_store: MakeStore) -> None:
                          + [es.NewEvent("training_progress", {"step": 4, "loss": 1.0})],
                          expected_version=1)
     assert {e.created_at for e in third} == {utc(2025, 6, 1, 12)}
+    # Every way an append locates its stream's head: a new stream, a version this writer
+    # appended itself (PostgreSQL: not looked up), a version it did not, and the latest.
+    late = Clock(utc(2025, 6, 1, 12, 30))
+    ahead = make_store(clock=late)
+    ahead.append("ahead", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
+    ahead.append("ahead", [es.NewEvent("training_progress", {"step": 2, "loss": 1.0})],
+                 expected_version=1)
+    ahead.close()
+    clamped = []
+    for stream, expected in (("new", 0), ("new", 1), ("t", 1), ("s", None)):
+        clamped += store.append(
+            stream, [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})],
+            expected_version=expected,
+        )
+        late.now = utc(2025, 6, 1, 12, 40)
+        ahead = make_store(clock=late)
+        ahead.append("ahead", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
+        ahead.close()
+    assert [e.created_at for e in clamped] == [utc(2025, 6, 1, 12, 30)] + [
+        utc(2025, 6, 1, 12, 40)] * 3
     clock.now = utc(2025, 6, 1, 13)
     fourth = store.append("s", [es.NewEvent("training_progress", {"step": 5, "loss": 1.0})])
     assert fourth[0].created_at == utc(2025, 6, 1, 13)
-    events = list(store.read_all())
-    assert events == first + second + third + fourth
+    events = [e for e in store.read_all() if e.stream_id != "ahead"]
+    assert events == first + second + third + clamped + fourth
     times = [e.created_at for e in events]
     assert times == sorted(times)
     assert store.verify().ok

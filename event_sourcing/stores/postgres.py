@@ -917,7 +917,6 @@ class PostgresRecorder:
     def read_dated_page(
         self,
         after: tuple[datetime, int] | None,
-        event_types: Collection[str] | None,
         occurred_until: datetime,
         recorded_until: datetime | None,
         limit: int,
@@ -925,8 +924,7 @@ class PostgresRecorder:
         # No read horizon: a snapshot of what is committed (not a cursor that must never
         # skip an event committed later).
         return self._select("a bitemporal read", *dated_page_query(
-            _COLUMNS, "%s", lambda when: when, after, event_types, occurred_until,
-            recorded_until, limit,
+            _COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
         ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:

@@ -117,14 +117,13 @@ class Recorder(Protocol):
     def read_dated_page(
         self,
         after: tuple[datetime, int] | None,
-        event_types: Collection[str] | None,
         occurred_until: datetime,
         recorded_until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
-        """A page of the events recorded with an occurred_at, in (occurred_at, position)
-        order after `after`: occurred at or before `occurred_until`, recorded at or before
-        `recorded_until` (docs/temporal.md)."""
+        """A page of the events recorded with an occurred_at (of every type), in
+        (occurred_at, position) order after `after`: occurred at or before
+        `occurred_until`, recorded at or before `recorded_until` (docs/temporal.md)."""
         ...
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]: ...

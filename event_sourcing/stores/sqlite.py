@@ -581,13 +581,12 @@ class SQLiteRecorder:
     def read_dated_page(
         self,
         after: tuple[datetime, int] | None,
-        event_types: Collection[str] | None,
         occurred_until: datetime,
         recorded_until: datetime | None,
         limit: int,
     ) -> list[RecordedEvent]:
         return self._select(*dated_page_query(
-            _COLUMNS, "?", _ts, after, event_types, occurred_until, recorded_until, limit
+            _COLUMNS, "?", _ts, after, occurred_until, recorded_until, limit
         ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
