@@ -1,11 +1,14 @@
-"""Benchmark of the store clock guard on PostgreSQL: what "a recorded created_at is never
-earlier than the latest already recorded" costs concurrent writers.
+"""Benchmark of the store clock guard on PostgreSQL: what "never record a time earlier
+than one already recorded" costs concurrent writers, per stream and per store.
 
-Every append statement carries a one-time filter, `max(created_at) <= now` (a backward
-seek of the created_at index, run once per statement). This runs concurrent writers
-(1 event per append, each on its own stream) with and without that filter, in
-interleaved rounds in one process, and prints per-event server CPU (the writers' own
-backends, from /proc: PostgreSQL must run on this machine), client CPU and events/s.
+Every append statement inserts only if its stream's head (the row it reads anyway) was
+recorded at or before its time: the *stream guard*, which mlevents uses. The *store
+guard* (not used) would check `max(created_at)` over the whole log instead: one backward
+seek of the created_at index per statement, on the index page every writer inserts into.
+This runs concurrent writers (1 event per append, each on its own stream) with each
+variant and with no guard, in interleaved rounds in one process, and prints per-event
+server CPU (the writers' own backends, from /proc: PostgreSQL must run on this machine),
+client CPU and events/s.
 
     .venv/bin/python bench/bench_clock.py                      # 4 writers, 12 rounds
     .venv/bin/python bench/bench_clock.py --writers 8 --rounds 20 --appends 500
@@ -29,7 +32,10 @@ import event_sourcing as es
 from event_sourcing.events import NewEvent
 from event_sourcing.stores import postgres
 
-GUARD = "    WHERE coalesce((SELECT max(c.created_at) FROM event_store AS c) <= %(now)s, true)\n"
+GUARD = "    WHERE coalesce(head.created_at <= %(now)s, true)\n"
+STORE_GUARD = (
+    "    WHERE coalesce((SELECT max(c.created_at) FROM event_store AS c) <= %(now)s, true)\n"
+)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -87,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if GUARD not in next(iter(postgres._APPEND.values())):
         raise SystemExit("the clock guard is not in the append statement: update GUARD")
     variants = {
-        "clock guard": dict(postgres._APPEND),
+        "stream guard": dict(postgres._APPEND),
         "no guard": {key: sql.replace(GUARD, "") for key, sql in postgres._APPEND.items()},
+        "store guard": {
+            key: sql.replace(GUARD, STORE_GUARD) for key, sql in postgres._APPEND.items()
+        },
     }
     schema = f"bench_clock_{uuid.uuid4().hex[:8]}"
     name = f"bench-clock-{os.getpid()}"
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     store = es.connect(f"{url}&schema={schema}", pool_size=args.writers + 1)
     results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     try:
-        writers = Writers(store, args.writers, args.appends, args.rounds * 2 + 1)
+        writers = Writers(store, args.writers, args.appends, args.rounds * len(variants) + 1)
         writers.round()  # warm up: connections, plans
         with psycopg.connect(args.pg_url, autocommit=True) as admin:
             pids = [row[0] for row in admin.execute(
@@ -106,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         if not pids:
             raise SystemExit("no backend of the writers found (application_name not set?)")
         events = args.writers * args.appends
-        for n in range(args.rounds * len(variants)):
-            variant = list(variants)[n % len(variants)]
+        names = list(variants)
+        # Each round runs every variant, in an order rotated round by round (no variant
+        # always runs first).
+        order = [names[(r + i) % len(names)] for r in range(args.rounds) for i in range(len(names))]
+        for n, variant in enumerate(order):
             postgres._APPEND.update(variants[variant])
             server = _server_cpu(pids)
             wall, client = writers.round()
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             results[variant].append((events / wall, client / events * 1e6, server / events * 1e6))
             print(f"round {n + 1}: {variant}: {events / wall:,.0f} events/s", file=sys.stderr)
     finally:
-        postgres._APPEND.update(variants["clock guard"])
+        postgres._APPEND.update(variants["stream guard"])
         store.close()
         with psycopg.connect(args.pg_url, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

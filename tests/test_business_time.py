@@ -6,8 +6,10 @@ SQLite and on PostgreSQL (the `store_url` fixture).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +19,7 @@ import event_sourcing as es
 from event_sourcing.catalog import ModelDeployed
 from event_sourcing.cli import main
 from event_sourcing.projections import as_of, deployed_model_at
+from event_sourcing.stores.postgres import ClockBehind, PostgresRecorder
 from event_sourcing.stores.sqlite import SCHEMA_VERSION  # (both backends are at the same one)
 
 MakeStore = Callable[..., es.EventStore]
@@ -200,49 +203,83 @@ def test_cli_known_at(make_store: MakeStore, store_url: str,
 
 
 # -- the store clock ---------------------------------------------------------------------------
+def progress(step: int) -> es.NewEvent:
+    return es.NewEvent("training_progress", {"step": step, "loss": 1.0})
+
+
 def test_a_clock_going_backwards_is_clamped(make_store: MakeStore) -> None:
-    clock = Clock(utc(2025, 6, 1, 12))
+    """Both backends: a writer never records a time before one it recorded, nor before its
+    stream's head, however the head is found (a new stream, a version the writer appended
+    itself, one it did not, the latest)."""
+    noon = utc(2025, 6, 1, 12)
+    clock = Clock(noon)
     store = make_store(clock=clock)
-    first = store.append("s", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
-    clock.now = utc(2025, 6, 1, 11)  # an hour back (NTP step, another host)
-    second = store.append("t", [es.NewEvent("training_progress", {"step": 2, "loss": 1.0})])
-    assert second[0].created_at == first[0].created_at == utc(2025, 6, 1, 12)
-    assert second[0].occurred_at == second[0].created_at
-    # Another writer (process) with a slower clock on the same log is clamped too.
+    first = store.append("s", [progress(1)])
+    clock.now = utc(2025, 6, 1, 11)  # an hour back (an NTP step, an injected clock)
+    same_stream = store.append("s", [progress(2)], expected_version=1)  # known head
+    other_stream = store.append("t", [progress(1)])  # latest (none)
+    new_stream = store.append("u", [progress(1)], expected_version=0)
+    # Another writer (another process) with a slower clock, on the streams it appends to.
     other = make_store(clock=Clock(utc(2020, 1, 1)))
-    third = other.append("s", [es.NewEvent("training_progress", {"step": 3, "loss": 1.0})] * 1
-                         + [es.NewEvent("training_progress", {"step": 4, "loss": 1.0})],
-                         expected_version=1)
-    assert {e.created_at for e in third} == {utc(2025, 6, 1, 12)}
-    # Every way an append locates its stream's head: a new stream, a version this writer
-    # appended itself (PostgreSQL: not looked up), a version it did not, and the latest.
-    late = Clock(utc(2025, 6, 1, 12, 30))
-    ahead = make_store(clock=late)
-    ahead.append("ahead", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
-    ahead.append("ahead", [es.NewEvent("training_progress", {"step": 2, "loss": 1.0})],
-                 expected_version=1)
-    ahead.close()
-    clamped = []
-    for stream, expected in (("new", 0), ("new", 1), ("t", 1), ("s", None)):
-        clamped += store.append(
-            stream, [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})],
-            expected_version=expected,
-        )
-        late.now = utc(2025, 6, 1, 12, 40)
-        ahead = make_store(clock=late)
-        ahead.append("ahead", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
-        ahead.close()
-    assert [e.created_at for e in clamped] == [utc(2025, 6, 1, 12, 30)] + [
-        utc(2025, 6, 1, 12, 40)] * 3
+    at_version = other.append("s", [progress(3), progress(4)], expected_version=2)
+    latest = other.append("t", [progress(2)])
+    known = other.append("s", [progress(5)], expected_version=4)
+    behind = first + same_stream + other_stream + new_stream + at_version + latest + known
+    assert {e.created_at for e in behind} == {noon}
+    assert all(e.occurred_at == noon for e in behind)
     clock.now = utc(2025, 6, 1, 13)
-    fourth = store.append("s", [es.NewEvent("training_progress", {"step": 5, "loss": 1.0})])
-    assert fourth[0].created_at == utc(2025, 6, 1, 13)
-    events = [e for e in store.read_all() if e.stream_id != "ahead"]
-    assert events == first + second + third + clamped + fourth
-    times = [e.created_at for e in events]
-    assert times == sorted(times)
+    (later,) = store.append("s", [progress(6)])
+    assert later.created_at == utc(2025, 6, 1, 13)
+    events = list(store.read_all())
+    assert events == [*behind, later]
+    for stream in "stu":
+        times = [e.created_at for e in store.read_stream(stream)]
+        assert times == sorted(times)
     assert store.verify().ok
     other.close()
+
+
+def test_sqlite_never_records_a_time_before_the_latest_in_the_store(tmp_path: Any) -> None:
+    """SQLite serializes appends, so the guarantee is store-wide: created_at never goes
+    backwards in position order, whatever stream and writer (docs/temporal.md)."""
+    url = f"sqlite:///{tmp_path}/events.db"
+    ahead = es.connect(url, clock=Clock(utc(2025, 6, 1, 12)))
+    ahead.append("a", [progress(1)])
+    slow = es.connect(url, clock=Clock(utc(2020, 1, 1)))
+    (recorded,) = slow.append("b", [progress(1)], expected_version=0)
+    assert recorded.created_at == utc(2025, 6, 1, 12)
+    times = [e.created_at for e in slow.read_all()]
+    assert times == sorted(times)
+    assert slow.verify().ok
+    ahead.close()
+    slow.close()
+
+
+def test_a_postgresql_append_behind_again_moves_past_the_latest(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append whose clock is behind is sent again at the latest recorded time; behind
+    once more (faster writers kept recording), at that time plus the time that passed, so
+    a slow clock among busy writers is not starved."""
+    store = es.connect(pg_schema_url, clock=Clock(utc(2025, 1, 1)))
+    recorder = store.recorder
+    assert isinstance(recorder, PostgresRecorder)
+    send, sent = recorder._sent, []
+
+    def behind_twice(*args: Any) -> Any:
+        sent.append(args[1]["now"])
+        if len(sent) <= 2:
+            time.sleep(0.002)
+            raise ClockBehind(utc(2025, 6, 1))
+        return send(*args)
+
+    monkeypatch.setattr(recorder, "_sent", behind_twice)
+    (event,) = store.append("s", [es.NewEvent("training_progress", {"step": 1, "loss": 1.0})])
+    assert sent[:2] == [utc(2025, 1, 1), utc(2025, 6, 1)]
+    assert utc(2025, 6, 1) < sent[2] < utc(2025, 6, 1) + timedelta(minutes=1)
+    assert event.created_at == sent[2] == store.read_stream("s")[0].created_at
+    assert store.verify().ok
+    store.close()
 
 
 # -- the v5 migration --------------------------------------------------------------------------

@@ -18,11 +18,14 @@ See docs/ordering.md for the argument and the measurements.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import re
+import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -60,6 +63,7 @@ from event_sourcing.stores.recorder import (
     redact_text,
     redact_url,
 )
+from event_sourcing.stores.times import MAX_TIME, MIN_TIME
 from event_sourcing.stores.values import decode
 
 SCHEMA_VERSION = 5
@@ -290,14 +294,14 @@ _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 # stream is known to have reached: as given, and the unique index alone decides. No
 # expectation: the latest event, if any.
 _HEAD_AT = """
-        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+        SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
         WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
-_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea"
+_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea, NULL::timestamptz"
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
-            coalesce(h.chain_hash, %(genesis)s::bytea)
+            coalesce(h.chain_hash, %(genesis)s::bytea), h.created_at
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+            SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
             WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
         ) AS h ON true"""
 
@@ -336,7 +340,7 @@ _INSERT = """
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
         u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain},
         u.occurred
-    FROM ({head}) AS head (stream_type, version, chain)
+    FROM ({head}) AS head (stream_type, version, chain, created_at)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
             ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
@@ -345,10 +349,10 @@ _INSERT = """
     ) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
         content, chain, occurred)
-    -- The store clock never goes back: nothing is inserted when a time later than this
-    -- append's is recorded already (one seek of the created_at index, run once); the
-    -- caller then appends again at that time (docs/temporal.md).
-    WHERE coalesce((SELECT max(c.created_at) FROM event_store AS c) <= %(now)s, true)
+    -- A stream's time never goes back: nothing is inserted when its head (the row read
+    -- above; given by the caller, who knows its time) was recorded later than this
+    -- append's time; the caller then appends again at that time (docs/temporal.md).
+    WHERE coalesce(head.created_at <= %(now)s, true)
     RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
@@ -510,7 +514,7 @@ def page_query(
 
 
 class ClockBehind(Exception):
-    """An append wrote nothing: a later time than its own is recorded already."""
+    """An append wrote nothing: its stream's head was recorded at a later time than its."""
 
     def __init__(self, latest: datetime) -> None:
         super().__init__(f"the log holds a time later than the clock's: {latest}")
@@ -585,11 +589,14 @@ class PostgresRecorder:
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
-        # Stream id -> (its type, the version it reached, that event's chain hash). Events
-        # are never deleted or changed, so an append expecting that version needs no lookup
-        # (~30 us of server CPU) and can compute its chain hashes itself. This
+        # Stream id -> (its type, the version it reached, that event's chain hash and time).
+        # Events are never deleted or changed, so an append expecting that version needs no
+        # lookup (~30 us of server CPU) and can compute its chain hashes itself. This
         # holds unless the schema is dropped and recreated under a running store.
-        self._reached: dict[str, tuple[str, int, bytes]] = {}
+        self._reached: dict[str, tuple[str, int, bytes, datetime]] = {}
+        # The latest time this recorder recorded: its appends never record an earlier one.
+        self._latest = MIN_TIME
+        self._latest_lock = threading.Lock()
         self._connections = Connections(
             url, kwargs, name=f"mlevents-{schema}", description=self.description,
             configure=_configure,
@@ -687,25 +694,36 @@ class PostgresRecorder:
         causation_id: str | None,
     ) -> Appended:
         head_chain = None
+        created_at = max(created_at, self._latest)  # never before this recorder's latest
         if expected_version:
             known = self._reached.get(stream_id)
             if known is not None and known[1] == expected_version:
                 stream_type, head_chain = known[0], known[2]
-        while True:
+                created_at = max(created_at, known[3])  # nor before the stream's head
+        for attempt in itertools.count():
             statement, request = append_query(
                 stream_id, stream_type, expected_version, rows, created_at, correlation_id,
                 causation_id, head_chain=head_chain,
             )
+            sent = time.monotonic()
             try:
                 appended, last_chain = self._sent(statement, request, rows, expected_version)
                 break
             except ClockBehind as behind:  # rare: record at the latest time instead
-                created_at = behind.latest
+                # Again behind: writers with faster clocks keep recording later times, so
+                # add the time that passed meanwhile, as their clocks did (no starving).
+                waited = timedelta(seconds=time.monotonic() - sent) if attempt else timedelta(0)
+                created_at = behind.latest if MAX_TIME - waited < behind.latest else (
+                    behind.latest + waited
+                )
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
         self._reached[stream_id] = (
-            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
+            appended.stream_type, appended.first_version + len(rows) - 1, last_chain,
+            appended.created_at,
         )
+        with self._latest_lock:
+            self._latest = max(self._latest, appended.created_at)
         return appended
 
     def _sent(
@@ -772,10 +790,14 @@ class PostgresRecorder:
         )
         if found:
             raise AlreadyRecorded(found)
-        latest = connection.execute("SELECT max(created_at) FROM event_store").fetchone()
-        if latest and latest[0] is not None and latest[0] > request["now"]:
-            raise ClockBehind(latest[0])
         stream_id = request["stream"]
+        latest = connection.execute(
+            "SELECT created_at FROM event_store WHERE stream_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id,),
+        ).fetchone()
+        if latest and latest[0] > request["now"]:
+            raise ClockBehind(latest[0])
         if expected_version is None:
             raise StoreUnavailableError(
                 f"append to {stream_id!r} wrote nothing and no error was reported"
