@@ -1,14 +1,11 @@
-"""Benchmark of the store clock guard on PostgreSQL: what "never record a time earlier
-than one already recorded" costs concurrent writers, per stream and per store.
+"""Benchmark of the clock guard on PostgreSQL: what "never record a time earlier than the
+stream's head" costs concurrent writers.
 
 Every append statement inserts only if its stream's head (the row it reads anyway) was
-recorded at or before its time: the *stream guard*, which mlevents uses. The *store
-guard* (not used) would check `max(created_at)` over the whole log instead: one backward
-seek of the created_at index per statement, on the index page every writer inserts into.
-This runs concurrent writers (1 event per append, each on its own stream) with each
-variant and with no guard, in interleaved rounds in one process, and prints per-event
-server CPU (the writers' own backends, from /proc: PostgreSQL must run on this machine),
-client CPU and events/s.
+recorded at or before its time. This runs concurrent writers (1 event per append, each on
+its own stream) with and without that filter, in interleaved rounds in one process, and
+prints per-event server CPU (the writers' own backends, from /proc: PostgreSQL must run on
+this machine), client CPU and events/s.
 
     .venv/bin/python bench/bench_clock.py                      # 4 writers, 12 rounds
     .venv/bin/python bench/bench_clock.py --writers 8 --rounds 20 --appends 500
@@ -33,9 +30,6 @@ from event_sourcing.events import NewEvent
 from event_sourcing.stores import postgres
 
 GUARD = "    WHERE coalesce(head.created_at <= %(now)s, true)\n"
-STORE_GUARD = (
-    "    WHERE coalesce((SELECT max(c.created_at) FROM event_store AS c) <= %(now)s, true)\n"
-)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -95,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "stream guard": dict(postgres._APPEND),
         "no guard": {key: sql.replace(GUARD, "") for key, sql in postgres._APPEND.items()},
-        "store guard": {
-            key: sql.replace(GUARD, STORE_GUARD) for key, sql in postgres._APPEND.items()
-        },
     }
     schema = f"bench_clock_{uuid.uuid4().hex[:8]}"
     name = f"bench-clock-{os.getpid()}"

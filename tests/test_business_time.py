@@ -16,9 +16,15 @@ import pytest
 from conftest import PG_URL
 
 import event_sourcing as es
+from event_sourcing import serving as es_serving
 from event_sourcing.catalog import ModelDeployed
 from event_sourcing.cli import main
-from event_sourcing.projections import as_of, deployed_model_at
+from event_sourcing.projections import (
+    as_of,
+    deployed_model_at,
+    list_deployments,
+)
+from event_sourcing.projections.projection import iso
 from event_sourcing.stores.postgres import ClockBehind, PostgresRecorder
 from event_sourcing.stores.sqlite import SCHEMA_VERSION  # (both backends are at the same one)
 
@@ -150,6 +156,24 @@ def test_as_of_applies_events_in_business_time_order(make_store: MakeStore) -> N
         {"model_id": "m1", "retired_at": utc(2024, 7, 1).isoformat(timespec="microseconds")},
         {"model_id": "m2", "retired_at": None},
     ]
+
+
+def test_a_backfill_never_changes_what_serves_now(make_store: MakeStore) -> None:
+    """The live deployments read model (applied in record order) replaces by business time
+    too: m1's January deployment, recorded after m2's July one, does not displace m2."""
+    clock = Clock(utc(2024, 7, 1))
+    store = make_store(clock=clock)
+    store.append("model-m2", [deployed("m2", 2)])
+    first = es_serving.current_deployment(store, model_name="wine-clf")
+    assert first is not None and first.model_id == "m2"
+    clock.now = utc(2024, 9, 1)
+    store.append("model-m1", [es.NewEvent.of(deployed("m1", 1), occurred_at=utc(2024, 1, 1))])
+    serving = es_serving.current_deployment(store, model_name="wine-clf")
+    assert serving is not None and serving.model_id == "m2"
+    history = {row["model_id"]: row for row in list_deployments(store)}
+    assert history["m1"]["retired_at"] == iso(utc(2024, 7, 1))
+    assert history["m1"]["replaced_by_model_id"] == "m2"
+    assert history["m2"]["retired_at"] is None
 
 
 def test_read_as_of_is_bitemporal_and_in_business_time_order(make_store: MakeStore) -> None:

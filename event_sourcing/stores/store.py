@@ -222,7 +222,8 @@ class EventStore:
         recorded on another stream, raises DuplicateEventError.
 
         `occurred_at`: when the facts happened (business time) for the events that do not
-        give their own; by default the time of recording (docs/temporal.md).
+        give their own; by default the time of recording. The time of recording is the
+        store's clock, clamped so that it never goes backwards (docs/temporal.md).
         """
         if on_duplicate not in ("compare", "return_existing"):
             raise EventValidationError(
