@@ -27,7 +27,7 @@ from bench_store import DEFAULT_PG_URL
 
 import event_sourcing as es
 from event_sourcing.events import NewEvent
-from event_sourcing.stores import postgres
+from event_sourcing.stores import postgres_append
 
 GUARD = "    WHERE coalesce(head.created_at <= %(now)s, true)\n"
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12, help="rounds per variant")
     parser.add_argument("--appends", type=int, default=300, help="appends per writer a round")
     args = parser.parse_args(argv)
-    if GUARD not in next(iter(postgres._APPEND.values())):
+    if GUARD not in next(iter(postgres_append._APPEND.values())):
         raise SystemExit("the clock guard is not in the append statement: update GUARD")
     variants = {
-        "stream guard": dict(postgres._APPEND),
-        "no guard": {key: sql.replace(GUARD, "") for key, sql in postgres._APPEND.items()},
+        "stream guard": dict(postgres_append._APPEND),
+        "no guard": {key: sql.replace(GUARD, "") for key, sql in postgres_append._APPEND.items()},
     }
     schema = f"bench_clock_{uuid.uuid4().hex[:8]}"
     name = f"bench-clock-{os.getpid()}"
@@ -111,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         # always runs first).
         order = [names[(r + i) % len(names)] for r in range(args.rounds) for i in range(len(names))]
         for n, variant in enumerate(order):
-            postgres._APPEND.update(variants[variant])
+            postgres_append._APPEND.update(variants[variant])
             server = _server_cpu(pids)
             wall, client = writers.round()
             server = _server_cpu(pids) - server
             results[variant].append((events / wall, client / events * 1e6, server / events * 1e6))
             print(f"round {n + 1}: {variant}: {events / wall:,.0f} events/s", file=sys.stderr)
     finally:
-        postgres._APPEND.update(variants["stream guard"])
+        postgres_append._APPEND.update(variants["stream guard"])
         store.close()
         with psycopg.connect(args.pg_url, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

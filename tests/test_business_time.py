@@ -1,5 +1,5 @@
 """Business time (occurred_at) beside record time (created_at): appends, bitemporal as-of
-reads, the store clock that never goes backwards, and the v5 migration. Every test runs on
+reads, the store clock that never goes backwards, and the v6 migration. Every test runs on
 SQLite and on PostgreSQL (the `store_url` fixture).
 """
 
@@ -305,27 +305,30 @@ def test_a_postgresql_append_behind_again_moves_past_the_latest(
     store.close()
 
 
-# -- the v5 migration --------------------------------------------------------------------------
-def _back_to_v4(store_url: str) -> None:
-    """Put the database back into its schema v4 shape (no occurred_at), as the owner."""
+# -- the v6 migration --------------------------------------------------------------------------
+def _back_to_v5(store_url: str) -> None:
+    """Put the database back into its schema v5 shape (no occurred_at), as the owner. (The
+    migrations from v4, which also run v6's, are tested in test_sqlite_schema.py and
+    test_integrity.py.)"""
     if store_url.startswith("sqlite"):
         connection = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
         try:
             connection.execute("DROP INDEX idx_event_store_occurred")
             connection.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
             connection.execute("DELETE FROM mlevents_schema")
-            connection.execute("INSERT INTO mlevents_schema VALUES (4, '2026-01-01', 'v4')")
+            connection.execute("INSERT INTO mlevents_schema VALUES (5, '2026-01-01', 'v5')")
         finally:
             connection.close()
         return
     schema = store_url.partition("?schema=")[2]
     with psycopg.connect(PG_URL, autocommit=True, options=f"-c search_path={schema}") as pg:
+        pg.execute("DROP INDEX idx_event_store_occurred")
         pg.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
         pg.execute("DELETE FROM mlevents_schema")
-        pg.execute("INSERT INTO mlevents_schema (version, description) VALUES (4, 'v4')")
+        pg.execute("INSERT INTO mlevents_schema (version, description) VALUES (5, 'v5')")
 
 
-def test_a_v4_store_migrates_keeps_its_events_and_verifies(
+def test_a_v5_store_migrates_keeps_its_events_and_verifies(
     make_store: MakeStore, store_url: str
 ) -> None:
     store = make_store()
@@ -335,7 +338,7 @@ def test_a_v4_store_migrates_keeps_its_events_and_verifies(
     store.seal()
     before = list(store.read_all())
     store.close()
-    _back_to_v4(store_url)
+    _back_to_v5(store_url)
     migrated = make_store()
     with migrated.transaction() as tx:
         found = tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
@@ -347,4 +350,5 @@ def test_a_v4_store_migrates_keeps_its_events_and_verifies(
     migrated.append("s", [es.NewEvent("training_progress", {"step": 3, "loss": 1.0},
                                       occurred_at=utc(2024, 1, 1))])
     assert migrated.read_stream("s")[-1].occurred_at == utc(2024, 1, 1)
+    assert [e.payload["step"] for e in migrated.read_as_of(utc(2024, 1, 2))] == [3]
     assert migrated.verify().ok

@@ -621,15 +621,17 @@ def test_a_version_2_store_gets_its_chains_on_connect(
     assert migrated.verify().ok
 
 
-def test_a_version_4_postgres_store_is_migrated_to_5(pg_schema_url: str) -> None:
-    """v5 replaces the B-tree on created_at by a block range index; every event stays,
-    verifies, and `until` reads and appends go on."""
+def test_a_version_4_postgres_store_is_migrated_to_the_latest(pg_schema_url: str) -> None:
+    """v5 replaces the B-tree on created_at by a block range index, v6 adds occurred_at;
+    every event stays, verifies, and `until` reads and appends (dated ones too) go on."""
     store = es.connect(pg_schema_url)
     store.append("run-a", [ev(1), ev(2)], correlation_id="job")
     store.append("run-b", [ev(1)])
     store.seal()
     before = list(store.read_all())
     with store.transaction() as tx:  # put the database back into its v4 shape
+        tx.execute("DROP INDEX idx_event_store_occurred")
+        tx.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
         tx.execute("DROP INDEX idx_event_store_time_range")
         tx.execute("CREATE INDEX idx_event_store_time ON event_store (created_at)")
         tx.execute("DELETE FROM mlevents_schema")
@@ -639,21 +641,27 @@ def test_a_version_4_postgres_store_is_migrated_to_5(pg_schema_url: str) -> None
     migrated = es.connect(pg_schema_url)
     try:
         with migrated.transaction() as tx:
-            assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 5
+            assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
+                latest_schema_version("postgresql"))
             indexes = {row[0]: row[1] for row in tx.execute(
                 "SELECT indexname, indexdef FROM pg_indexes "
                 "WHERE schemaname = current_schema() AND tablename = 'event_store'"
             ).fetchall()}
         assert "idx_event_store_time" not in indexes
         assert "USING brin (created_at)" in indexes["idx_event_store_time_range"]
+        assert "(occurred_at, \"position\") WHERE (occurred_at IS NOT NULL)" in (
+            indexes["idx_event_store_occurred"])
         assert list(migrated.read_all()) == before
         assert list(migrated.read_all(until=before[0].created_at)) == [
             e for e in before if e.created_at <= before[0].created_at
         ]
         migrated.append("run-a", [ev(3)], expected_version=2)
+        dated = datetime(2024, 1, 1, tzinfo=UTC)
+        (backfilled,) = migrated.append("run-b", [ev(2)], occurred_at=dated)
+        assert backfilled.occurred_at == dated == migrated.read_stream("run-b")[-1].occurred_at
         report = migrated.verify()
         assert report.ok, report.problems
-        assert report.events == len(before) + 1
+        assert report.events == len(before) + 2
     finally:
         migrated.close()
 
