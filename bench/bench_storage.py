@@ -44,8 +44,12 @@ INDEX_QUERIES = {
     "stream_version": "read_stream and the append's head: stream_id = ? AND version ...",
     "idx_event_store_type": "read_all(event_types=...): event_type = ? AND position > ?",
     "idx_event_store_correlation": "read_correlated: correlation_id = ?",
-    "idx_event_store_time": "PostgreSQL's read_all(until=...) (SQLite filters the positions "
-    "it scans)",
+    "idx_event_store_occurred": "read_as_of: the dated events (occurred_at given), "
+    "occurred_at <= ? ORDER BY occurred_at, position; holds only those",
+    "idx_event_store_time": "PostgreSQL's read_all(until=...) before schema v5 (SQLite "
+    "filters the positions it scans)",
+    "idx_event_store_time_range": "PostgreSQL's read_all(until=...): a block range index, a "
+    "few pages for any size of log (SQLite filters the positions it scans)",
     "streams": "the stream's type on its first append, `mlevents status`",
 }
 # A query that should use each SQLite index, to show the plan does.
@@ -56,6 +60,8 @@ SQLITE_PLANS = {
     "idx_event_store_type": "SELECT position FROM event_store WHERE event_type = ? AND "
     "position > ? ORDER BY position",
     "idx_event_store_correlation": "SELECT position FROM event_store WHERE correlation_id = ?",
+    "idx_event_store_occurred": "SELECT position FROM event_store WHERE occurred_at IS NOT NULL "
+    "AND occurred_at <= ? ORDER BY occurred_at, position",
 }
 
 
@@ -121,7 +127,8 @@ def postgres_sizes(url: str, schema: str, store: es.EventStore) -> Sizes:
         conn.execute("VACUUM ANALYZE streams")
         parts: dict[str, int] = {}
         for name, size in conn.execute(
-            "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i "
+            # (every fork: a block range index has a free space map)
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
             "JOIN pg_namespace n ON n.oid = t.relnamespace "
             "WHERE n.nspname = %s AND t.relname = 'event_store'",

@@ -35,15 +35,19 @@ def new_event_id() -> str:
 class NewEvent:
     """An event to append. `id` defaults to a fresh UUIDv7; reuse an id to make a retry
     idempotent. `metadata` adds to (and overrides) the append's batch metadata.
+    `occurred_at` is when the fact happened (business time, a timezone-aware datetime);
+    it overrides the append's `occurred_at`, and both default to the time of recording.
 
-    A typed catalog event gets an id and metadata through `NewEvent.of(event, id=...,
-    metadata=...)`; appended bare, it gets a fresh id and the batch metadata only.
+    A typed catalog event gets an id, metadata and an occurred_at through
+    `NewEvent.of(event, id=..., metadata=..., occurred_at=...)`; appended bare, it gets a
+    fresh id, the batch metadata and the batch occurred_at only.
     """
 
     type: str
     payload: Mapping[str, Any] = field(default_factory=dict)
     id: str | None = None
     metadata: Mapping[str, Any] | None = None
+    occurred_at: datetime | None = None
 
     @classmethod
     def of(
@@ -52,8 +56,10 @@ class NewEvent:
         *,
         id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        occurred_at: datetime | None = None,
     ) -> NewEvent:
-        """A typed catalog event with an explicit id and/or per-event metadata."""
+        """A typed catalog event with an explicit id, per-event metadata and/or the time
+        the fact occurred."""
         from event_sourcing.catalog import DomainEvent  # the catalog imports this module
 
         if not isinstance(event, DomainEvent):
@@ -63,7 +69,10 @@ class NewEvent:
                 f"NewEvent.of takes a typed catalog event (a DomainEvent), got "
                 f"{type(event).__name__}; build a NewEvent(type, payload) for plain payloads"
             )
-        return cls(event.event_type, event.model_dump(mode="json"), id=id, metadata=metadata)
+        return cls(
+            event.event_type, event.model_dump(mode="json"), id=id, metadata=metadata,
+            occurred_at=occurred_at,
+        )
 
 
 class RecordedEvent(NamedTuple):
@@ -72,6 +81,8 @@ class RecordedEvent(NamedTuple):
     `version` is 1-based within its stream; `position` is global and strictly increasing in
     the order events became visible. `schema_version` is the version of `payload` as
     returned (after upcasting); `recorded_schema_version` is the one it was written with.
+    `created_at` is when the store recorded the event (record time); `occurred_at` is when
+    the fact happened (business time): given at append, else the same as `created_at`.
     Use `event._replace(field=value)` for a changed copy.
     """
 
@@ -88,6 +99,7 @@ class RecordedEvent(NamedTuple):
     correlation_id: str | None
     causation_id: str | None
     recorded_schema_version: int
+    occurred_at: datetime
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 UTC), as `mlevents read` prints it."""
@@ -103,6 +115,7 @@ class RecordedEvent(NamedTuple):
             "payload": self.payload,
             "metadata": self.metadata,
             "created_at": self.created_at.isoformat(),
+            "occurred_at": self.occurred_at.isoformat(),
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
         }

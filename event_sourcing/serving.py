@@ -75,7 +75,7 @@ class Deployment:
     @property
     def deployed_at(self) -> datetime:
         payload = ModelDeployed.model_validate(self.deployed_event.payload)
-        return payload.deployed_at or self.deployed_event.created_at
+        return payload.deployed_at or self.deployed_event.occurred_at
 
 
 def deployments(store: EventStore) -> dict[tuple[str, str], Deployment]:

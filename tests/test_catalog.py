@@ -218,6 +218,7 @@ def recorded(event_type: str, schema_version: int, payload: dict[str, Any]) -> R
         correlation_id=None,
         causation_id=None,
         recorded_schema_version=schema_version,
+        occurred_at=datetime(2024, 1, 1, tzinfo=UTC),
     )
 
 

@@ -166,6 +166,7 @@ def test_chains_seals_and_hashes_are_recomputable_from_the_documented_encoding(
         content = hashlib.sha256(
             field(row[1]) + field(row[2]) + field(row[5]) + row[6].to_bytes(8, "big")
             + field(row[7]) + field(row[8]) + field(row[9]) + field(row[10]) + field(row[11])
+            + (b"" if row[14] is None else field(row[14]))  # occurred_at, only when given
         ).digest()
         assert bytes(row[12]) == content
         chain = hashlib.sha256(
@@ -232,6 +233,47 @@ def test_an_edited_time_is_named(history: es.EventStore, store_url: str) -> None
     target = position_of(history, "run-a", 2)
     with raw_owner(store_url) as run:
         run("UPDATE event_store SET created_at = ? WHERE position = ?",
+            "2020-01-01T00:00:00.000000+00:00", target)
+    problem = first_problem(history)
+    assert (problem.position, problem.stream_id, problem.kind) == (target, "run-a", "content")
+
+
+def test_business_time_is_hashed_only_when_given(history: es.EventStore) -> None:
+    """An event without occurred_at hashes as before business time existed; one with it
+    hashes F(occurred_at) last (docs/integrity.md)."""
+    jan = datetime(2024, 1, 1, tzinfo=UTC)
+    dated, undated = history.append("run-c", [es.NewEvent(ev(1).type, ev(1).payload,
+                                                          occurred_at=jan), ev(2)])
+    rows = history.recorder.hashed_rows(dated.position - 1, undated.position, 2)
+    for row, occurred in zip(rows, ("2024-01-01T00:00:00.000000+00:00", None), strict=True):
+        assert row[14] == occurred
+        fields = (*row[1:3], *row[5:12])
+        assert bytes(row[12]) == content_hash(*fields, occurred_at=row[14])
+        if occurred is None:
+            assert bytes(row[12]) == content_hash(*fields)
+        else:
+            assert bytes(row[12]) != content_hash(*fields)
+    assert history.verify().ok
+
+
+def test_an_edited_occurred_at_is_named(history: es.EventStore, store_url: str) -> None:
+    jan = datetime(2024, 1, 1, tzinfo=UTC)
+    (dated,) = history.append("run-c", [ev(1)], occurred_at=jan)
+    with raw_owner(store_url) as run:
+        run("UPDATE event_store SET occurred_at = ? WHERE position = ?",
+            "2023-01-01T00:00:00.000000+00:00", dated.position)
+    problem = first_problem(history)
+    assert (problem.position, problem.stream_id, problem.kind) == (
+        dated.position, "run-c", "content")
+
+
+def test_an_occurred_at_slipped_into_an_event_is_named(
+    history: es.EventStore, store_url: str
+) -> None:
+    """Backdating an event that had no business time changes its hash too."""
+    target = position_of(history, "run-a", 2)
+    with raw_owner(store_url) as run:
+        run("UPDATE event_store SET occurred_at = ? WHERE position = ?",
             "2020-01-01T00:00:00.000000+00:00", target)
     problem = first_problem(history)
     assert (problem.position, problem.stream_id, problem.kind) == (target, "run-a", "content")
@@ -550,10 +592,13 @@ def test_a_version_2_store_gets_its_chains_on_connect(
 ) -> None:
     """Schema v2 had no hashes; connect adds them, computed in order exactly as appends
     compute them."""
-    expected = [row[12:] for row in history.recorder.hashed_rows(0, 10**9, 1000)]
+    expected = [row[12:14] for row in history.recorder.hashed_rows(0, 10**9, 1000)]
     with history.transaction() as tx:  # put the database back into its v2 shape
         tx.execute("ALTER TABLE event_store DROP COLUMN content_hash")
         tx.execute("ALTER TABLE event_store DROP COLUMN chain_hash")
+        if history.dialect == "sqlite":
+            tx.execute("DROP INDEX idx_event_store_occurred")
+        tx.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
         tx.execute("DELETE FROM mlevents_schema")
         tx.execute("INSERT INTO mlevents_schema (version, applied_at, description) "
                    "VALUES (2, '2026-01-01', 'v2')")
@@ -563,7 +608,7 @@ def test_a_version_2_store_gets_its_chains_on_connect(
     history.close()
     migrated = make_store()
     rows = migrated.recorder.hashed_rows(0, 10**9, 1000)
-    assert [tuple(bytes(h) for h in row[12:]) for row in rows] == [
+    assert [tuple(bytes(h) for h in row[12:14]) for row in rows] == [
         tuple(bytes(h) for h in pair) for pair in expected
     ]
     with migrated.transaction() as tx:
@@ -576,15 +621,17 @@ def test_a_version_2_store_gets_its_chains_on_connect(
     assert migrated.verify().ok
 
 
-def test_a_version_4_postgres_store_is_migrated_to_5(pg_schema_url: str) -> None:
-    """v5 replaces the B-tree on created_at by a block range index; every event stays,
-    verifies, and `until` reads and appends go on."""
+def test_a_version_4_postgres_store_is_migrated_to_the_latest(pg_schema_url: str) -> None:
+    """v5 replaces the B-tree on created_at by a block range index, v6 adds occurred_at;
+    every event stays, verifies, and `until` reads and appends (dated ones too) go on."""
     store = es.connect(pg_schema_url)
     store.append("run-a", [ev(1), ev(2)], correlation_id="job")
     store.append("run-b", [ev(1)])
     store.seal()
     before = list(store.read_all())
     with store.transaction() as tx:  # put the database back into its v4 shape
+        tx.execute("DROP INDEX idx_event_store_occurred")
+        tx.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
         tx.execute("DROP INDEX idx_event_store_time_range")
         tx.execute("CREATE INDEX idx_event_store_time ON event_store (created_at)")
         tx.execute("DELETE FROM mlevents_schema")
@@ -594,21 +641,27 @@ def test_a_version_4_postgres_store_is_migrated_to_5(pg_schema_url: str) -> None
     migrated = es.connect(pg_schema_url)
     try:
         with migrated.transaction() as tx:
-            assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == 5
+            assert tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0] == (
+                latest_schema_version("postgresql"))
             indexes = {row[0]: row[1] for row in tx.execute(
                 "SELECT indexname, indexdef FROM pg_indexes "
                 "WHERE schemaname = current_schema() AND tablename = 'event_store'"
             ).fetchall()}
         assert "idx_event_store_time" not in indexes
         assert "USING brin (created_at)" in indexes["idx_event_store_time_range"]
+        assert "(occurred_at, \"position\") WHERE (occurred_at IS NOT NULL)" in (
+            indexes["idx_event_store_occurred"])
         assert list(migrated.read_all()) == before
         assert list(migrated.read_all(until=before[0].created_at)) == [
             e for e in before if e.created_at <= before[0].created_at
         ]
         migrated.append("run-a", [ev(3)], expected_version=2)
+        dated = datetime(2024, 1, 1, tzinfo=UTC)
+        (backfilled,) = migrated.append("run-b", [ev(2)], occurred_at=dated)
+        assert backfilled.occurred_at == dated == migrated.read_stream("run-b")[-1].occurred_at
         report = migrated.verify()
         assert report.ok, report.problems
-        assert report.events == len(before) + 1
+        assert report.events == len(before) + 2
     finally:
         migrated.close()
 

@@ -13,7 +13,7 @@ import pytest
 
 import event_sourcing as es
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
-from event_sourcing.stores import sqlite
+from event_sourcing.stores import sqlite, sqlite_schema
 from event_sourcing.stores.sqlite_schema import id_text, id_value, time_of, time_text, time_value
 
 # The version 4 DDL as it shipped (event_store and its indexes; the rest is unchanged).
@@ -108,6 +108,15 @@ def test_a_version_4_database_is_compacted_on_connect(tmp_path: Path) -> None:
         assert report.ok and report.events == 4, report.problems
         store.append("run-a", [es.NewEvent("training_progress", {"step": 3})],
                      expected_version=3)
+        dated = datetime(2024, 1, 1, 0, 0, 0, 7, tzinfo=UTC)  # v6: business time
+        (backfilled,) = store.append(
+            "run-b", [es.NewEvent("training_progress", {"step": 1}, occurred_at=dated)]
+        )
+        assert backfilled.occurred_at == dated == store.read_stream("run-b")[-1].occurred_at
+        assert {e.id for e in store.read_as_of(dated)} == {
+            e.id for e in events if e.created_at <= dated
+        } | {backfilled.id}
+        assert all(e.occurred_at == e.created_at for e in store.read_all() if e != backfilled)
         assert store.verify().ok
 
     connection = sqlite3.connect(path)
@@ -116,14 +125,18 @@ def test_a_version_4_database_is_compacted_on_connect(tmp_path: Path) -> None:
             sqlite.SCHEMA_VERSION,
         )
         assert connection.execute(
-            "SELECT typeof(id), typeof(created_at) FROM event_store ORDER BY position"
-        ).fetchall() == [("blob", "integer"), ("blob", "integer"), ("text", "integer"),
-                         ("blob", "integer"), ("blob", "integer")]
+            "SELECT typeof(id), typeof(created_at), typeof(occurred_at) FROM event_store "
+            "ORDER BY position"
+        ).fetchall() == [("blob", "integer", "null"), ("blob", "integer", "null"),
+                         ("text", "integer", "null"), ("blob", "integer", "null"),
+                         ("blob", "integer", "null"), ("blob", "integer", "integer")]
         indexes = {row[0] for row in connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_store'"
         )}
         assert "idx_event_store_time" not in indexes
-        assert {"idx_event_store_type", "idx_event_store_correlation"} <= indexes
+        assert {
+            "idx_event_store_type", "idx_event_store_correlation", "idx_event_store_occurred"
+        } <= indexes
         assert connection.execute(
             "SELECT name FROM sqlite_master WHERE name = 'event_store_v4'"
         ).fetchone() is None
@@ -173,3 +186,33 @@ def test_the_stored_columns_are_compact(tmp_path: Path) -> None:
     finally:
         connection.close()
     assert row == (uuid.UUID(event.id).bytes, time_value(event.created_at))
+
+
+def test_occurred_at_is_stored_as_microseconds_and_text_is_still_read(tmp_path: Path) -> None:
+    """A given occurred_at is stored like created_at (integer microseconds; NULL when not
+    given); the hash covers its text, so a text value (as a migration may leave a time)
+    reads and verifies the same."""
+    path = tmp_path / "events.db"
+    dated = datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        undated, backfilled = store.append("s", [
+            es.NewEvent("thing_happened", {"n": 1}),
+            es.NewEvent("thing_happened", {"n": 2}, occurred_at=dated),
+        ])
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute(
+            "SELECT occurred_at FROM event_store ORDER BY position"
+        ).fetchall() == [(None,), (time_value(dated),)]
+        with connection:  # as text, the way a time the v5 migration kept is stored
+            connection.execute("DROP TRIGGER event_store_no_update")
+            connection.execute("UPDATE event_store SET occurred_at = ? WHERE position = 2",
+                               (timestamp_text(dated),))
+        connection.executescript(sqlite_schema.SCHEMA)  # (the trigger back)
+    finally:
+        connection.close()
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        assert list(store.read_all()) == [undated, backfilled]
+        assert backfilled.occurred_at == dated and undated.occurred_at == undated.created_at
+        report = store.verify()
+        assert report.ok, report.problems

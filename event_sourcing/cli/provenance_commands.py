@@ -107,8 +107,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_url_argument(parser)
         parser.add_argument(
             "--as-of", metavar="POSITION|ISO",
-            help="as the log stood at a global position (e.g. 120) or a time (ISO 8601 with "
-            "zone, e.g. 2026-11-24T14:02:00Z)",
+            help="as the log stood at a global position (e.g. 120), or as things stood at a "
+            "time by when they occurred (business time; ISO 8601 with zone, e.g. "
+            "2026-11-24T14:02:00Z)",
+        )
+        parser.add_argument(
+            "--known-at", metavar="ISO",
+            help="with --as-of TIME: only what had been recorded by this time (what the log "
+            "said then about --as-of; ISO 8601 with zone)",
         )
         extra(parser)
         add_json_argument(parser)
@@ -310,6 +316,12 @@ def _read_model(
     """
     projection: Projection = next(p for p in builtin_projections() if p.name == name)
     at = None if args.as_of is None else _as_of(args.as_of)
+    known_at = None if args.known_at is None else parse_iso_datetime(args.known_at, "--known-at")
+    if known_at is not None and not isinstance(at, datetime):
+        raise CommandLineError(
+            "--known-at goes with --as-of TIME (a time, not a position): e.g. --as-of "
+            "2024-06-01T00:00:00Z --known-at 2024-07-01T00:00:00Z"
+        )
     filtered = any(getattr(args, o, None) for o in ("name", "status", "environment", "active"))
 
     def both(source: es.EventStore | Queryable) -> tuple[list[Any], list[Any]]:
@@ -321,9 +333,11 @@ def _read_model(
             ProjectionRunner(store, [projection]).run()
             (every, rows), moment = both(store), ""
         else:
-            with as_of(store, projection, at) as snapshot:
+            with as_of(store, projection, at, known_at=known_at) as snapshot:
                 every, rows = both(snapshot)
             moment = f" as of {'position ' if isinstance(at, int) else ''}{args.as_of}"
+            if known_at is not None:
+                moment += f" as known at {args.known_at}"
         check(every, moment)
         if not rows and not empty_store_note(store):
             what = {"model_catalog": "models", "training_summaries": "training runs"}.get(

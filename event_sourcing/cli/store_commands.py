@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--id", dest="event_id", metavar="UUID", help="event id (reuse it to retry idempotently)"
     )
     append.add_argument(
+        "--occurred-at", metavar="ISO",
+        help="when the fact happened, if not now (a backfill; ISO 8601 with timezone)",
+    )
+    append.add_argument(
         "--no-validate",
         action="store_true",
         help="accept event types no model is registered for",
@@ -95,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_type_filter(read)
     read.add_argument(
-        "--until", metavar="ISO", help="created at or before this time (ISO 8601 with timezone)"
+        "--until", metavar="ISO",
+        help="recorded (created_at, not occurred_at) at or before this time (ISO 8601 with "
+        "timezone)",
     )
     read.add_argument("--limit", type=non_negative_int, metavar="N", help="at most N events")
     set_handler(read, cmd_read)
@@ -175,7 +181,12 @@ def cmd_append(args: argparse.Namespace) -> int:
     """Append one event to STREAM and print it, as recorded, as one JSON line."""
     payload = parse_json_object(args.payload, "--payload")
     metadata = None if args.metadata is None else parse_json_object(args.metadata, "--metadata")
-    event = es.NewEvent(type=args.event_type, payload=payload, id=args.event_id)
+    occurred_at = (
+        None if args.occurred_at is None else parse_iso_datetime(args.occurred_at, "--occurred-at")
+    )
+    event = es.NewEvent(
+        type=args.event_type, payload=payload, id=args.event_id, occurred_at=occurred_at
+    )
     with open_store(args, create=True, validate=not args.no_validate) as store:
         try:
             recorded = store.append(

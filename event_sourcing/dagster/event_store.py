@@ -243,6 +243,14 @@ class EventStoreResource(dg.ConfigurableResource):
     ) -> Iterator[es.RecordedEvent]:
         return self.store.read_all(after=after, event_types=event_types, until=until, limit=limit)
 
+    def read_as_of(
+        self,
+        at: datetime,
+        known_at: datetime | None = None,
+        event_types: Collection[str] | None = None,
+    ) -> Iterator[es.RecordedEvent]:
+        return self.store.read_as_of(at, known_at, event_types)
+
     def read_correlated(self, correlation_id: str) -> list[es.RecordedEvent]:
         return self.store.read_correlated(correlation_id)
 

@@ -241,7 +241,7 @@ class _Checker:
             for row in rows:
                 (position, event_id, stream, kind, version, event_type, schema_version,
                  payload, metadata, created_at, correlation, causation, stored_content,
-                 stored_chain) = row
+                 stored_chain, occurred_at) = row
                 # content_hash(...), written out: this loop is the cost of verification
                 stream_field = fields.get(stream)
                 if stream_field is None:
@@ -265,6 +265,7 @@ class _Checker:
                     metadata_field, u32(len(c)), c,
                     null if correlation is None else text_field(correlation),
                     null if causation is None else text_field(causation),
+                    b"" if occurred_at is None else text_field(occurred_at),
                 ))).digest()
                 head = heads.get(stream)
                 if (
@@ -345,7 +346,7 @@ class _Checker:
             problem(Problem(
                 "content",
                 "the stored content no longer matches its hash: payload, metadata, "
-                "time, type, schema version or ids were changed",
+                "times, type, schema version or ids were changed",
                 position, stream, version,
             ))
         return head

@@ -46,9 +46,12 @@ def content_hash(
     created_at: str,
     correlation_id: str | None,
     causation_id: str | None,
+    occurred_at: str | None = None,
 ) -> bytes:
     """SHA-256 over an event's stored content: text fields length-prefixed (4-byte
-    big-endian UTF-8 length, 0xFFFFFFFF for NULL), the schema version as 8 bytes."""
+    big-endian UTF-8 length, 0xFFFFFFFF for NULL), the schema version as 8 bytes. The time
+    the fact occurred is hashed last, and only when it was given (not NULL): the hash of
+    every event without one is what it was before business time existed."""
     # Written out (no per-field call): every append and every verified event runs this.
     i = event_id.encode()
     s = stream_id.encode("utf-8", "surrogatepass")
@@ -68,6 +71,7 @@ def content_hash(
             _U32(len(c)), c,
             _NULL if correlation_id is None else field(correlation_id),
             _NULL if causation_id is None else field(causation_id),
+            b"" if occurred_at is None else field(occurred_at),
         ))
     ).digest()
 
@@ -83,8 +87,8 @@ def append_hashes(
     head: tuple[bytes, int, str] | None = None,
 ) -> tuple[list[bytes], list[bytes] | None]:
     """The content hash of each row of one append (EventRow: id, event_type, schema_version,
-    payload_json, metadata_json, payload), the fields a batch shares encoded once; and,
-    given the head (its chain hash, version, stream type), their chain hashes.
+    payload_json, metadata_json, payload, canonical, occurred_at), the fields a batch shares
+    encoded once; and, given the head (its chain hash, version, stream type), their chain hashes.
     `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb), which
     is their text when the row says it was written in that form."""
     sha256 = _sha256
@@ -117,7 +121,11 @@ def append_hashes(
         else:
             p = row.payload_json.encode("utf-8", "surrogatepass")
             m = _EMPTY_OBJECT if metadata == "{}" else field(metadata)
-        content = sha256(b"".join((_U32(len(i)), i, t, _U32(len(p)), p, m, tail))).digest()
+        occurred = row.occurred_at
+        content = sha256(b"".join((
+            _U32(len(i)), i, t, _U32(len(p)), p, m, tail,
+            b"" if occurred is None else field(occurred),
+        ))).digest()
         contents.append(content)
         if chains is not None:
             version += 1

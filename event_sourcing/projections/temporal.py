@@ -1,6 +1,10 @@
 """Temporal queries: any projection evaluated as of a time or a position, into memory.
 
+As of a time T is by business time (occurred_at): the events whose facts occurred at or
+before T, applied in business-time order; `known_at=K` adds the record-time bound (what
+the log held at K), which makes it bitemporal. As of a position is by record order.
 The live read models are never touched; the same handlers run against an in-memory SQLite.
+See docs/temporal.md.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ _PAGE = 200  # events read per query, applied per savepoint
 class ReadModelSnapshot:
     """A projection's read model as it was at `at`, held in an in-memory SQLite database.
 
-    `position` is the last global position the snapshot includes; `dead_letters` lists
+    `position` is the highest global position the snapshot includes; `dead_letters` lists
     events its handlers could not apply (nothing is skipped silently). Close it when done.
     """
 
@@ -56,9 +60,11 @@ class ReadModelSnapshot:
         position: int,
         applied: int,
         dead_letters: list[DeadLetter],
+        known_at: datetime | None = None,
     ) -> None:
         self.projection = projection
         self.at = at
+        self.known_at = known_at
         self.position = position
         self.applied = applied
         self.dead_letters = dead_letters
@@ -81,8 +87,9 @@ class ReadModelSnapshot:
         self.close()
 
     def __repr__(self) -> str:
-        name, at = self.projection.name, self.at
-        return f"ReadModelSnapshot({name!r}, at={at!r}, position={self.position})"
+        name, at, known = self.projection.name, self.at, self.known_at
+        known_text = "" if known is None else f", known_at={known!r}"
+        return f"ReadModelSnapshot({name!r}, at={at!r}{known_text}, position={self.position})"
 
 
 def _projection(projection: Projection | str) -> Projection:
@@ -96,7 +103,7 @@ def _projection(projection: Projection | str) -> Projection:
 
 
 def _events(
-    store: EventStore, projection: Projection, at: datetime | int
+    store: EventStore, projection: Projection, at: datetime | int, known_at: datetime | None
 ) -> Iterator[RecordedEvent]:
     types = projection.event_types
     if isinstance(at, datetime):
@@ -104,10 +111,15 @@ def _events(
             raise EventValidationError(
                 f"as-of time {at!r} is naive; give a timezone-aware time (UTC)"
             )
-        return store.read_all(event_types=types, until=at)
+        return store.read_as_of(at, known_at, types)
     if isinstance(at, bool) or not isinstance(at, int) or at < 0:
         raise EventValidationError(
             f"as-of must be a timezone-aware datetime or a position >= 0, got {at!r}"
+        )
+    if known_at is not None:
+        raise EventValidationError(
+            "known_at goes with an as-of time, not a position: a position already says "
+            "what had been recorded"
         )
     return _up_to(store, types, at)
 
@@ -129,10 +141,13 @@ def as_of(
     projection: Projection | str,
     at: datetime | int,
     *,
+    known_at: datetime | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> ReadModelSnapshot:
     """Evaluate `projection` (or a built-in one by name) over the events up to `at`: those
-    created at or before a datetime, or at or below a global position."""
+    that occurred at or before a datetime (business time, applied in occurred_at order),
+    or recorded at or below a global position. `known_at` (with a datetime `at`): only
+    the events recorded at or before it, i.e. what the log said about `at` back then."""
     projection = _projection(projection)
     memory = connect("sqlite:///:memory:", registry=store.registry, validate=False)
     position, applied = 0, 0
@@ -140,10 +155,11 @@ def as_of(
     try:
         with memory.transaction() as tx:
             projection.setup(tx)
-            events = _events(store, projection, at)
+            events = _events(store, projection, at, known_at)
             while page := list(itertools.islice(events, _PAGE)):
                 failed = apply_page(tx, projection, page, store.registry, max_attempts)
-                position, applied = page[-1].position, applied + len(page) - len(failed)
+                position = max(position, *(event.position for event in page))
+                applied += len(page) - len(failed)
                 parked.extend(
                     DeadLetter(
                         projection.name, event.id, event.position, event.event_type,
@@ -157,26 +173,35 @@ def as_of(
         raise
     if isinstance(at, int):
         position = at
-    return ReadModelSnapshot(projection, at, memory, position, applied, parked)
+    return ReadModelSnapshot(projection, at, memory, position, applied, parked, known_at)
 
 
 def deployed_model_at(
-    store: EventStore, model_name: str, at: datetime | int, environment: str = "production"
+    store: EventStore,
+    model_name: str,
+    at: datetime | int,
+    environment: str = "production",
+    *,
+    known_at: datetime | None = None,
 ) -> dict[str, Any] | None:
-    """The deployment of `model_name` that served in `environment` at `at` (None if none)."""
-    with as_of(store, "deployments", at) as snapshot:
+    """The deployment of `model_name` that served in `environment` at `at` (None if none),
+    as the log recorded it by `known_at` (None: now)."""
+    with as_of(store, "deployments", at, known_at=known_at) as snapshot:
         return current_deployment(snapshot, model_name, environment)
 
 
-def model_catalog_at(store: EventStore, at: datetime | int) -> list[dict[str, Any]]:
-    """The model catalog as it was at `at`."""
-    with as_of(store, "model_catalog", at) as snapshot:
+def model_catalog_at(
+    store: EventStore, at: datetime | int, *, known_at: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The model catalog as it was at `at` (as known at `known_at`)."""
+    with as_of(store, "model_catalog", at, known_at=known_at) as snapshot:
         return list_models(snapshot)
 
 
 def training_summary_at(
-    store: EventStore, training_id: str, at: datetime | int
+    store: EventStore, training_id: str, at: datetime | int, *, known_at: datetime | None = None
 ) -> dict[str, Any] | None:
-    """A training run's summary as it was at `at` (None if it had not started)."""
-    with as_of(store, "training_summaries", at) as snapshot:
+    """A training run's summary as it was at `at`, as known at `known_at` (None if it had
+    not started)."""
+    with as_of(store, "training_summaries", at, known_at=known_at) as snapshot:
         return get_training_summary(snapshot, training_id)

@@ -130,7 +130,7 @@ class _Builder:
                 dataset_id=typed.dataset_id, batch_id=typed.batch_id,
                 source_uri=typed.source_uri, content_sha256=typed.content_sha256,
                 rows=typed.rows, artifact_uri=typed.artifact.uri if typed.artifact else None,
-                ingested_at=iso(typed.ingested_at or event.created_at),
+                ingested_at=iso(typed.ingested_at or event.occurred_at),
             )
             data = self.dataset(typed.dataset_version, typed.dataset_id, event)
             data.attributes["columns"] = typed.columns
@@ -161,7 +161,7 @@ class _Builder:
         elif isinstance(typed, TrainingCompleted):
             run = self.node(f"training:{event.stream_id}", "training_run", "", event)
             run.attributes.update(
-                status="completed", completed_at=iso(typed.completed_at or event.created_at),
+                status="completed", completed_at=iso(typed.completed_at or event.occurred_at),
                 final_metrics=typed.final_metrics, model_id=typed.model_id,
                 model_fingerprint=typed.model_fingerprint,
                 model_name=typed.model_name or run.attributes.get("model_name"),
@@ -210,7 +210,7 @@ class _Builder:
         )
         run.attributes.update(
             training_id=event.stream_id, status=run.attributes.get("status", "running"),
-            started_at=iso(typed.started_at or event.created_at), user_id=typed.user_id,
+            started_at=iso(typed.started_at or event.occurred_at), user_id=typed.user_id,
             dataset_id=typed.dataset_id, dataset_version=typed.dataset_version,
             dataset_uri=typed.dataset_uri, feature_version=typed.feature_version,
             hyperparameters=typed.hyperparameters, seed=typed.seed,
@@ -226,7 +226,7 @@ class _Builder:
             self._trainings_by_feature.append((run.id, typed.feature_version, event))
 
     def _deployed(self, event: RecordedEvent, typed: ModelDeployed) -> None:
-        at = iso(typed.deployed_at or event.created_at)
+        at = iso(typed.deployed_at or event.occurred_at)
         # The same name has one serving model per environment: a deployment replaces it.
         for node in self.graph.of_kind("deployment"):
             a = node.attributes
@@ -254,7 +254,7 @@ class _Builder:
             if (a["model_id"], a["environment"]) == (typed.model_id, typed.environment) and (
                 a["retired_at"] is None
             ):
-                a["retired_at"] = iso(typed.retired_at or event.created_at)
+                a["retired_at"] = iso(typed.retired_at or event.occurred_at)
                 node.event_ids.append(event.id)
                 node.recorded_at = iso(event.created_at)
 
@@ -438,7 +438,7 @@ def explain(store: EventStore, inference: str) -> LineageGraph:
             attributes.update(
                 inputs=typed.inputs,
                 inputs_ref=typed.inputs_ref.model_dump(mode="json") if typed.inputs_ref else None,
-                requested_at=iso(typed.requested_at or event.created_at),
+                requested_at=iso(typed.requested_at or event.occurred_at),
                 environment=typed.environment,
             )
         elif isinstance(typed, InferenceCompleted):

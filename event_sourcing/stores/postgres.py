@@ -19,9 +19,12 @@ migrations are in postgres_schema, the append statement in postgres_append.
 from __future__ import annotations
 
 import bisect
+import itertools
+import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -37,11 +40,12 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.postgres_schema import (
-    HASHED,
+    HASHED_V6,
     create_schema,
     hashed_row,
     restore_triggers,
@@ -55,6 +59,7 @@ from event_sourcing.stores.recorder import (
     redact_text,
     redact_url,
 )
+from event_sourcing.stores.times import MAX_TIME, MIN_TIME
 from event_sourcing.stores.values import decode
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
@@ -65,7 +70,7 @@ from event_sourcing.stores.values import decode
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
     "payload::text::varchar, metadata::text::varchar, created_at, "
-    "correlation_id, causation_id, schema_version"
+    "correlation_id, causation_id, schema_version, occurred_at"
 )
 # bytea's binary loader (psycopg's C one when installed): the bytes as they came.
 _AS_BYTES = psycopg.postgres.adapters.get_loader(
@@ -98,7 +103,11 @@ def _configure(connection: psycopg.Connection[Any]) -> None:
 
 
 def page_query(
-    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+    after: int,
+    event_types: Collection[str] | None,
+    until: datetime | None,
+    limit: int,
+    undated_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """The keyset query of one page of the global log, without the horizon.
 
@@ -109,7 +118,9 @@ def page_query(
     `event_type = ANY(...)` would walk the position index and filter every row until the
     page fills (rare types), and unlimited branches may be planned as a whole-type scan.
     """
-    time_filter = " AND created_at <= %s" if until is not None else ""
+    time_filter = (" AND created_at <= %s" if until is not None else "") + (
+        UNDATED if undated_only else ""
+    )
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None or len(types) == 1:
         where = "position > %s" + (" AND event_type = %s" if types else "")
@@ -148,6 +159,12 @@ def _stream_on(
     while chunk := list(islice(rows, _CHUNK)):
         events += fetch_events(chunk.copy)
     return events
+class ClockBehind(Exception):
+    """An append wrote nothing: its stream's head was recorded at a later time than its."""
+
+    def __init__(self, latest: datetime) -> None:
+        super().__init__(f"the log holds a time later than the clock's: {latest}")
+        self.latest = latest
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -216,11 +233,14 @@ class PostgresRecorder:
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
-        # Stream id -> (its type, the version it reached, that event's chain hash). Events
-        # are never deleted or changed, so an append expecting that version needs no lookup
-        # (~30 us of server CPU) and can compute its chain hashes itself. This
+        # Stream id -> (its type, the version it reached, that event's chain hash and time).
+        # Events are never deleted or changed, so an append expecting that version needs no
+        # lookup (~30 us of server CPU) and can compute its chain hashes itself. This
         # holds unless the schema is dropped and recreated under a running store.
-        self._reached: dict[str, tuple[str, int, bytes]] = {}
+        self._reached: dict[str, tuple[str, int, bytes, datetime]] = {}
+        # The latest time this recorder recorded: its appends never record an earlier one.
+        self._latest = MIN_TIME
+        self._latest_lock = threading.Lock()
         self._connections = Connections(
             url, kwargs, name=f"mlevents-{schema}", description=self.description,
             configure=_configure,
@@ -245,20 +265,50 @@ class PostgresRecorder:
         causation_id: str | None,
     ) -> Appended:
         head_chain = None
+        created_at = max(created_at, self._latest)  # never before this recorder's latest
         if expected_version:
             known = self._reached.get(stream_id)
             if known is not None and known[1] == expected_version:
                 stream_type, head_chain = known[0], known[2]
-        statement, request = append_query(
-            stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-            causation_id, head_chain=head_chain,
+                created_at = max(created_at, known[3])  # nor before the stream's head
+        for attempt in itertools.count():
+            statement, request = append_query(
+                stream_id, stream_type, expected_version, rows, created_at, correlation_id,
+                causation_id, head_chain=head_chain,
+            )
+            sent = time.monotonic()
+            try:
+                appended, last_chain = self._sent(statement, request, rows, expected_version)
+                break
+            except ClockBehind as behind:  # rare: record at the latest time instead
+                # Again behind: writers with faster clocks keep recording later times, so
+                # add the time that passed meanwhile, as their clocks did (no starving).
+                waited = timedelta(seconds=time.monotonic() - sent) if attempt else timedelta(0)
+                created_at = behind.latest if MAX_TIME - waited < behind.latest else (
+                    behind.latest + waited
+                )
+        if len(self._reached) >= _REACHED_STREAMS:
+            self._reached.clear()
+        self._reached[stream_id] = (
+            appended.stream_type, appended.first_version + len(rows) - 1, last_chain,
+            appended.created_at,
         )
-        what = f"append to {stream_id!r}"
+        with self._latest_lock:
+            self._latest = max(self._latest, appended.created_at)
+        return appended
+
+    def _sent(
+        self,
+        statement: str,
+        request: dict[str, Any],
+        rows: Sequence[EventRow],
+        expected_version: int | None,
+    ) -> tuple[Appended, bytes]:
+        """The append statement run, sent again once if the connection broke."""
+        what = f"append to {request['stream']!r}"
         cursor = self._append_cursor()
         try:
-            appended, last_chain = self._append_on(
-                cursor, statement, request, rows, expected_version
-            )
+            return self._append_on(cursor, statement, request, rows, expected_version)
         except psycopg.Error as exc:
             if not broken(cursor.connection):
                 raise self._connections.error(exc, what) from exc
@@ -266,18 +316,12 @@ class PostgresRecorder:
             # not have been committed. Sending it again is safe: its event ids make it
             # idempotent.
             try:
-                appended, last_chain = self._append_on(
+                return self._append_on(
                     self._append_cursor(), statement, request, rows, expected_version
                 )
             except psycopg.Error as again:
                 again_what = f"{what} (sent twice: the connection was lost)"
                 raise self._connections.error(again, again_what) from exc
-        if len(self._reached) >= _REACHED_STREAMS:
-            self._reached.clear()
-        self._reached[stream_id] = (
-            appended.stream_type, appended.first_version + len(rows) - 1, last_chain
-        )
-        return appended
 
     def _append_on(
         self,
@@ -307,7 +351,7 @@ class PostgresRecorder:
             last_chain = claimed[-1][3]
             if last_chain is None:
                 last_chain = request["last_chain"]
-            return Appended(kind, first_version, positions), bytes(last_chain)
+            return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
         found = self._select_on(
@@ -318,6 +362,13 @@ class PostgresRecorder:
         if found:
             raise AlreadyRecorded(found)
         stream_id = request["stream"]
+        latest = connection.execute(
+            "SELECT created_at FROM event_store WHERE stream_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id,),
+        ).fetchone()
+        if latest and latest[0] > request["now"]:
+            raise ClockBehind(latest[0])
         if expected_version is None:
             raise StoreUnavailableError(
                 f"append to {stream_id!r} wrote nothing and no error was reported"
@@ -336,11 +387,11 @@ class PostgresRecorder:
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order, `through` at most the head) as hashed: position, id, stream,
         stream type, version, type, schema version, payload, metadata (canonical JSON), time
-        (text), correlation, causation, content, chain."""
+        (text), correlation, causation, content, chain, occurred_at (text or NULL)."""
         rows = self._connections.read(
             "read hashed rows",
             lambda connection: connection.execute(
-                f"SELECT {HASHED} FROM event_store WHERE position > %s AND position <= %s "
+                f"SELECT {HASHED_V6} FROM event_store WHERE position > %s AND position <= %s "
                 "ORDER BY position LIMIT %s",
                 (after, through, limit),
             ).fetchall(),
@@ -387,10 +438,11 @@ class PostgresRecorder:
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
+        undated_only: bool = False,
     ) -> list[RecordedEvent]:
         if event_types is not None and not event_types:
             return []
-        query, params = page_query(after, event_types, until, limit)
+        query, params = page_query(after, event_types, until, limit, undated_only)
 
         def read(connection: psycopg.Connection[Any]) -> list[RecordedEvent]:
             # Two statements, in this order: the scan's snapshot must be taken after the
@@ -416,6 +468,19 @@ class PostgresRecorder:
             return page if settled == len(page) else page[:settled]
 
         return self._connections.read(f"read_all(after={after})", read)
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        # No read horizon: a snapshot of what is committed (not a cursor that must never
+        # skip an event committed later).
+        return self._select("a bitemporal read", *dated_page_query(
+            _COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
+        ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(

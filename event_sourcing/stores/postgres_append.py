@@ -13,20 +13,21 @@ from typing import Any
 from event_sourcing.integrity.hashing import GENESIS, append_hashes, timestamp_text
 from event_sourcing.stores.recorder import EventRow
 
-# The stream's head before an append, as (stream type, version, chain hash). Expecting n >= 1:
+# The stream's head before an append, as (stream type, version, chain hash, time recorded;
+# NULL when the caller gives the head, knowing its time). Expecting n >= 1:
 # no row unless the stream has an event n, so a stale expectation inserts nothing and a
 # moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
 # stream is known to have reached: as given, and the unique index alone decides. No
 # expectation: the latest event, if any.
 _HEAD_AT = """
-        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+        SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
         WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
-_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea"
+_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea, NULL::timestamptz"
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
-            coalesce(h.chain_hash, %(genesis)s::bytea)
+            coalesce(h.chain_hash, %(genesis)s::bytea), h.created_at
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+            SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
             WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
         ) AS h ON true"""
 
@@ -35,16 +36,18 @@ _HEAD_LATEST = """
 # held as a shared advisory lock until the transaction ends, so every position below it
 # is > m. (A subquery with a volatile output is never folded into the outer query.)
 # The events: one as scalar parameters (cheaper to send and to plan), or a batch as one
-# JSON array of [id, type, schema version, payload, metadata] and the content (and chain)
-# hashes as one bytea of 32 bytes per event each (chains null when the statement computes
-# them from the head).
+# JSON array of [id, type, schema version, payload, metadata(, occurred_at)] and the
+# content (and chain) hashes as one bytea of 32 bytes per event each (chains null when the
+# statement computes them from the head).
 _ONE_EVENT = """
         SELECT %(id)s::uuid, %(type)s::text, %(schema_version)s::integer, %(payload)s::jsonb,
-            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea"""
+            %(metadata)s::jsonb, 1::bigint, %(content)b::bytea, %(chain)b::bytea,
+            %(occurred)s::timestamptz"""
 _EVENT_BATCH = """
         SELECT (x.item->>0)::uuid, x.item->>1, (x.item->>2)::integer, x.item->3, x.item->4, x.i,
             substring(%(contents)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
-            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32)
+            substring(%(chains)b::bytea FROM (32 * x.i - 31)::integer FOR 32),
+            (x.item->>5)::timestamptz
         FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(item, i)"""
 # The chain hash of each event (docs/integrity.md): given by the client when it knows the
 # head's (a new stream, or the version it last appended), else linked here to the head
@@ -59,10 +62,11 @@ _CHAIN = {
 _INSERT = """
     INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
         schema_version, payload, metadata, created_at, correlation_id, causation_id,
-        content_hash, chain_hash)
+        content_hash, chain_hash, occurred_at)
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
-        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
-    FROM ({head}) AS head (stream_type, version, chain)
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain},
+        u.occurred
+    FROM ({head}) AS head (stream_type, version, chain, created_at)
     CROSS JOIN LATERAL (
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
             ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
@@ -70,7 +74,11 @@ _INSERT = """
         FROM event_position_seq AS q OFFSET 0
     ) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
-        content, chain)
+        content, chain, occurred)
+    -- A stream's time never goes back: nothing is inserted when its head (the row read
+    -- above; given by the caller, who knows its time) was recorded later than this
+    -- append's time; the caller then appends again at that time (docs/temporal.md).
+    WHERE coalesce(head.created_at <= %(now)s, true)
     RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
@@ -108,11 +116,13 @@ _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _events_json(rows: Sequence[EventRow]) -> str:
-    """The batch as one JSON array of [id, type, schema version, payload, metadata]; the
-    payloads are spliced in already encoded rather than encoded a second time."""
+    """The batch as one JSON array of [id, type, schema version, payload, metadata] (and
+    occurred_at, when given); the payloads are spliced in already encoded rather than
+    encoded a second time."""
     events = ",".join(
         f'["{row.id}",{_JSON_STRING(row.event_type)},{row.schema_version},'
-        f"{row.payload_json},{row.metadata_json}]"
+        f"{row.payload_json},{row.metadata_json}"
+        + ("]" if row.occurred_at is None else f',"{row.occurred_at}"]')
         for row in rows
     )
     return f"[{events}]"
@@ -162,7 +172,7 @@ def append_query(
         request.update(
             id=row.id, type=row.event_type, schema_version=row.schema_version,
             payload=row.payload_json, metadata=row.metadata_json, content=contents[0],
-            chain=chains[0] if chains is not None else None,
+            chain=chains[0] if chains is not None else None, occurred=row.occurred_at,
         )
         events = "one"
     else:

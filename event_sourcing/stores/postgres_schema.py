@@ -26,7 +26,7 @@ from event_sourcing.integrity.hashing import (
 )
 from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 SCHEMA_LOCK = 0x6D6C6576  # "mlev"
 
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS event_store (
     position       bigint NOT NULL UNIQUE,  -- set by mlevents_assign_position()
     version        bigint NOT NULL CHECK (version >= 1),
     created_at     timestamptz NOT NULL,
+    occurred_at    timestamptz,  -- business time if given; NULL: created_at (temporal.md)
     id             uuid PRIMARY KEY,
     schema_version integer NOT NULL,
     stream_id      text NOT NULL,
@@ -70,6 +71,10 @@ CREATE INDEX IF NOT EXISTS idx_event_store_time_range ON event_store USING brin 
     WITH (autosummarize = on);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- Dated events (business time given) in business-time order: bitemporal reads
+-- (stores.business_time); it holds only the dated rows.
+CREATE INDEX IF NOT EXISTS idx_event_store_occurred ON event_store (occurred_at, position)
+    WHERE occurred_at IS NOT NULL;
 -- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
 CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
@@ -182,6 +187,8 @@ _MIGRATIONS = {
     """,
     # v5: the B-tree on created_at gives way to a block range index (created by SCHEMA).
     4: "DROP INDEX IF EXISTS idx_event_store_time;",
+    # v6: business time (its partial index is created by SCHEMA).
+    5: "ALTER TABLE event_store ADD COLUMN IF NOT EXISTS occurred_at timestamptz;",
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
@@ -189,6 +196,7 @@ _DESCRIPTIONS = {
     3: "positions are assigned by a trigger; inserts naming one are refused",
     4: "per-stream hash chains (content_hash, chain_hash)",
     5: "event_store columns by alignment (new stores); a block range index on created_at",
+    6: "business time (occurred_at)",
 }
 # (current user, USAGE on the store's schema, whether it holds mlevents_schema), or no row
 # when the schema does not exist.
@@ -201,15 +209,18 @@ HASHED = (
     "position, id::text, stream_id, stream_type, version, event_type, schema_version, payload, "
     "metadata, created_at, correlation_id, causation_id, content_hash, chain_hash"
 )
+# What is hashed since v6 (the v4 migration's _add_hashes runs before occurred_at exists).
+HASHED_V6 = HASHED + ", occurred_at"
 
 
 def hashed_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """A row of HASHED with payload and metadata as hashed (canonical JSON: jsonb keeps
-    the value, not the text) and the time as text."""
+    """A row of HASHED (or HASHED_V6) with payload and metadata as hashed (canonical
+    JSON: jsonb keeps the value, not the text) and the times as text."""
     return (
         *row[:7], canonical_json_bytes(row[7]), canonical_json_bytes(row[8]),
         timestamp_text(row[9]),
-        *row[10:],
+        *row[10:14],
+        *(None if when is None else timestamp_text(when) for when in row[14:]),
     )
 
 

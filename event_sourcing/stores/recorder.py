@@ -35,15 +35,21 @@ class EventRow(NamedTuple):
     canonical: bool = False
     """payload_json and metadata_json are the canonical JSON of their values (the form
     PostgreSQL's content hash covers, docs/integrity.md): hashed as they are."""
+    occurred_at: str | None = None
+    """When the fact happened, if given, as hashed (integrity.hashing's timestamp_text);
+    None is stored as NULL: the same as created_at."""
 
 
 class Appended(NamedTuple):
     """Where a batch landed: its stream's type, the first version (versions of a batch are
-    contiguous) and each event's position (increasing, not always contiguous)."""
+    contiguous), each event's position (increasing, not always contiguous) and the time
+    recorded (the clock's, or later: a recorder never records a time before the latest
+    already recorded; docs/temporal.md)."""
 
     stream_type: str
     first_version: int
     positions: Sequence[int]
+    created_at: datetime
 
 
 class AlreadyRecorded(Exception):
@@ -105,7 +111,23 @@ class Recorder(Protocol):
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
-    ) -> list[RecordedEvent]: ...
+        undated_only: bool = False,
+    ) -> list[RecordedEvent]:
+        """A page in position order; `until` bounds created_at; `undated_only` keeps the
+        events recorded without an occurred_at."""
+        ...
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        """A page of the events recorded with an occurred_at (of every type), in
+        (occurred_at, position) order after `after`: occurred at or before
+        `occurred_until`, recorded at or before `recorded_until` (docs/temporal.md)."""
+        ...
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]: ...
 
@@ -137,12 +159,13 @@ class Recorder(Protocol):
 def fetch_events(
     fetch: Callable[[], Sequence[Sequence[Any]]],
     decode_ids_and_times: Callable[
-        [Sequence[Sequence[Any]]], tuple[list[str], list[datetime]]
+        [Sequence[Sequence[Any]]], tuple[list[str], list[datetime], list[datetime]]
     ] | None = None,
 ) -> list[RecordedEvent]:
-    """The events of the rows `fetch` returns: RecordedEvent's 13 fields, payload and
-    metadata as JSON text, the id as text and created_at as a datetime (or, where the
-    backend stores them otherwise, as `decode_ids_and_times` decodes a page's).
+    """The events of the rows `fetch` returns: RecordedEvent's 14 fields, payload and
+    metadata as JSON text, the id as text, created_at and occurred_at as datetimes, a NULL
+    occurred_at meaning the event's created_at (or, where the backend stores them
+    otherwise, as `decode_ids_and_times` decodes a page's ids, times and occurred_ats).
 
     A page is decoded a column at a time, with no Python call per row, and with the cyclic
     garbage collector paused: it allocates thousands of containers, none in a cycle, and the
@@ -160,19 +183,19 @@ def fetch_events(
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
-                    row[9], row[10], row[11], row[12],
+                    row[9], row[10], row[11], row[12], row[9] if row[13] is None else row[13],
                 ))
                 for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
             ]
         else:
-            ids, times = decode_ids_and_times(rows)
+            ids, times, occurred = decode_ids_and_times(rows)
             events = [
                 new(RecordedEvent, (
                     event_id, row[1], row[2], row[3], row[4], row[5], row[6], payload,
-                    metadata, created_at, row[10], row[11], row[12],
+                    metadata, created_at, row[10], row[11], row[12], occurred_at,
                 ))
-                for row, event_id, created_at, payload, metadata in zip(
-                    rows, ids, times, payloads, metadatas, strict=True
+                for row, event_id, created_at, occurred_at, payload, metadata in zip(
+                    rows, ids, times, occurred, payloads, metadatas, strict=True
                 )
             ]
         return events
@@ -188,12 +211,16 @@ def iter_pages(
     until: datetime | None,
     limit: int | None,
     page_size: int,
+    undated_only: bool = False,
 ) -> Iterator[list[RecordedEvent]]:
     """Keyset pagination over the global log: each page is one short query."""
     remaining = limit
     while remaining is None or remaining > 0:
         size = page_size if remaining is None else min(page_size, remaining)
-        page = recorder.read_page(after, event_types, until, size)
+        page = (
+            recorder.read_page(after, event_types, until, size, undated_only=True)
+            if undated_only else recorder.read_page(after, event_types, until, size)
+        )
         if not page:
             return
         yield page

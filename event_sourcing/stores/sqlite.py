@@ -26,6 +26,7 @@ from event_sourcing.errors import (
 )
 from event_sourcing.events import RecordedEvent
 from event_sourcing.integrity.hashing import GENESIS, append_hashes, fold_chain, timestamp_text
+from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -44,6 +45,7 @@ from event_sourcing.stores.sqlite_schema import (
     id_text,
     id_value,
     ids_and_times,
+    time_of,
     time_text,
     time_value,
 )
@@ -54,29 +56,47 @@ from event_sourcing.stores.sqlite_schema import (
 _COLUMNS = (
     "id, stream_id, stream_type, version, position, event_type, schema_version, "
     "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
-    "schema_version"
+    "schema_version, occurred_at"
 )
 # What is hashed, payload and metadata as their UTF-8 bytes (no decoding).
 _HASHED = (
     "position, id, stream_id, stream_type, version, event_type, schema_version, "
     "CAST(payload AS BLOB), CAST(metadata AS BLOB), created_at, correlation_id, causation_id, "
-    "content_hash, chain_hash"
+    "content_hash, chain_hash, occurred_at"
 )
 
 
 # sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
 # (~0.3 us a value): hashes are bound as bytearrays, and a batch without a correlation or
-# causation id has NULL in its statement (the key: whether each is given).
+# causation id, or without any occurred_at, has NULL in its statement (the key: whether
+# each is given).
 _INSERT = {
-    (correlated, caused): (
+    (correlated, caused, dated): (
         "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
         "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
-        "content_hash, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        f"{'?' if correlated else 'NULL'}, {'?' if caused else 'NULL'}, ?, ?)"
+        "content_hash, chain_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        f"{'?' if correlated else 'NULL'}, {'?' if caused else 'NULL'}, ?, ?, "
+        f"{'?' if dated else 'NULL'})"
     )
     for correlated in (False, True)
     for caused in (False, True)
+    for dated in (False, True)
 }
+
+
+def _occurred_values(rows: Sequence[EventRow]) -> list[tuple[int | None]] | None:
+    """Each row's occurred_at as stored (microseconds; None: NULL), or None when no row of
+    the batch gives one (its statement then has a NULL literal)."""
+    if all(row.occurred_at is None for row in rows):
+        return None
+    stored: dict[str, int] = {}  # (a batch usually shares one)
+    return [
+        (None,) if (text := row.occurred_at) is None else (
+            stored[text] if text in stored
+            else stored.setdefault(text, time_value(datetime.fromisoformat(text))),
+        )
+        for row in rows
+    ]
 
 
 def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
@@ -136,11 +156,17 @@ def _holds_a_store(path: str) -> bool:
 
 
 def page_query(
-    after: int, event_types: Collection[str] | None, until: datetime | None, limit: int
+    after: int,
+    event_types: Collection[str] | None,
+    until: datetime | None,
+    limit: int,
+    undated_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """The keyset query of one page of the global log: a range seek on the rowid, or with a
     type filter one ordered seek of the (event_type, position) index per type, merged."""
-    time_filter = " AND created_at <= ?" if until is not None else ""
+    time_filter = (" AND created_at <= ?" if until is not None else "") + (
+        UNDATED if undated_only else ""
+    )
     stamp = [time_value(until)] if until is not None else []
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None:
@@ -345,30 +371,48 @@ class SQLiteRecorder:
         contents, _ = append_hashes(rows, stream_id, stamp, correlation_id, causation_id)
         now = time_value(created_at)
         with self._write() as connection:
-            # (SQLite gives the bare columns of the row holding max(version).)
-            head, current, kind, chain = connection.execute(
+            # (SQLite gives the bare columns of the row holding max(version).) The latest
+            # time recorded is the head's: times never go back in position order, and there
+            # is no created_at index to take a max() from.
+            head, current, kind, chain, latest = connection.execute(
                 "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
-                "coalesce(max(version), 0), stream_type, chain_hash FROM event_store "
-                "WHERE stream_id = ?",
+                "coalesce(max(version), 0), stream_type, chain_hash, "
+                "(SELECT created_at FROM event_store ORDER BY position DESC LIMIT 1) "
+                "FROM event_store WHERE stream_id = ?",
                 (stream_id,),
             ).fetchone()
+            if latest is not None and type(latest) is not int:  # (text a migration kept)
+                latest = time_value(time_of(latest))
+            if latest is not None and latest > now:  # the clock went back: never record that
+                now, created_at = latest, time_of(latest)
+                stamp = timestamp_text(created_at)
+                contents, _ = append_hashes(
+                    rows, stream_id, stamp, correlation_id, causation_id
+                )
             kind = kind or stream_type or "default"
             if expected_version is not None and current != expected_version:
                 self._raise_if_recorded(connection, rows, head)
                 raise ConcurrencyError(stream_id, expected_version, current)
             chains = fold_chain(chain or GENESIS, current, kind, contents)
             ids = tuple(given for given in (correlation_id, causation_id) if given is not None)
+            occurred = _occurred_values(rows)
+            values = [
+                (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
+                 row.schema_version, row.payload_json, row.metadata_json, now, *ids,
+                 bytearray(content), bytearray(chain))
+                for n, (row, content, chain) in enumerate(
+                    zip(rows, contents, chains, strict=True), start=1
+                )
+            ]
+            if occurred is not None:
+                values = [row + when for row, when in zip(values, occurred, strict=True)]
             try:
                 connection.executemany(
-                    _INSERT[correlation_id is not None, causation_id is not None],
-                    [
-                        (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
-                         row.schema_version, row.payload_json, row.metadata_json, now, *ids,
-                         bytearray(content), bytearray(chain))
-                        for n, (row, content, chain) in enumerate(
-                            zip(rows, contents, chains, strict=True), start=1
-                        )
+                    _INSERT[
+                        correlation_id is not None, causation_id is not None,
+                        occurred is not None,
                     ],
+                    values,
                 )
             except sqlite3.IntegrityError:
                 self._raise_if_recorded(connection, rows, head)
@@ -379,7 +423,7 @@ class SQLiteRecorder:
                     "VALUES (?, ?, ?)",
                     (stream_id, kind, stamp),
                 )
-        return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
+        return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)), created_at)
 
     def _raise_if_recorded(
         self, connection: sqlite3.Connection, rows: Sequence[EventRow], head: int
@@ -399,7 +443,8 @@ class SQLiteRecorder:
     def hashed_rows(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Rows (position order) as hashed: position, id, stream, stream type, version, type,
         schema version, payload, metadata (UTF-8 bytes), time, correlation, causation,
-        content hash, chain hash; the id and time as the text hashed (sqlite_schema)."""
+        content hash, chain hash, occurred_at (or NULL); the id and times as the text hashed
+        (sqlite_schema)."""
         with self._connection() as connection:
             rows = connection.execute(
                 f"SELECT {_HASHED} FROM event_store WHERE position > ? "
@@ -412,7 +457,10 @@ class SQLiteRecorder:
             stamp = texts.get(row[9])
             if stamp is None:
                 stamp = texts[row[9]] = time_text(row[9])
-            out.append((row[0], id_text(row[1]), *row[2:9], stamp, *row[10:]))
+            out.append((
+                row[0], id_text(row[1]), *row[2:9], stamp, *row[10:14],
+                None if row[14] is None else time_text(row[14]),
+            ))
         return out
 
     def restore_triggers(self) -> tuple[list[str], str | None]:
@@ -459,10 +507,22 @@ class SQLiteRecorder:
         event_types: Collection[str] | None,
         until: datetime | None,
         limit: int,
+        undated_only: bool = False,
     ) -> list[RecordedEvent]:
         if event_types is not None and not event_types:
             return []
-        return self._select(*page_query(after, event_types, until, limit))
+        return self._select(*page_query(after, event_types, until, limit, undated_only))
+
+    def read_dated_page(
+        self,
+        after: tuple[datetime, int] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
+    ) -> list[RecordedEvent]:
+        return self._select(*dated_page_query(
+            _COLUMNS, "?", time_value, after, occurred_until, recorded_until, limit
+        ))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         return self._select(

@@ -1,7 +1,8 @@
-"""The SQLite store's schema (v5), its migrations from every older version, and how ids and
-times are stored: an event id as its UUID's 16 bytes, a time as INTEGER microseconds since
-1970-01-01 UTC. Both decode back to the same values (a str UUID, a tz-aware datetime), and
-to the exact text the hashes cover (docs/integrity.md), so the hash definition is unchanged.
+"""The SQLite store's schema (v6), its migrations from every older version, and how ids and
+times are stored: an event id as its UUID's 16 bytes, a time (created_at, and occurred_at
+when given) as INTEGER microseconds since 1970-01-01 UTC. Both decode back to the same
+values (a str UUID, a tz-aware datetime), and to the exact text the hashes cover
+(docs/integrity.md), so the hash definition is unchanged.
 
 A value the migration could not turn into its compact form exactly (an id that is not
 canonical UUID text, a time that is not the store's ISO text) stays text; every decoder
@@ -19,9 +20,10 @@ from typing import Any
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
 from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
-_EVENT_STORE = """
+# The table as v5 made it (the v5 migration rebuilds into it; v6 adds occurred_at).
+_EVENT_STORE_V5 = """
 CREATE TABLE IF NOT EXISTS event_store (
     position       INTEGER PRIMARY KEY,
     id             BLOB NOT NULL UNIQUE,  -- the UUID's 16 bytes
@@ -40,6 +42,12 @@ CREATE TABLE IF NOT EXISTS event_store (
     UNIQUE (stream_id, version)
 );
 """
+_OCCURRED_AT = (
+    "occurred_at    INTEGER"  # business time if given; NULL: created_at (docs/temporal.md)
+)
+_EVENT_STORE = _EVENT_STORE_V5.replace(
+    "    chain_hash     BLOB,\n", f"    chain_hash     BLOB,\n    {_OCCURRED_AT},\n"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -58,6 +66,10 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 CREATE INDEX IF NOT EXISTS idx_event_store_correlation ON event_store (correlation_id)
     WHERE correlation_id IS NOT NULL;
+-- Dated events (business time given) in business-time order: bitemporal reads
+-- (stores.business_time); it holds only the dated rows.
+CREATE INDEX IF NOT EXISTS idx_event_store_occurred ON event_store (occurred_at, position)
+    WHERE occurred_at IS NOT NULL;
 -- Where the last successful `mlevents verify` got to (event_sourcing.integrity.audit).
 CREATE TABLE IF NOT EXISTS mlevents_integrity_checkpoint (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
@@ -98,6 +110,7 @@ DESCRIPTIONS = {
     3: "inserts cannot replace events or precede the head",
     4: "per-stream hash chains (content_hash, chain_hash)",
     5: "ids as 16-byte UUIDs, times as integer microseconds, no created_at index",
+    6: "business time (occurred_at)",
 }
 
 # -- ids and times -------------------------------------------------------------------------------
@@ -127,9 +140,12 @@ def id_text(value: bytes | str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def ids_and_times(rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[datetime]]:
-    """The ids (column 0) and times (column 9) of a page of rows, decoded with no Python
-    call per row; each distinct time once (a batch's events share theirs)."""
+def ids_and_times(
+    rows: Sequence[Sequence[Any]],
+) -> tuple[list[str], list[datetime], list[datetime]]:
+    """The ids (column 0), times (column 9) and occurred_at (column 13; NULL: the time) of
+    a page of rows, decoded with no Python call per row; each distinct time once (a batch's
+    events share theirs)."""
     ids = [
         f"{(h := value.hex())[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         if type(value := row[0]) is bytes else str(value)
@@ -140,7 +156,12 @@ def ids_and_times(rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[dateti
         seen[value] if (value := row[9]) in seen else seen.setdefault(value, time_of(value))
         for row in rows
     ]
-    return ids, times
+    occurred = [
+        created if (value := row[13]) is None
+        else seen[value] if value in seen else seen.setdefault(value, time_of(value))
+        for row, created in zip(rows, times, strict=True)
+    ]
+    return ids, times, occurred
 
 
 def time_value(value: datetime) -> int:
@@ -202,6 +223,8 @@ MIGRATIONS = {
     DROP INDEX IF EXISTS idx_event_store_correlation;
     ALTER TABLE event_store RENAME TO event_store_v4;
     """,
+    # v6: business time; _add_occurred_at adds the column (its partial index: SCHEMA).
+    5: "",
 }
 _COPIED = (
     "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
@@ -240,7 +263,7 @@ def _compact(connection: sqlite3.Connection) -> None:
     and time in compact form (exact: each decodes to the text it was hashed as)."""
     connection.create_function("mlevents_compact_id", 1, _compact_id, deterministic=True)
     connection.create_function("mlevents_compact_time", 1, _compact_time, deterministic=True)
-    connection.execute(_EVENT_STORE)
+    connection.execute(_EVENT_STORE_V5)
     copied = _COPIED.replace(" id,", " mlevents_compact_id(id),").replace(
         " created_at,", " mlevents_compact_time(created_at),"
     )
@@ -251,4 +274,12 @@ def _compact(connection: sqlite3.Connection) -> None:
     connection.execute("DROP TABLE event_store_v4")
 
 
-MIGRATION_STEPS = {3: _add_hashes, 4: _compact}  # Python run after a version's SQL
+def _add_occurred_at(connection: sqlite3.Connection) -> None:
+    """Migration to v6: the occurred_at column (NULL for every event recorded before)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(event_store)")}
+    if "occurred_at" not in columns:  # (SQLite has no ADD COLUMN IF NOT EXISTS)
+        connection.execute(f"ALTER TABLE event_store ADD COLUMN {_OCCURRED_AT}")
+
+
+# Python run after a version's SQL
+MIGRATION_STEPS = {3: _add_hashes, 4: _compact, 5: _add_occurred_at}

@@ -33,7 +33,7 @@ from event_sourcing.stores.recorder import (
     SqlTransaction,
     iter_pages,
 )
-from event_sourcing.stores.times import utc_time
+from event_sourcing.stores.times import occurred_text, parse_time, utc_time
 from event_sourcing.stores.values import (
     decode,
     encode_marked,
@@ -210,6 +210,7 @@ class EventStore:
         causation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         on_duplicate: Literal["compare", "return_existing"] = "compare",
+        occurred_at: datetime | None = None,
     ) -> list[RecordedEvent]:
         """Append `events` to `stream_id`, all or nothing; return them as recorded.
 
@@ -219,6 +220,10 @@ class EventStore:
         `on_duplicate="return_existing"` (keyed emission: the first record wins) returns
         them even when the content differs; either way a batch only partly recorded, or
         recorded on another stream, raises DuplicateEventError.
+
+        `occurred_at`: when the facts happened (business time) for the events that do not
+        give their own; by default the time of recording. The time of recording is the
+        store's clock, clamped so that it never goes backwards (docs/temporal.md).
         """
         if on_duplicate not in ("compare", "return_existing"):
             raise EventValidationError(
@@ -247,10 +252,11 @@ class EventStore:
                 f"a batch of {len(events):,} events is over the limit of {MAX_BATCH_EVENTS:,} "
                 "events per append; append it in several batches"
             )
-        rows, payloads, metadatas = self._encode(events, metadata)
+        batch_occurred = None if occurred_at is None else occurred_text(occurred_at, "occurred_at")
+        rows, payloads, metadatas = self._encode(events, metadata, batch_occurred)
         created_at = utc_time(self.clock(), "the time the store's clock returned")
         try:
-            kind, version, positions = self.recorder.append(
+            kind, version, positions, created_at = self.recorder.append(
                 stream_id, stream_type, expected_version, rows, created_at, correlation,
                 causation,
             )
@@ -264,6 +270,7 @@ class EventStore:
                 row.id, stream_id, kind, version + n, position, row.event_type,
                 row.schema_version, payload, metadata_, created_at, correlation, causation,
                 row.schema_version,
+                created_at if row.occurred_at is None else parse_time(row.occurred_at),
             )
             for n, (row, position, payload, metadata_) in enumerate(
                 zip(rows, positions, payloads, metadatas, strict=True)
@@ -271,7 +278,10 @@ class EventStore:
         ]
 
     def _encode(
-        self, events: list[NewEvent | DomainEvent], metadata: Mapping[str, Any] | None
+        self,
+        events: list[NewEvent | DomainEvent],
+        metadata: Mapping[str, Any] | None,
+        batch_occurred: str | None = None,
     ) -> tuple[list[EventRow], list[dict[str, Any]], list[dict[str, Any]]]:
         """Validate and encode a batch: rows to write, plus the payloads and metadata as a
         reader will decode them (JSON-normalized, so append returns what read_all returns).
@@ -293,6 +303,7 @@ class EventStore:
         total = 0
         for index, event in enumerate(events):
             event_metadata: Mapping[str, Any] | None = None
+            occurred = batch_occurred
             what = f"payload of events[{index}]"
             if type(event) is NewEvent or isinstance(event, NewEvent):
                 event_type = event.type
@@ -340,6 +351,8 @@ class EventStore:
                         f"events[{index}].metadata must be a mapping, "
                         f"got {type(event_metadata).__name__}"
                     )
+                if event.occurred_at is not None:
+                    occurred = occurred_text(event.occurred_at, f"events[{index}].occurred_at")
             elif isinstance(event, DomainEvent):
                 event_type, schema_version, payload = registry.encode_model(event)
                 what = f"{what} ({event_type})"
@@ -376,7 +389,7 @@ class EventStore:
             payloads.append(payload)
             rows.append(EventRow(
                 event_id, event_type, schema_version, payload_json, metadata_json, stored,
-                canonical and metadata_canonical,
+                canonical and metadata_canonical, occurred,
             ))
         if total > MAX_BATCH_BYTES:
             raise _too_large(
@@ -476,9 +489,10 @@ class EventStore:
     ) -> Iterator[RecordedEvent]:
         """Every event after global position `after`, in position order.
 
-        `event_types` keeps only those type names; `until` keeps events created at or
-        before that (tz-aware) time; `limit` caps how many are returned. Arguments are
-        checked when called; the events are read page by page as they are iterated.
+        `event_types` keeps only those type names; `until` keeps events recorded
+        (created_at, record time, not occurred_at) at or before that (tz-aware) time;
+        `limit` caps how many are returned. Arguments are checked when called; the events
+        are read page by page as they are iterated. For business time, see `read_as_of`.
         """
         return self._iter_all(
             _check_int(after, "after", 0),
@@ -493,6 +507,20 @@ class EventStore:
         # chain and map run in C: no Python frame resumed per event.
         pages = iter_pages(self.recorder, after, types, until, limit, READ_PAGE_SIZE)
         return chain.from_iterable(map(self._upcaster(), pages))
+
+    def read_as_of(
+        self,
+        at: datetime,
+        known_at: datetime | None = None,
+        event_types: Collection[str] | None = None,
+    ) -> Iterator[RecordedEvent]:
+        """The events that occurred at or before `at` (business time: occurred_at) and were
+        recorded at or before `known_at` (record time: created_at; None: now), in
+        business-time order (occurred_at, then position): what the log said about `at`
+        when it stood at `known_at`. See docs/temporal.md."""
+        from event_sourcing.stores.business_time import iter_as_of
+
+        return iter_as_of(self, at, known_at, _event_types(event_types))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event sharing a correlation id, in position order."""

@@ -1,5 +1,6 @@
-"""The store's time range (every instant Python holds in UTC, on both backends alike) and
-the one check every time (the clock's, `until`, as-of) goes through before any I/O."""
+"""The store's time range (every instant Python holds in UTC, on both backends alike), the
+one check every time (the clock's, `until`, as-of, occurred_at) goes through before any
+I/O, and the text form times are hashed (and stored on SQLite) in."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def utc_time(value: Any, what: str) -> datetime:
             value.microsecond, tzinfo=UTC,
         )
     return value
+
+
+def occurred_text(value: Any, what: str) -> str:
+    """A given occurred_at (business time) as stored and hashed: checked like every time,
+    then fixed-width ISO 8601 in UTC (integrity.hashing's timestamp_text)."""
+    return utc_time(value, what).isoformat(timespec="microseconds")
+
+
+parse_time = datetime.fromisoformat  # the inverse of occurred_text

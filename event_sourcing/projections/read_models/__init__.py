@@ -1,6 +1,8 @@
 """The built-in read models, one module each (its tables, the handlers that keep them, its
-queries). Times stored are event times, so a rebuild or an as-of evaluation reproduces the
-same rows; JSON columns are TEXT.
+queries). Times stored are event times by business time (the payload's own time when it
+has one, e.g. deployed_at, else the event's occurred_at, which is its created_at unless
+given: docs/temporal.md), so a rebuild or an as-of evaluation reproduces the same rows;
+JSON columns are TEXT.
 """
 
 from event_sourcing.projections.read_models.common import Queryable, query_read_model

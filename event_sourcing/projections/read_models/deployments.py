@@ -39,18 +39,31 @@ _DEPLOYMENTS_DDL = (
 
 
 def _deployed(tx: SqlTransaction, e: RecordedEvent, t: ModelDeployed) -> None:
-    at = iso(t.deployed_at or e.created_at)
-    # One serving deployment per model name (and per replaced model) in an environment.
+    at = iso(t.deployed_at or e.occurred_at)
+    # One serving deployment per model name (and per replaced model) in an environment, by
+    # business time: a backfilled deployment replaces those deployed before it (and still
+    # serving at its time), and is itself replaced by the first one deployed after it, so
+    # recording history late never changes what serves now.
     tx.execute(
         "UPDATE deployments SET retired_at = ?, replaced_by_model_id = ?, "
-        "retired_reason = 'replaced' WHERE environment = ? "
-        "AND retired_at IS NULL AND (model_name = ? OR model_id = ? OR model_id = ?)",
-        (at, t.model_id, t.environment, t.model_name, t.model_id, t.replaces_model_id or ""),
+        "retired_reason = 'replaced' WHERE environment = ? AND deployed_at <= ? "
+        "AND (retired_at IS NULL OR retired_at > ?) "
+        "AND (model_name = ? OR model_id = ? OR model_id = ?)",
+        (at, t.model_id, t.environment, at, at, t.model_name, t.model_id,
+         t.replaces_model_id or ""),
     )
+    later = tx.execute(
+        "SELECT deployed_at, model_id FROM deployments WHERE environment = ? "
+        "AND model_name = ? AND deployed_at > ? ORDER BY deployed_at, position LIMIT 1",
+        (t.environment, t.model_name, at),
+    ).fetchone()
+    retired_at, replaced_by = (later[0], later[1]) if later else (None, None)
     tx.execute(
         "INSERT INTO deployments (deployment_id, model_id, model_name, version, environment, "
-        "deployed_at, reason, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (e.id, t.model_id, t.model_name, t.version, t.environment, at, t.reason, e.position),
+        "deployed_at, reason, position, retired_at, retired_reason, replaced_by_model_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (e.id, t.model_id, t.model_name, t.version, t.environment, at, t.reason, e.position,
+         retired_at, "replaced" if later else None, replaced_by),
     )
 
 
@@ -61,7 +74,7 @@ def _retired(tx: SqlTransaction, e: RecordedEvent, t: ModelRetired) -> None:
         "replaced_by_model_id = coalesce(?, replaced_by_model_id) "
         "WHERE model_id = ? AND environment = ? AND retired_at IS NULL",
         (
-            iso(t.retired_at or e.created_at), t.reason or "retired", t.replaced_by_model_id,
+            iso(t.retired_at or e.occurred_at), t.reason or "retired", t.replaced_by_model_id,
             t.model_id, t.environment,
         ),
     )
@@ -69,11 +82,12 @@ def _retired(tx: SqlTransaction, e: RecordedEvent, t: ModelRetired) -> None:
 
 def deployments_projection() -> Projection:
     """deployments: the serving history, one row per deployment (open while retired_at is
-    NULL). Deploying a model closes the open deployment of the same name in that environment."""
+    NULL). Deploying a model closes the deployment of the same name in that environment that
+    served at its deployed_at (business time: docs/temporal.md)."""
     return Projection(
         name="deployments",
-        # 2: the index of open deployments.
-        version=2,
+        # 2: the index of open deployments. 3: deployments replace by business time.
+        version=3,
         ddl=_DEPLOYMENTS_DDL,
         tables=("deployments",),
         handlers=dict((on(ModelDeployed, _deployed), on(ModelRetired, _retired))),

@@ -160,7 +160,7 @@ class _Batch:
     def completed(self, e: RecordedEvent, t: InferenceCompleted) -> None:
         row = self.row((t.model_id, t.model_version))
         row.predictions += 1
-        row.last_prediction_at = iso(e.created_at)
+        row.last_prediction_at = iso(e.occurred_at)
         self.predictions[e.stream_id] = (t.model_id, t.model_version, to_json(t.prediction))
 
     def feedback(self, e: RecordedEvent, t: InferenceFeedback) -> None:
@@ -182,7 +182,7 @@ class _Batch:
         row = self.row(key)
         judged = self.judged(key, row)
         row.feedback += 1
-        row.last_feedback_at = iso(e.created_at)
+        row.last_feedback_at = iso(e.occurred_at)
         judged.append((row.feedback, None if t.correct is None else int(t.correct), abs_error))
         del judged[: max(0, len(judged) - self.window)]
         row.rolling_accuracy = _mean([correct for _, correct, _ in judged])

@@ -60,7 +60,7 @@ _CATALOG_UPSERT = (
 
 
 def _model_created(tx: SqlTransaction, e: RecordedEvent, t: ModelCreated) -> None:
-    at = iso(e.created_at)
+    at = iso(e.occurred_at)
     tx.execute(
         _CATALOG_UPSERT,
         (
@@ -71,7 +71,7 @@ def _model_created(tx: SqlTransaction, e: RecordedEvent, t: ModelCreated) -> Non
 
 
 def _model_versioned(tx: SqlTransaction, e: RecordedEvent, t: ModelVersioned) -> None:
-    at = iso(e.created_at)
+    at = iso(e.occurred_at)
     tx.execute(
         _CATALOG_UPSERT,
         (
@@ -89,12 +89,12 @@ def _set_environments(
     tx.execute(
         "UPDATE model_catalog SET environments = ?, status = ?, updated_at = ?, position = ? "
         "WHERE model_id = ?",
-        (to_json(sorted(environments)), status, iso(e.created_at), e.position, model_id),
+        (to_json(sorted(environments)), status, iso(e.occurred_at), e.position, model_id),
     )
 
 
 def _catalog_deployed(tx: SqlTransaction, e: RecordedEvent, t: ModelDeployed) -> None:
-    at = iso(e.created_at)
+    at = iso(e.occurred_at)
     # A model deployed without passing through model_created (trained elsewhere) still gets
     # a row, so the catalog never hides what serves.
     tx.execute(
@@ -134,7 +134,7 @@ def _catalog_retired(tx: SqlTransaction, e: RecordedEvent, t: ModelRetired) -> N
 
 
 def _catalog_evaluated(tx: SqlTransaction, e: RecordedEvent, t: ModelEvaluated) -> None:
-    at = iso(e.created_at)
+    at = iso(e.occurred_at)
     tx.execute(
         "INSERT INTO model_catalog (model_id, name, version, status, environments, created_at, "
         "updated_at, position) VALUES (?, ?, ?, 'ready', '[]', ?, ?, ?) "
@@ -143,7 +143,7 @@ def _catalog_evaluated(tx: SqlTransaction, e: RecordedEvent, t: ModelEvaluated) 
     )
     evaluation = {
         "event_id": e.id,
-        "evaluated_at": iso(t.evaluated_at or e.created_at),
+        "evaluated_at": iso(t.evaluated_at or e.occurred_at),
         "environment": t.environment,
         "promoted": t.promoted,
         "reason": t.reason,
@@ -166,7 +166,7 @@ def _catalog_erased(tx: SqlTransaction, e: RecordedEvent, t: SubjectErased) -> N
         tx.execute(
             f"UPDATE model_catalog SET erased_by = ?, updated_at = ?, position = ? "
             f"WHERE model_id IN ({marks})",
-            (e.id, iso(e.created_at), e.position, *t.model_ids),
+            (e.id, iso(e.occurred_at), e.position, *t.model_ids),
         )
 
 

@@ -80,7 +80,7 @@ def _provenance_completed(tx: SqlTransaction, e: RecordedEvent, t: TrainingCompl
         "feature_version, code_version, hyperparameters, seed, training_environment, "
         "created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (model_id) DO NOTHING",
-        (t.model_id, e.stream_id, *run, iso(t.completed_at or e.created_at), e.position),
+        (t.model_id, e.stream_id, *run, iso(t.completed_at or e.occurred_at), e.position),
     )
 
 

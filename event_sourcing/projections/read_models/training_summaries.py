@@ -69,9 +69,9 @@ def _training_started(tx: SqlTransaction, e: RecordedEvent, t: TrainingStarted) 
         "feature_version = excluded.feature_version, model_name = excluded.model_name, "
         "updated_at = excluded.updated_at, position = excluded.position",
         (
-            e.stream_id, iso(t.started_at or e.created_at), t.user_id, to_json(t.config),
+            e.stream_id, iso(t.started_at or e.occurred_at), t.user_id, to_json(t.config),
             t.dataset_id, t.dataset_version, t.feature_version, t.model_name,
-            iso(e.created_at), e.position,
+            iso(e.occurred_at), e.position,
         ),
     )
 
@@ -86,7 +86,7 @@ def _training_progress(tx: SqlTransaction, e: RecordedEvent, t: TrainingProgress
         tx,
         "UPDATE training_summaries SET last_step = ?, latest_metrics = ?, updated_at = ?, "
         "position = ? WHERE training_id = ?",
-        (t.step, to_json(metrics), iso(e.created_at), e.position, e.stream_id),
+        (t.step, to_json(metrics), iso(e.occurred_at), e.position, e.stream_id),
         no_run(e.stream_id),
     )
 
@@ -103,7 +103,7 @@ def _duration(tx: SqlTransaction, training_id: str, end: str | None) -> float | 
 
 
 def _training_completed(tx: SqlTransaction, e: RecordedEvent, t: TrainingCompleted) -> None:
-    end = iso(t.completed_at or e.created_at)
+    end = iso(t.completed_at or e.occurred_at)
     duration = t.duration_seconds
     if duration is None:
         duration = _duration(tx, e.stream_id, end)
@@ -116,21 +116,21 @@ def _training_completed(tx: SqlTransaction, e: RecordedEvent, t: TrainingComplet
         "WHERE training_id = ?",
         (
             end, duration, to_json(t.final_metrics), t.model_id,
-            name if isinstance(name, str) else None, iso(e.created_at), e.position, e.stream_id,
+            name if isinstance(name, str) else None, iso(e.occurred_at), e.position, e.stream_id,
         ),
         no_run(e.stream_id),
     )
 
 
 def _training_failed(tx: SqlTransaction, e: RecordedEvent, t: TrainingFailed) -> None:
-    end = iso(t.failed_at or e.created_at)
+    end = iso(t.failed_at or e.occurred_at)
     update_one(
         tx,
         "UPDATE training_summaries SET status = 'failed', completed_at = ?, "
         "duration_seconds = ?, error = ?, last_step = coalesce(?, last_step), updated_at = ?, "
         "position = ? WHERE training_id = ?",
         (
-            end, _duration(tx, e.stream_id, end), t.error, t.step, iso(e.created_at),
+            end, _duration(tx, e.stream_id, end), t.error, t.step, iso(e.occurred_at),
             e.position, e.stream_id,
         ),
         no_run(e.stream_id),
@@ -142,7 +142,7 @@ def _training_verified(tx: SqlTransaction, e: RecordedEvent, t: TrainingVerified
         tx,
         "UPDATE training_summaries SET reproducible = ?, updated_at = ?, position = ? "
         "WHERE training_id = ?",
-        (int(t.reproducible), iso(e.created_at), e.position, t.training_id),
+        (int(t.reproducible), iso(e.occurred_at), e.position, t.training_id),
         no_run(t.training_id),
     )
 
