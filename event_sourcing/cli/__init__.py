@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "event_sourcing.cli.relay_commands",
     "event_sourcing.cli.integrity_commands",
     "event_sourcing.cli.privacy_commands",
+    "event_sourcing.cli.import_command",
 )
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]

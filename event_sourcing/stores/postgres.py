@@ -34,6 +34,7 @@ from psycopg.types.json import set_json_loads
 from event_sourcing.errors import (
     AccessDeniedError,
     ConcurrencyError,
+    DuplicateEventError,
     EventStoreError,
     SchemaVersionError,
     StoreNotFoundError,
@@ -49,7 +50,8 @@ from event_sourcing.integrity.hashing import (
     timestamp_text,
 )
 from event_sourcing.stores.postgres_errors import broken
-from event_sourcing.stores.postgres_pool import Connections, session_options
+from event_sourcing.stores.imports import ImportRow, place_rows
+from event_sourcing.stores.postgres_pool import APPEND_LOCK_TIMEOUT, Connections, session_options
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
     AlreadyRecorded,
@@ -316,19 +318,24 @@ _CHAIN = {
     "one": f"sha256(head.chain || int8send({_LINK})",
     "batch": f"mlevents_chain(head.chain, int8send({_LINK}) OVER (ORDER BY u.i)",
 }
-_INSERT = """
-    INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
-        schema_version, payload, metadata, created_at, correlation_id, causation_id,
-        content_hash, chain_hash)
-    SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
-        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
-    FROM ({head}) AS head (stream_type, version, chain)
-    CROSS JOIN LATERAL (
+# The in-flight marker (docs/ordering.md): the sequence's last value, held as a shared
+# advisory lock until the transaction ends.
+_MARKER = """
         SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
             ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
              - 2147483648)::integer)
-        FROM event_position_seq AS q OFFSET 0
-    ) AS marker
+        FROM event_position_seq AS q"""
+# The columns an append (and an import's COPY) writes; positions come from the trigger.
+_WRITTEN = (
+    "id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, "
+    "created_at, correlation_id, causation_id, content_hash, chain_hash"
+)
+_INSERT = """
+    INSERT INTO event_store AS e (""" + _WRITTEN + """)
+    SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
+        u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain}
+    FROM ({head}) AS head (stream_type, version, chain)
+    CROSS JOIN LATERAL (""" + _MARKER + """ OFFSET 0) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
         content, chain)
     RETURNING e.stream_type, e.version, e.position, {returned}"""
@@ -364,6 +371,15 @@ _APPEND = {
     )
     for events_name, events in (("one", _ONE_EVENT), ("batch", _EVENT_BATCH))
 }
+# An import batch's streams' heads (no row for a new stream).
+_IMPORT_HEADS = """
+    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash
+    FROM unnest(%s::text[]) AS s (stream_id)
+    CROSS JOIN LATERAL (
+        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+        WHERE e.stream_id = s.stream_id ORDER BY e.version DESC LIMIT 1
+    ) AS h"""
+_IMPORT_ATTEMPTS = 5  # an import batch raced by appends to its streams starts again
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -481,6 +497,15 @@ def page_query(
         query = " UNION ALL ".join(branches)
     params.append(limit)
     return f"{query} ORDER BY position LIMIT %s", params
+
+
+class _Raced(Exception):
+    """An import batch met an append to one of its streams (the stream's id)."""
+
+
+def _conflicting_stream(exc: pg_errors.UniqueViolation) -> str:
+    match = re.search(r"\(stream_id, version\)=\((.*), \d+\)", exc.diag.message_detail or "")
+    return match.group(1) if match else "?"
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -731,6 +756,62 @@ class PostgresRecorder:
                 f"append to {stream_id!r} wrote nothing and no error was reported"
             )
         raise ConcurrencyError(stream_id, expected_version, self._version(connection, stream_id))
+
+    def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
+        """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction, with
+        COPY: the in-flight marker first (so the no-skip order holds, docs/ordering.md),
+        then the streams' heads; versions and hash chains are computed here. An append to
+        one of the batch's streams committed in between makes the batch start again."""
+        streams = list(dict.fromkeys(row.stream_id for row in rows))
+        for _ in range(_IMPORT_ATTEMPTS):
+            try:
+                with self._connections.transaction("import") as connection:
+                    self._import_on(connection, rows, streams, created_at)
+                return
+            except _Raced as raced:
+                stream_id = raced.args[0]
+        raise EventStoreError(
+            f"an import batch lost {_IMPORT_ATTEMPTS} races with appends to stream "
+            f"{stream_id!r}; nothing of the batch was written: run the import again"
+        )
+
+    def _import_on(
+        self,
+        connection: psycopg.Connection[Any],
+        rows: Sequence[ImportRow],
+        streams: list[str],
+        created_at: datetime,
+    ) -> None:
+        connection.execute(f"SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'")
+        connection.execute(_MARKER, {})
+        heads = {
+            stream_id: (kind, version, bytes(chain))
+            for stream_id, kind, version, chain in connection.execute(_IMPORT_HEADS, (streams,))
+        }
+        new = [stream_id for stream_id in streams if stream_id not in heads]
+        placed = place_rows(rows, timestamp_text(created_at), True, heads)
+        try:
+            with connection.cursor().copy(f"COPY event_store ({_WRITTEN}) FROM STDIN") as copy:
+                write = copy.write_row
+                for imported, (kind, version, content, chain) in zip(rows, placed, strict=True):
+                    row = imported.row
+                    write((row.id, imported.stream_id, kind, version, row.event_type,
+                           row.schema_version, row.payload_json, row.metadata_json, created_at,
+                           imported.correlation_id, imported.causation_id, content, chain))
+        except pg_errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == _STREAM_VERSION_KEY:
+                raise _Raced(_conflicting_stream(exc)) from None
+            raise DuplicateEventError(
+                "an event of this batch was recorded meanwhile (is another import of the same "
+                "input running?); nothing of the batch was written"
+            ) from None
+        if new:
+            connection.execute(
+                "INSERT INTO streams (stream_id, stream_type, created_at) "
+                "SELECT * FROM unnest(%s::text[], %s::text[]) AS n, (SELECT %s::timestamptz) AS t "
+                "ON CONFLICT DO NOTHING",
+                (new, [heads[stream_id][0] for stream_id in new], created_at),
+            )
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from event_sourcing.errors import (
     AccessDeniedError,
     ConcurrencyError,
+    DuplicateEventError,
     EventStoreError,
     SchemaVersionError,
     StoreNotFoundError,
@@ -33,6 +34,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.stores.imports import ImportRow, place_rows
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -474,6 +476,47 @@ class SQLiteRecorder:
                     (stream_id, kind, now),
                 )
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)))
+
+    def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
+        """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction:
+        versions in order per stream after each stream's head, hash chains extended."""
+        now = _ts(created_at)
+        with self._write() as connection:
+            head = connection.execute(
+                "SELECT coalesce(max(position), 0) FROM event_store"
+            ).fetchone()[0]
+            heads = {}
+            for stream_id in dict.fromkeys(row.stream_id for row in rows):
+                version, kind, chain = connection.execute(
+                    "SELECT max(version), stream_type, chain_hash FROM event_store "
+                    "WHERE stream_id = ?",
+                    (stream_id,),
+                ).fetchone()
+                if version:
+                    heads[stream_id] = (kind, version, chain)
+            new = [row for row in rows if row.stream_id not in heads]
+            placed = place_rows(rows, now, False, heads)
+            try:
+                connection.executemany(_INSERT, [
+                    (head + n, row.id, imported.stream_id, kind, version, row.event_type,
+                     row.schema_version, row.payload_json, row.metadata_json, now,
+                     imported.correlation_id, imported.causation_id, content, chain)
+                    for n, (imported, (kind, version, content, chain)) in enumerate(
+                        zip(rows, placed, strict=True), start=1
+                    )
+                    for row in (imported.row,)
+                ])
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateEventError(
+                    f"an event of this batch was recorded meanwhile (is another import of "
+                    f"the same input running?); nothing of the batch was written ({exc})"
+                ) from None
+            connection.executemany(
+                "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
+                "VALUES (?, ?, ?)",
+                [(stream_id, heads[stream_id][0], now)
+                 for stream_id in dict.fromkeys(row.stream_id for row in new)],
+            )
 
     def _raise_if_recorded(
         self, connection: sqlite3.Connection, rows: Sequence[EventRow], head: int

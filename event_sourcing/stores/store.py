@@ -54,6 +54,7 @@ _TYPE_AND_VERSION = itemgetter(5, 6)  # a RecordedEvent's event_type and schema_
 
 if TYPE_CHECKING:
     from event_sourcing.integrity.audit import Seal, VerifyReport
+    from event_sourcing.stores.imports import ImportRecord, ImportReport
 
 Clock = Callable[[], datetime]
 
@@ -406,6 +407,24 @@ class EventStore:
                     "use a fresh id for a new event"
                 )
         return [by_id[row.id] for row in rows]
+
+    def import_events(
+        self,
+        records: Iterable[ImportRecord],
+        *,
+        batch_size: int = 5000,
+        progress: Callable[[ImportReport], None] | None = None,
+    ) -> ImportReport:
+        """Bulk-import existing history (docs/import.md): `records` (see
+        `event_sourcing.stores.imports.read_records`) checked and encoded as appends are,
+        written `batch_size` at a time, one transaction per batch, versions in input order
+        per stream. Records whose id is recorded already are skipped, so running an import
+        again, or after an interruption, writes only what is missing. A bad record raises
+        an EventStoreError naming its line or row; the batches before it stay committed.
+        `progress(report)` runs after every batch."""
+        from event_sourcing.stores.imports import import_events
+
+        return import_events(self, records, batch_size=batch_size, progress=progress)
 
     # -- reading ------------------------------------------------------------------------
     def _upcaster(self) -> Callable[[list[RecordedEvent]], list[RecordedEvent]]:
