@@ -18,6 +18,7 @@ import json
 import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -47,6 +48,9 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "
 DEFAULT_BATCH_SIZE = 5000
 # Ids of records that carry none: uuid5 in this namespace (docs/import.md, "Idempotency").
 IMPORT_NAMESPACE = uuid.UUID("5d1c3b0e-6f0a-4e57-9a55-6d6c6576696d")
+_NAMESPACE_BYTES = IMPORT_NAMESPACE.bytes
+_VARIANT = "89ab" * 4  # a hex digit's low 2 bits -> the RFC 4122 variant digit 10xx
+_sha1 = hashlib.sha1
 # A record's fields, as JSON lines name them and as a column mapping targets them.
 _FIELDS = ("stream_id", "type", "id", "stream_type", "correlation_id", "causation_id",
            "occurred_at", "metadata", "payload")
@@ -73,6 +77,9 @@ class ImportRecord(NamedTuple):
     occurred_at: datetime | None = None
     """Business time: when it happened. Parsed and checked here; stores that record it
     take it from ImportRow.occurred_at."""
+    source: bytes | None = None
+    """The record as the input holds it (a line's text, a row's cells and the mapping), from
+    which its id is derived when it has none; None: derived from its fields."""
 
 
 class ImportRow(NamedTuple):
@@ -205,10 +212,12 @@ def read_json_lines(path: Path) -> Iterator[ImportRecord]:
                 raise EventValidationError(
                     f"{where}: expected a JSON object, got {type(value).__name__}"
                 )
-            yield _record(where, number, value)
+            yield _record(where, number, value, line.strip())
 
 
-def _record(where: str, ordinal: int, fields: Mapping[str, Any]) -> ImportRecord:
+def _record(
+    where: str, ordinal: int, fields: Mapping[str, Any], source: bytes | None = None
+) -> ImportRecord:
     values: dict[str, Any] = {}
     for key, value in fields.items():
         name = _ALIASES.get(key, key)
@@ -227,7 +236,8 @@ def _record(where: str, ordinal: int, fields: Mapping[str, Any]) -> ImportRecord
     occurred = values.pop("occurred_at", None)
     return ImportRecord(
         where, ordinal, values.pop("stream_id"), values.pop("type"),
-        values.pop("payload", {}), occurred_at=_occurred_at(occurred, where), **values,
+        values.pop("payload", {}), occurred_at=_occurred_at(occurred, where), source=source,
+        **values,
     )
 
 
@@ -311,9 +321,9 @@ def _fields(given: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 def _mapper(mapping: ColumnMapping, header: Sequence[str], source: str) -> Callable[
-    [Sequence[Any], str, int], ImportRecord
+    [Sequence[Any], str, int, bytes], ImportRecord
 ]:
-    """A function from a row (values in `header` order) to its record."""
+    """A function from a row (values in `header` order, and its text) to its record."""
     index = {name: n for n, name in enumerate(header)}
     for target, column in mapping.columns.items():
         if column not in index:
@@ -339,7 +349,10 @@ def _mapper(mapping: ColumnMapping, header: Sequence[str], source: str) -> Calla
         used = set(mapping.columns.values())
         payload = [(name, n) for n, name in enumerate(header) if name not in used]
 
-    def to_record(values: Sequence[Any], where: str, ordinal: int) -> ImportRecord:
+    # A row's id derives from its text and the mapping: read another way, it is another event.
+    mapped = _canonical([mapping.columns, mapping.constants, header])
+
+    def to_record(values: Sequence[Any], where: str, ordinal: int, text: bytes) -> ImportRecord:
         fields = dict(constants)
         fields.update((target, values[n]) for target, n in plain)
         body = dict(constant_payload)
@@ -349,7 +362,9 @@ def _mapper(mapping: ColumnMapping, header: Sequence[str], source: str) -> Calla
             extra = dict(constant_metadata)
             extra.update((key, values[n]) for key, n in metadata if values[n] is not None)
             fields["metadata"] = extra
-        return _record(where, ordinal, {k: v for k, v in fields.items() if v is not None})
+        return _record(
+            where, ordinal, {k: v for k, v in fields.items() if v is not None}, mapped + text
+        )
 
     return to_record
 
@@ -386,7 +401,10 @@ def read_csv(path: Path, mapping: ColumnMapping) -> Iterator[ImportRecord]:
                     raise EventValidationError(
                         f"{where}: {len(row)} cells for {len(header)} columns"
                     )
-                yield to_record([cell_value(cell) for cell in row], where, number)
+                yield to_record(
+                    [cell_value(cell) for cell in row], where, number,
+                    "\x1f".join(row).encode("utf-8", "surrogatepass"),
+                )
         except (csv.Error, UnicodeDecodeError) as exc:
             raise EventValidationError(f"{path}: not readable CSV ({exc})") from None
 
@@ -409,7 +427,7 @@ def read_parquet(path: Path, mapping: ColumnMapping) -> Iterator[ImportRecord]:
         columns = [column.to_pylist() for column in batch.columns]
         for values in zip(*columns, strict=True):
             number += 1
-            yield to_record(values, f"row {number}", number)
+            yield to_record(values, f"row {number}", number, _canonical(values))
 
 
 # -- importing ----------------------------------------------------------------------------
@@ -424,10 +442,15 @@ def record_id(record: ImportRecord) -> str:
                 f"{record.where}: id {record.id!r} is not a UUID (leave it out and the "
                 "import derives one)"
             ) from None
-    content = _canonical([record.stream_id, record.event_type, record.payload, record.metadata])
-    name = f"{record.ordinal}\x1f".encode() + content
-    return str(uuid.UUID(bytes=hashlib.sha1(IMPORT_NAMESPACE.bytes + name).digest()[:16],
-                         version=5))
+    source = record.source
+    if source is None:
+        source = _canonical(
+            [record.stream_id, record.event_type, record.payload, record.metadata,
+             record.stream_type, record.correlation_id, record.causation_id]
+        )
+    # uuid.uuid5(IMPORT_NAMESPACE, name), written out (this runs once per record)
+    h = _sha1(_NAMESPACE_BYTES + b"%d\x1f" % record.ordinal + source).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}"
 
 
 def _canonical(value: Any) -> bytes:
@@ -453,52 +476,93 @@ def import_events(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
-    """See EventStore.import_events."""
-    from event_sourcing.stores.store import _check_int, _check_name, _optional_id
+    """See EventStore.import_events. While one batch is written (on a thread of its own:
+    the database works while Python encodes), the next is read, checked and encoded."""
+    from event_sourcing.stores.store import _check_int
 
     _check_int(batch_size, "batch_size", 1)
     report = ImportReport()
     recorder = store.recorder
     records = iter(records)
-    while chunk := list(islice(records, batch_size)):
-        report.read += len(chunk)
-        ids: dict[str, ImportRecord] = {}
-        for record in chunk:
-            event_id = record_id(record)
-            if event_id in ids:
-                raise DuplicateEventError(
-                    f"{record.where}: event id {event_id} is also the id of "
-                    f"{ids[event_id].where}"
-                )
-            ids[event_id] = record
-        for old in recorder.read_ids(list(ids)):
-            record = ids.pop(old.id)
-            if old.stream_id != record.stream_id or old.event_type != record.event_type:
-                raise DuplicateEventError(
-                    f"{record.where}: event id {old.id} is already recorded with different "
-                    f"content (stream {old.stream_id!r}, type {old.event_type!r})"
-                )
-            report.skipped += 1
-        if ids:
-            created_at = utc_time(store.clock(), "the time the store's clock returned")
-            rows = _encode(store, ids, _check_name, _optional_id)
-            recorder.import_rows(rows, created_at)  # type: ignore[attr-defined]
-            report.written += len(rows)
-            report.streams.update(row.stream_id for row in rows)
+    pending: tuple[Future[None] | None, _Batch] | None = None
+
+    def finish() -> None:
+        """Wait for the batch in flight, count it, report progress."""
+        nonlocal pending
+        if pending is None:
+            return
+        (written, batch), pending = pending, None
+        if written is not None:
+            written.result()
+        report.read += batch.read
+        report.written += len(batch.rows)
+        report.skipped += batch.skipped
+        report.streams.update(row.stream_id for row in batch.rows)
         report.batches += 1
         if progress is not None:
             progress(report)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="mlevents-import") as writer:
+        try:
+            in_flight: dict[str, ImportRow] = {}
+            while chunk := list(islice(records, batch_size)):
+                batch = _prepare(store, chunk, in_flight)
+                finish()
+                future = None
+                if batch.rows:
+                    created_at = utc_time(store.clock(), "the time the store's clock returned")
+                    future = writer.submit(
+                        recorder.import_rows, batch.rows, created_at  # type: ignore[attr-defined]
+                    )
+                pending = (future, batch)
+                in_flight = {row.row.id: row for row in batch.rows}
+            finish()
+        except BaseException:
+            finish()  # the batch in flight commits (or fails first) before the error is raised
+            raise
     return report
 
 
-def _encode(
-    store: EventStore,
-    records: dict[str, ImportRecord],
-    check_name: Callable[[Any, str], str],
-    optional_id: Callable[[Any, str], str | None],
-) -> list[ImportRow]:
+class _Batch(NamedTuple):
+    read: int
+    skipped: int
+    rows: list[ImportRow]
+
+
+def _prepare(
+    store: EventStore, chunk: list[ImportRecord], in_flight: dict[str, ImportRow]
+) -> _Batch:
+    """A batch's records without those recorded already (in the store, or in the batch
+    being written), checked and encoded."""
+    ids: dict[str, ImportRecord] = {}
+    for record in chunk:
+        event_id = record_id(record)
+        if event_id in ids:
+            raise DuplicateEventError(
+                f"{record.where}: event id {event_id} is also the id of {ids[event_id].where}"
+            )
+        ids[event_id] = record
+    recorded = [(old.id, old.stream_id, old.event_type) for old in store.recorder.read_ids(
+        list(ids)
+    )] + [
+        (event_id, row.stream_id, row.row.event_type)
+        for event_id, row in in_flight.items() if event_id in ids
+    ]
+    for event_id, stream_id, event_type in recorded:
+        record = ids.pop(event_id)
+        if stream_id != record.stream_id or event_type != record.event_type:
+            raise DuplicateEventError(
+                f"{record.where}: event id {event_id} is already recorded with different "
+                f"content (stream {stream_id!r}, type {event_type!r})"
+            )
+    return _Batch(len(chunk), len(recorded), _encode(store, ids) if ids else [])
+
+
+def _encode(store: EventStore, records: dict[str, ImportRecord]) -> list[ImportRow]:
     """The batch checked and encoded as an append would (one encoding call for the batch;
     a failure is found again record by record, to name its line)."""
+    from event_sourcing.stores.store import _check_name, _optional_id
+
     events = [
         NewEvent(record.event_type, record.payload, event_id, record.metadata)
         for event_id, record in records.items()
@@ -515,13 +579,13 @@ def _encode(
     out = []
     for row, record in zip(rows, records.values(), strict=True):
         try:
-            stream_id = check_name(record.stream_id, "stream_id")
+            stream_id = _check_name(record.stream_id, "stream_id")
             stream_type = (
                 None if record.stream_type is None
-                else check_name(record.stream_type, "stream_type")
+                else _check_name(record.stream_type, "stream_type")
             )
-            correlation = optional_id(record.correlation_id, "correlation_id")
-            causation = optional_id(record.causation_id, "causation_id")
+            correlation = _optional_id(record.correlation_id, "correlation_id")
+            causation = _optional_id(record.causation_id, "causation_id")
         except EventStoreError as exc:
             raise _at(record.where, exc) from None
         out.append(ImportRow(stream_id, stream_type, correlation, causation, row,

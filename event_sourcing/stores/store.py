@@ -6,6 +6,7 @@ to a Recorder (SQLite or PostgreSQL) that owns the SQL.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -51,6 +52,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_EVENT_TYPES = 1_000  # names in one read_all(event_types=...) filter
 READ_PAGE_SIZE = 2000
 _TYPE_AND_VERSION = itemgetter(5, 6)  # a RecordedEvent's event_type and schema_version
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}").fullmatch
 
 if TYPE_CHECKING:
     from event_sourcing.integrity.audit import Seal, VerifyReport
@@ -128,6 +130,8 @@ def _optional_id(value: Any, what: str) -> str | None:
 def _event_id(value: Any) -> str:
     if value is None:
         return new_event_id()
+    if type(value) is str and _CANONICAL_UUID(value):
+        return value  # what str(uuid.UUID(value)) would give, without building one
     try:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
