@@ -105,6 +105,19 @@ class ImportReport:
     streams: set[str] = field(default_factory=set, repr=False)
 
 
+def runs(rows: Sequence[ImportRow]) -> Iterator[Sequence[ImportRow]]:
+    """The batch as runs of consecutive rows sharing stream, correlation and causation (what
+    one append could write)."""
+    start = 0
+    while start < len(rows):
+        key = rows[start][:4]
+        end = start + 1
+        while end < len(rows) and rows[end][:4] == key:
+            end += 1
+        yield rows[start:end]
+        start = end
+
+
 def place_rows(
     rows: Sequence[ImportRow],
     created_at: str,
@@ -115,17 +128,11 @@ def place_rows(
     each stream's head in `heads` (stream -> its type, version, chain hash; absent: a new
     stream), which is moved along. `created_at` as hashed; `canonical` as append_hashes."""
     placed: list[tuple[str, int, bytes, bytes]] = []
-    start = 0
-    while start < len(rows):  # a run of rows sharing stream, correlation and causation
-        first = rows[start]
-        key = first[:4]
-        end = start + 1
-        while end < len(rows) and rows[end][:4] == key:
-            end += 1
-        run = [row.row for row in rows[start:end]]
+    for run in runs(rows):
+        first = run[0]
         contents, _ = append_hashes(
-            run, first.stream_id, created_at, first.correlation_id, first.causation_id,
-            canonical=canonical,
+            [row.row for row in run], first.stream_id, created_at, first.correlation_id,
+            first.causation_id, canonical=canonical,
         )
         kind, version, chain = heads.get(
             first.stream_id, (first.stream_type or "default", 0, GENESIS)
@@ -136,7 +143,6 @@ def place_rows(
             for n, (content, link) in enumerate(zip(contents, chains, strict=True), start=1)
         ]
         heads[first.stream_id] = (kind, version + len(run), chains[-1])
-        start = end
     return placed
 
 

@@ -49,8 +49,8 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
+from event_sourcing.stores.imports import ImportRow, place_rows, runs
 from event_sourcing.stores.postgres_errors import broken
-from event_sourcing.stores.imports import ImportRow, place_rows
 from event_sourcing.stores.postgres_pool import APPEND_LOCK_TIMEOUT, Connections, session_options
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -379,7 +379,7 @@ _IMPORT_HEADS = """
         SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
         WHERE e.stream_id = s.stream_id ORDER BY e.version DESC LIMIT 1
     ) AS h"""
-_IMPORT_ATTEMPTS = 5  # an import batch raced by appends to its streams starts again
+_IMPORT_ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -500,12 +500,7 @@ def page_query(
 
 
 class _Raced(Exception):
-    """An import batch met an append to one of its streams (the stream's id)."""
-
-
-def _conflicting_stream(exc: pg_errors.UniqueViolation) -> str:
-    match = re.search(r"\(stream_id, version\)=\((.*), \d+\)", exc.diag.message_detail or "")
-    return match.group(1) if match else "?"
+    """An import batch met an append to one of its streams."""
 
 
 class _OneStatementCursor(psycopg.Cursor[Any]):
@@ -768,12 +763,20 @@ class PostgresRecorder:
                 with self._connections.transaction("import") as connection:
                     self._import_on(connection, rows, streams, created_at)
                 return
-            except _Raced as raced:
-                stream_id = raced.args[0]
-        raise EventStoreError(
-            f"an import batch lost {_IMPORT_ATTEMPTS} races with appends to stream "
-            f"{stream_id!r}; nothing of the batch was written: run the import again"
-        )
+            except _Raced:
+                continue
+        # Appends keep taking the next version first: write the batch as appends, which
+        # locate the head and insert in one statement (one per run of a stream's events).
+        for run in runs(rows):
+            first = run[0]
+            try:
+                self.append(first.stream_id, first.stream_type, None, [r.row for r in run],
+                            created_at, first.correlation_id, first.causation_id)
+            except AlreadyRecorded:
+                raise DuplicateEventError(
+                    f"{first.where}: an event of this batch was recorded meanwhile (is another "
+                    "import of the same input running?)"
+                ) from None
 
     def _import_on(
         self,
@@ -800,7 +803,7 @@ class PostgresRecorder:
                            imported.correlation_id, imported.causation_id, content, chain))
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name == _STREAM_VERSION_KEY:
-                raise _Raced(_conflicting_stream(exc)) from None
+                raise _Raced from None
             raise DuplicateEventError(
                 "an event of this batch was recorded meanwhile (is another import of the same "
                 "input running?); nothing of the batch was written"
