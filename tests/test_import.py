@@ -193,6 +193,20 @@ def test_importing_the_same_file_again_writes_nothing(
     check_log(store, 30)
 
 
+def test_recorded_events_further_into_the_file_are_found_and_skipped(
+    store: es.EventStore, tmp_path: Path
+) -> None:
+    """Ids are looked up only until a batch finds none recorded; a later batch the database
+    refuses for a recorded id is looked up then."""
+    path = write_lines(tmp_path / "h.jsonl", progress_lines(30))
+    middle = list(read_records(path))[10:20]
+    store.import_events(middle)
+    report = store.import_events(read_records(path), batch_size=10)
+    assert (report.written, report.skipped, report.batches) == (20, 10, 3)
+    events = list(store.read_all())
+    assert len(events) == 30 and store.verify().problems == []
+
+
 def test_an_interrupted_import_resumes_where_it_stopped(
     store: es.EventStore, tmp_path: Path
 ) -> None:

@@ -491,15 +491,27 @@ def import_events(
     recorder = store.recorder
     records = iter(records)
     pending: tuple[Future[None] | None, _Batch] | None = None
+    # Ids are looked up before a batch is written until a batch finds none recorded (a
+    # first import, or a resumed one past what was written): from then on the database's
+    # unique index finds them, and a batch it refuses is looked up and written again.
+    look_up = True
 
     def finish() -> None:
         """Wait for the batch in flight, count it, report progress."""
-        nonlocal pending
+        nonlocal pending, look_up
         if pending is None:
             return
         (written, batch), pending = pending, None
         if written is not None:
-            written.result()
+            try:
+                written.result()
+            except DuplicateEventError:
+                if batch.looked_up:
+                    raise
+                look_up = True
+                batch = _without_recorded(store, batch)
+                if batch.rows:
+                    recorder.import_rows(batch.rows, batch.created_at)  # type: ignore[attr-defined]
         report.read += batch.read
         report.written += len(batch.rows)
         report.skipped += batch.skipped
@@ -512,13 +524,14 @@ def import_events(
         try:
             in_flight: dict[str, ImportRow] = {}
             while chunk := list(islice(records, batch_size)):
-                batch = _prepare(store, chunk, in_flight)
+                batch = _prepare(store, chunk, in_flight, look_up)
+                look_up = look_up and batch.skipped > 0
                 finish()
                 future = None
                 if batch.rows:
-                    created_at = utc_time(store.clock(), "the time the store's clock returned")
                     future = writer.submit(
-                        recorder.import_rows, batch.rows, created_at  # type: ignore[attr-defined]
+                        recorder.import_rows,  # type: ignore[attr-defined]
+                        batch.rows, batch.created_at,
                     )
                 pending = (future, batch)
                 in_flight = {row.row.id: row for row in batch.rows}
@@ -533,13 +546,16 @@ class _Batch(NamedTuple):
     read: int
     skipped: int
     rows: list[ImportRow]
+    looked_up: bool  # whether recorded ids were looked up before writing
+    created_at: datetime
 
 
 def _prepare(
-    store: EventStore, chunk: list[ImportRecord], in_flight: dict[str, ImportRow]
+    store: EventStore, chunk: list[ImportRecord], in_flight: dict[str, ImportRow],
+    look_up: bool,
 ) -> _Batch:
-    """A batch's records without those recorded already (in the store, or in the batch
-    being written), checked and encoded."""
+    """A batch's records checked and encoded, without those recorded already: in the batch
+    being written, and if `look_up`, in the store."""
     ids: dict[str, ImportRecord] = {}
     for record in chunk:
         event_id = record_id(record)
@@ -548,20 +564,39 @@ def _prepare(
                 f"{record.where}: event id {event_id} is also the id of {ids[event_id].where}"
             )
         ids[event_id] = record
-    recorded = [(old.id, old.stream_id, old.event_type) for old in store.recorder.read_ids(
-        list(ids)
-    )] + [
+    recorded = [
         (event_id, row.stream_id, row.row.event_type)
         for event_id, row in in_flight.items() if event_id in ids
     ]
+    if look_up:
+        recorded += [
+            (old.id, old.stream_id, old.event_type) for old in store.recorder.read_ids(list(ids))
+        ]
     for event_id, stream_id, event_type in recorded:
-        record = ids.pop(event_id)
-        if stream_id != record.stream_id or event_type != record.event_type:
-            raise DuplicateEventError(
-                f"{record.where}: event id {event_id} is already recorded with different "
-                f"content (stream {stream_id!r}, type {event_type!r})"
-            )
-    return _Batch(len(chunk), len(recorded), _encode(store, ids) if ids else [])
+        _same_record(ids.pop(event_id), event_id, stream_id, event_type)
+    created_at = utc_time(store.clock(), "the time the store's clock returned")
+    return _Batch(len(chunk), len(recorded), _encode(store, ids) if ids else [], look_up,
+                  created_at)
+
+
+def _same_record(record: ImportRecord | ImportRow, event_id: str, stream_id: str,
+                 event_type: str) -> None:
+    """Refuse a record whose id is recorded for another stream or type."""
+    given_type = record.event_type if isinstance(record, ImportRecord) else record.row.event_type
+    if stream_id != record.stream_id or event_type != given_type:
+        raise DuplicateEventError(
+            f"{record.where}: event id {event_id} is already recorded with different "
+            f"content (stream {stream_id!r}, type {event_type!r})"
+        )
+
+
+def _without_recorded(store: EventStore, batch: _Batch) -> _Batch:
+    """`batch` without the rows whose id the store has recorded (looked up)."""
+    rows = {row.row.id: row for row in batch.rows}
+    for old in store.recorder.read_ids(list(rows)):
+        _same_record(rows.pop(old.id), old.id, old.stream_id, old.event_type)
+    skipped = batch.skipped + len(batch.rows) - len(rows)
+    return batch._replace(skipped=skipped, rows=list(rows.values()), looked_up=True)
 
 
 def _encode(store: EventStore, records: dict[str, ImportRecord]) -> list[ImportRow]:
