@@ -91,6 +91,22 @@ def test_json_lines_keep_file_order_per_stream_and_verify(
     check_log(store, 4)
 
 
+def test_awkward_text_survives_the_copy(make_store: Any, tmp_path: Path) -> None:
+    stream = "run\\1\t\u00fc\r\nx"
+    payload = {"note": "back\\slash \"quoted\"\n\ttab \u20ac \U0001f600", "k\\": [1.5e300]}
+    path = write_lines(tmp_path / "h.jsonl", [
+        {"stream_id": stream, "type": "free_text", "payload": payload,
+         "correlation_id": "c\\\n1", "metadata": {"m": "\\N"}},
+    ])
+    unvalidated = make_store(validate=False)
+    unvalidated.import_events(read_records(path))
+    [event] = unvalidated.read_stream(stream)
+    assert (event.payload, event.correlation_id, event.metadata) == (
+        payload, "c\\\n1", {"m": "\\N"}
+    )
+    assert unvalidated.verify().problems == []
+
+
 def test_an_imported_event_is_stored_exactly_as_an_appended_one(
     make_store: Any, store_url: str
 ) -> None:

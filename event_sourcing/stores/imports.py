@@ -118,31 +118,37 @@ def runs(rows: Sequence[ImportRow]) -> Iterator[Sequence[ImportRow]]:
         start = end
 
 
-def place_rows(
-    rows: Sequence[ImportRow],
-    created_at: str,
-    canonical: bool,
-    heads: dict[str, tuple[str, int, bytes]],
-) -> list[tuple[str, int, bytes, bytes]]:
-    """Each row's (stream type, version, content hash, chain hash), in order: versions follow
-    each stream's head in `heads` (stream -> its type, version, chain hash; absent: a new
-    stream), which is moved along. `created_at` as hashed; `canonical` as append_hashes."""
-    placed: list[tuple[str, int, bytes, bytes]] = []
+def content_hashes(rows: Sequence[ImportRow], created_at: str, canonical: bool) -> list[bytes]:
+    """Each row's content hash (`created_at` as hashed; `canonical` as append_hashes)."""
+    contents: list[bytes] = []
     for run in runs(rows):
         first = run[0]
-        contents, _ = append_hashes(
+        contents += append_hashes(
             [row.row for row in run], first.stream_id, created_at, first.correlation_id,
             first.causation_id, canonical=canonical,
-        )
+        )[0]
+    return contents
+
+
+def place_rows(
+    rows: Sequence[ImportRow],
+    contents: Sequence[bytes],
+    heads: dict[str, tuple[str, int, bytes]],
+) -> list[tuple[str, int, bytes]]:
+    """Each row's (stream type, version, chain hash), in order: versions follow each
+    stream's head in `heads` (stream -> its type, version, chain hash; absent: a new
+    stream), which is moved along."""
+    placed: list[tuple[str, int, bytes]] = []
+    start = 0
+    for run in runs(rows):
+        first = run[0]
         kind, version, chain = heads.get(
             first.stream_id, (first.stream_type or "default", 0, GENESIS)
         )
-        chains = fold_chain(chain, version, kind, contents)
-        placed += [
-            (kind, version + n, content, link)
-            for n, (content, link) in enumerate(zip(contents, chains, strict=True), start=1)
-        ]
+        chains = fold_chain(chain, version, kind, contents[start:start + len(run)])
+        placed += [(kind, version + n, link) for n, link in enumerate(chains, start=1)]
         heads[first.stream_id] = (kind, version + len(run), chains[-1])
+        start += len(run)
     return placed
 
 

@@ -49,7 +49,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
-from event_sourcing.stores.imports import ImportRow, place_rows, runs
+from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows, runs
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_pool import APPEND_LOCK_TIMEOUT, Connections, session_options
 from event_sourcing.stores.recorder import (
@@ -499,6 +499,23 @@ def page_query(
     return f"{query} ORDER BY position LIMIT %s", params
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str | None) -> str:
+    """A text value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _copy_json(text: str) -> str:
+    """JSON text in COPY's text format: control characters are escaped in JSON already."""
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
 class _Raced(Exception):
     """An import batch met an append to one of its streams."""
 
@@ -758,10 +775,12 @@ class PostgresRecorder:
         then the streams' heads; versions and hash chains are computed here. An append to
         one of the batch's streams committed in between makes the batch start again."""
         streams = list(dict.fromkeys(row.stream_id for row in rows))
+        now = timestamp_text(created_at)
+        contents = content_hashes(rows, now, True)
         for _ in range(_IMPORT_ATTEMPTS):
             try:
                 with self._connections.transaction("import") as connection:
-                    self._import_on(connection, rows, streams, created_at)
+                    self._import_on(connection, rows, contents, streams, created_at)
                 return
             except _Raced:
                 continue
@@ -782,6 +801,7 @@ class PostgresRecorder:
         self,
         connection: psycopg.Connection[Any],
         rows: Sequence[ImportRow],
+        contents: Sequence[bytes],
         streams: list[str],
         created_at: datetime,
     ) -> None:
@@ -792,15 +812,22 @@ class PostgresRecorder:
             for stream_id, kind, version, chain in connection.execute(_IMPORT_HEADS, (streams,))
         }
         new = [stream_id for stream_id in streams if stream_id not in heads]
-        placed = place_rows(rows, timestamp_text(created_at), True, heads)
+        now = timestamp_text(created_at)
+        # COPY's text format, in _WRITTEN's order (JSON text holds no raw tab or newline)
+        lines = "".join([
+            f"{row.id}\t{_copy_text(imported.stream_id)}\t{_copy_text(kind)}\t{version}\t"
+            f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
+            f"{_copy_json(row.payload_json)}\t{_copy_json(row.metadata_json)}\t{now}\t"
+            f"{_copy_text(imported.correlation_id)}\t{_copy_text(imported.causation_id)}\t"
+            f"\\\\x{content.hex()}\t\\\\x{chain.hex()}\n"
+            for imported, content, (kind, version, chain) in zip(
+                rows, contents, place_rows(rows, contents, heads), strict=True
+            )
+            for row in (imported.row,)
+        ])
         try:
             with connection.cursor().copy(f"COPY event_store ({_WRITTEN}) FROM STDIN") as copy:
-                write = copy.write_row
-                for imported, (kind, version, content, chain) in zip(rows, placed, strict=True):
-                    row = imported.row
-                    write((row.id, imported.stream_id, kind, version, row.event_type,
-                           row.schema_version, row.payload_json, row.metadata_json, created_at,
-                           imported.correlation_id, imported.causation_id, content, chain))
+                copy.write(lines)
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name == _STREAM_VERSION_KEY:
                 raise _Raced from None

@@ -34,7 +34,7 @@ from event_sourcing.integrity.hashing import (
     fold_chain,
     timestamp_text,
 )
-from event_sourcing.stores.imports import ImportRow, place_rows
+from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -481,6 +481,7 @@ class SQLiteRecorder:
         """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction:
         versions in order per stream after each stream's head, hash chains extended."""
         now = _ts(created_at)
+        contents = content_hashes(rows, now, False)
         with self._write() as connection:
             head = connection.execute(
                 "SELECT coalesce(max(position), 0) FROM event_store"
@@ -495,14 +496,14 @@ class SQLiteRecorder:
                 if version:
                     heads[stream_id] = (kind, version, chain)
             new = [row for row in rows if row.stream_id not in heads]
-            placed = place_rows(rows, now, False, heads)
+            placed = place_rows(rows, contents, heads)
             try:
                 connection.executemany(_INSERT, [
                     (head + n, row.id, imported.stream_id, kind, version, row.event_type,
                      row.schema_version, row.payload_json, row.metadata_json, now,
                      imported.correlation_id, imported.causation_id, content, chain)
-                    for n, (imported, (kind, version, content, chain)) in enumerate(
-                        zip(rows, placed, strict=True), start=1
+                    for n, (imported, content, (kind, version, chain)) in enumerate(
+                        zip(rows, contents, placed, strict=True), start=1
                     )
                     for row in (imported.row,)
                 ])
