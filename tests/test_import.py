@@ -173,7 +173,8 @@ def test_a_mapping_file_and_unmapped_columns_as_the_payload(
     assert (event.payload["step"], event.payload["loss"]) == (5, 0.25)
 
 
-def test_parquet(store: es.EventStore, tmp_path: Path) -> None:
+def test_parquet(make_store: Any, tmp_path: Path) -> None:
+    store = make_store(validate=False)  # (also a type outside the catalog)
     table = pa.table({
         "run_id": ["p1", "p1", "p2"], "step": [0, 1, 0], "loss": [0.9, 0.8, None],
         "at": pa.array([T0, T0, None], pa.timestamp("us", tz="UTC")),
@@ -185,11 +186,16 @@ def test_parquet(store: es.EventStore, tmp_path: Path) -> None:
     )
     records = list(read_records(tmp_path / "log.parquet", mapping=mapping))
     assert records[0].occurred_at == T0 and records[2].occurred_at is None
+    everything = ColumnMapping.parse(["stream_id=run_id"], ["type=parquet_row"])
+    store.import_events(read_records(tmp_path / "log.parquet", mapping=everything))
+    assert store.read_stream("p1")[0].payload == {
+        "step": 0, "loss": 0.9, "at": "2024-05-01T12:00:00+00:00"
+    }
     report = store.import_events(records)
     assert report.written == 3
-    assert [e.payload["loss"] for e in store.read_stream("p1")] == [0.9, 0.8]
-    assert store.read_stream("p2")[0].payload["loss"] is None
-    check_log(store, 3)
+    assert [e.payload["loss"] for e in store.read_stream("p1")[2:]] == [0.9, 0.8]
+    assert store.read_stream("p2")[1].payload["loss"] is None
+    check_log(store, 6)
     assert store.import_events(read_records(tmp_path / "log.parquet", mapping=mapping)).written == 0
 
 
@@ -441,3 +447,18 @@ def test_errors_are_event_store_errors(store: es.EventStore) -> None:
     with pytest.raises(EventStoreError):
         store.import_events([], batch_size=0)
     assert store.import_events([]).written == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_benchmark_runs(backend: str, request: pytest.FixtureRequest, capsys: Any) -> None:
+    bench = str(Path(__file__).resolve().parent.parent / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import bench_import
+
+    if backend == "postgresql":
+        request.getfixturevalue("pg_schema_url")  # skips (or fails in CI) without a server
+    bench_import.main(["--events", "300", "--repeats", "1", "--backend", backend,
+                       "--pg-url", PG_URL])
+    table = capsys.readouterr().out
+    assert table.count(backend) == 4 and "raw load of the same rows" in table

@@ -430,13 +430,21 @@ def _parquet_file(path: Path, pq: Any) -> Any:
 
 def read_parquet(path: Path, mapping: ColumnMapping) -> Iterator[ImportRecord]:
     """Rows of a Parquet file through `mapping` (row 1 is the first)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = _parquet_file(path, pq)
-    to_record = _mapper(mapping, table.schema_arrow.names, str(path))
+    schema = table.schema_arrow
+    to_record = _mapper(mapping, schema.names, str(path))
+    # dates and times as ISO 8601 text: what a payload can hold, and what occurred_at reads
+    temporal = [pa.types.is_temporal(column.type) for column in schema]
     number = 0
     for batch in table.iter_batches(batch_size=DEFAULT_BATCH_SIZE):
-        columns = [column.to_pylist() for column in batch.columns]
+        columns = [
+            [None if value is None else value.isoformat() for value in column.to_pylist()]
+            if is_temporal else column.to_pylist()
+            for column, is_temporal in zip(batch.columns, temporal, strict=True)
+        ]
         for values in zip(*columns, strict=True):
             number += 1
             yield to_record(values, f"row {number}", number, _canonical(values))
