@@ -28,7 +28,8 @@ from bench_store import DEFAULT_PG_URL, make_payloads
 
 import event_sourcing as es
 from event_sourcing.stores import postgres, sqlite
-from event_sourcing.stores.imports import DEFAULT_BATCH_SIZE, ImportRecord, read_records
+from event_sourcing.stores.import_readers import read_records
+from event_sourcing.stores.imports import DEFAULT_BATCH_SIZE, ImportRecord
 
 STREAMS = 50
 

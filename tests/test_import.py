@@ -32,7 +32,8 @@ from event_sourcing.errors import (
     UnknownEventTypeError,
 )
 from event_sourcing.privacy import LocalKeyProvider
-from event_sourcing.stores.imports import ColumnMapping, ImportRecord, ImportReport, read_records
+from event_sourcing.stores.import_readers import ColumnMapping, read_records
+from event_sourcing.stores.imports import ImportRecord, ImportReport
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -446,6 +447,8 @@ def test_imports_and_appends_together_keep_the_no_skip_order(
 def test_errors_are_event_store_errors(store: es.EventStore) -> None:
     with pytest.raises(EventStoreError):
         store.import_events([], batch_size=0)
+    with pytest.raises(EventValidationError, match="at most 10,000"):
+        store.import_events([], batch_size=10_001)
     assert store.import_events([]).written == 0
 
 

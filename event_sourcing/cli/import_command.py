@@ -1,7 +1,7 @@
 """`mlevents import FILE`: bulk import of existing history (docs/import.md).
 
 A thin wrapper over `EventStore.import_events` and the readers of
-event_sourcing.stores.imports, with a progress bar on a terminal.
+event_sourcing.stores.import_readers, with a progress bar on a terminal.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from event_sourcing.cli.common import (
     set_handler,
     stdout_console,
 )
-from event_sourcing.stores.imports import (
-    DEFAULT_BATCH_SIZE,
+from event_sourcing.stores.import_readers import (
     FORMATS,
     ColumnMapping,
-    ImportReport,
     count_records,
     read_records,
 )
+from event_sourcing.stores.imports import DEFAULT_BATCH_SIZE, ImportReport
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -420,7 +420,7 @@ class EventStore:
         progress: Callable[[ImportReport], None] | None = None,
     ) -> ImportReport:
         """Bulk-import existing history (docs/import.md): `records` (see
-        `event_sourcing.stores.imports.read_records`) checked and encoded as appends are,
+        `event_sourcing.stores.import_readers.read_records`) checked and encoded as appends are,
         written `batch_size` at a time, one transaction per batch, versions in input order
         per stream. Records whose id is recorded already are skipped, so running an import
         again, or after an interruption, writes only what is missing. A bad record raises
