@@ -487,7 +487,8 @@ class SQLiteRecorder:
                 "SELECT coalesce(max(position), 0) FROM event_store"
             ).fetchone()[0]
             heads = {}
-            for stream_id in dict.fromkeys(row.stream_id for row in rows):
+            streams = list(dict.fromkeys(row.stream_id for row in rows))
+            for stream_id in streams:
                 version, kind, chain = connection.execute(
                     "SELECT max(version), stream_type, chain_hash FROM event_store "
                     "WHERE stream_id = ?",
@@ -495,7 +496,7 @@ class SQLiteRecorder:
                 ).fetchone()
                 if version:
                     heads[stream_id] = (kind, version, chain)
-            new = [row for row in rows if row.stream_id not in heads]
+            new = [stream_id for stream_id in streams if stream_id not in heads]
             placed = place_rows(rows, contents, heads)
             try:
                 connection.executemany(_INSERT, [
@@ -515,8 +516,7 @@ class SQLiteRecorder:
             connection.executemany(
                 "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
                 "VALUES (?, ?, ?)",
-                [(stream_id, heads[stream_id][0], now)
-                 for stream_id in dict.fromkeys(row.stream_id for row in new)],
+                [(stream_id, heads[stream_id][0], now) for stream_id in new],
             )
 
     def _raise_if_recorded(
