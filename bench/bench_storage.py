@@ -9,7 +9,8 @@ carries the metadata a Dagster asset's `emit` adds (run id, job, asset key, part
 
 SQLite: every b-tree's pages from the `dbstat` table after a WAL checkpoint (the file is
 the sum of them plus the schema page). PostgreSQL: pg_total_relation_size (heap, TOAST,
-indexes) of event_store and streams after VACUUM, each index's pg_relation_size.
+indexes) of event_store and streams after VACUUM, each index's pg_total_relation_size
+(a block range index has a free space map).
 
 Run: `make bench-storage` or `.venv/bin/python bench/bench_storage.py [--events 50000]
 [--backend sqlite]`.
@@ -44,8 +45,8 @@ INDEX_QUERIES = {
     "stream_version": "read_stream and the append's head: stream_id = ? AND version ...",
     "idx_event_store_type": "read_all(event_types=...): event_type = ? AND position > ?",
     "idx_event_store_correlation": "read_correlated: correlation_id = ?",
-    "idx_event_store_time": "PostgreSQL's read_all(until=...) (SQLite filters the positions "
-    "it scans)",
+    "idx_event_store_time_range": "PostgreSQL's read_all(until=...), a block range index "
+    "(SQLite filters the positions it scans)",
     "streams": "the stream's type on its first append, `mlevents status`",
 }
 # A query that should use each SQLite index, to show the plan does.
@@ -121,7 +122,7 @@ def postgres_sizes(url: str, schema: str, store: es.EventStore) -> Sizes:
         conn.execute("VACUUM ANALYZE streams")
         parts: dict[str, int] = {}
         for name, size in conn.execute(
-            "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i "
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
             "JOIN pg_namespace n ON n.oid = t.relnamespace "
             "WHERE n.nspname = %s AND t.relname = 'event_store'",
