@@ -15,7 +15,7 @@ MLEVENTS_CHROMIUM ?= /usr/bin/chromium
 export MLEVENTS_CHROMIUM
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run demo batch test lint bench bench-scale bench-storage schema clean
+.PHONY: run demo batch test lint bench bench-scale bench-storage bench-import schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-scale: $(STAMP)
 # Bytes on disk per event against payload+metadata, and each index's size and query.
 bench-storage: $(STAMP)
 	$(PY) bench/bench_storage.py
+
+# Bulk import against a raw COPY (PostgreSQL) / raw batched INSERTs (SQLite) of the same rows.
+IMPORT_EVENTS ?= 100000
+bench-import: $(STAMP)
+	$(PY) bench/bench_import.py --events $(IMPORT_EVENTS)
 
 schema: $(STAMP)
 	$(VENV)/bin/mlevents schema --markdown docs/event-catalog.md --json-dir docs/schemas

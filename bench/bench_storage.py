@@ -9,7 +9,8 @@ carries the metadata a Dagster asset's `emit` adds (run id, job, asset key, part
 
 SQLite: every b-tree's pages from the `dbstat` table after a WAL checkpoint (the file is
 the sum of them plus the schema page). PostgreSQL: pg_total_relation_size (heap, TOAST,
-indexes) of event_store and streams after VACUUM, each index's pg_relation_size.
+indexes) of event_store and streams after VACUUM, each index's pg_total_relation_size
+(a block range index has a free space map).
 
 Run: `make bench-storage` or `.venv/bin/python bench/bench_storage.py [--events 50000]
 [--backend sqlite]`.

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "event_sourcing.cli.integrity_commands",
     "event_sourcing.cli.privacy_commands",
     "event_sourcing.cli.artifact_commands",
+    "event_sourcing.cli.import_command",
 )
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]

@@ -13,7 +13,8 @@ given, nothing at or below it can appear later. Writers never wait for one anoth
 Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets exactly one
 of two racing appends have a version.
 See docs/ordering.md for the argument and the measurements. The schema and its
-migrations are in postgres_schema, the append statement in postgres_append.
+migrations are in postgres_schema, the append statement in postgres_append, the bulk
+import in postgres_import.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ from event_sourcing.errors import (
 )
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import UNDATED, dated_page_query
+from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_import import import_rows
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.postgres_schema import (
     HASHED_V6,
+    STREAM_VERSION_KEY,
     create_schema,
     hashed_row,
     restore_triggers,
@@ -85,7 +89,6 @@ def _event_cursor(connection: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     return cursor
 
 
-_STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
 
@@ -338,7 +341,7 @@ class PostgresRecorder:
             except pg_errors.UniqueViolation as exc:
                 if (
                     expected_version is None
-                    and exc.diag.constraint_name == _STREAM_VERSION_KEY
+                    and exc.diag.constraint_name == STREAM_VERSION_KEY
                 ):
                     continue  # an overlapping append took the version: read the head again
                 claimed = []
@@ -374,6 +377,11 @@ class PostgresRecorder:
                 f"append to {stream_id!r} wrote nothing and no error was reported"
             )
         raise ConcurrencyError(stream_id, expected_version, self._version(connection, stream_id))
+
+    def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
+        """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction,
+        with COPY (postgres_import)."""
+        import_rows(self._connections, self.append, rows, created_at)
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:

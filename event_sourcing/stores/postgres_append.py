@@ -1,6 +1,6 @@
 """The PostgreSQL append: one statement per batch that locates the stream's head, takes
 the in-flight marker (docs/ordering.md), inserts the events with their hashes and registers
-a new stream.
+a new stream. The marker and the written columns are shared with imports (postgres_import).
 """
 
 from __future__ import annotations
@@ -59,20 +59,25 @@ _CHAIN = {
     "one": f"sha256(head.chain || int8send({_LINK})",
     "batch": f"mlevents_chain(head.chain, int8send({_LINK}) OVER (ORDER BY u.i)",
 }
+# The in-flight marker (docs/ordering.md): the sequence's last value, held as a shared
+# advisory lock until the transaction ends (also taken by an import, postgres_import).
+MARKER = """
+        SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
+            ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
+             - 2147483648)::integer)
+        FROM event_position_seq AS q"""
+# The columns an append (and an import's COPY) writes; positions come from the trigger.
+WRITTEN = (
+    "id, stream_id, stream_type, version, event_type, schema_version, payload, metadata, "
+    "created_at, correlation_id, causation_id, content_hash, chain_hash, occurred_at"
+)
 _INSERT = """
-    INSERT INTO event_store AS e (id, stream_id, stream_type, version, event_type,
-        schema_version, payload, metadata, created_at, correlation_id, causation_id,
-        content_hash, chain_hash, occurred_at)
+    INSERT INTO event_store AS e (""" + WRITTEN + """)
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
         u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain},
         u.occurred
     FROM ({head}) AS head (stream_type, version, chain, created_at)
-    CROSS JOIN LATERAL (
-        SELECT pg_advisory_xact_lock_shared(mlevents_inflight_key(),
-            ((CASE WHEN q.is_called THEN q.last_value ELSE 0 END) %% 4294967296
-             - 2147483648)::integer)
-        FROM event_position_seq AS q OFFSET 0
-    ) AS marker
+    CROSS JOIN LATERAL (""" + MARKER + """ OFFSET 0) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
         content, chain, occurred)
     -- A stream's time never goes back: nothing is inserted when its head (the row read

@@ -29,6 +29,8 @@ from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 SCHEMA_VERSION = 6
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 SCHEMA_LOCK = 0x6D6C6576  # "mlev"
+# The unique index a second event at a stream's version runs into.
+STREAM_VERSION_KEY = "event_store_stream_id_version_key"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (

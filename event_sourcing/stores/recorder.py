@@ -10,11 +10,14 @@ import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.values import decode_all
+
+if TYPE_CHECKING:
+    from event_sourcing.stores.imports import ImportRow
 
 # A read_all type filter of more types than this is one IN (...) scan of the page instead
 # of an ordered index seek per type, merged (SQLite allows 500 terms in a compound SELECT).
@@ -100,6 +103,10 @@ class Recorder(Protocol):
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Appended: ...
+
+    def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
+        """Write a bulk-import batch in one transaction (event_sourcing.stores.imports)."""
+        ...
 
     def read_stream(
         self, stream_id: str, from_version: int, to_version: int | None

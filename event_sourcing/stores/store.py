@@ -6,6 +6,7 @@ to a Recorder (SQLite or PostgreSQL) that owns the SQL.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -51,9 +52,11 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_EVENT_TYPES = 1_000  # names in one read_all(event_types=...) filter
 READ_PAGE_SIZE = 2000
 _TYPE_AND_VERSION = itemgetter(5, 6)  # a RecordedEvent's event_type and schema_version
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}").fullmatch
 
 if TYPE_CHECKING:
     from event_sourcing.integrity.audit import Seal, VerifyReport
+    from event_sourcing.stores.imports import ImportRecord, ImportReport
 
 Clock = Callable[[], datetime]
 
@@ -127,6 +130,8 @@ def _optional_id(value: Any, what: str) -> str | None:
 def _event_id(value: Any) -> str:
     if value is None:
         return new_event_id()
+    if type(value) is str and _CANONICAL_UUID(value):
+        return value  # what str(uuid.UUID(value)) would give, without building one
     try:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
@@ -424,6 +429,24 @@ class EventStore:
                     "use a fresh id for a new event"
                 )
         return [by_id[row.id] for row in rows]
+
+    def import_events(
+        self,
+        records: Iterable[ImportRecord],
+        *,
+        batch_size: int = 5000,
+        progress: Callable[[ImportReport], None] | None = None,
+    ) -> ImportReport:
+        """Bulk-import existing history (docs/import.md): `records` (see
+        `event_sourcing.stores.import_readers.read_records`) checked and encoded as appends are,
+        written `batch_size` at a time, one transaction per batch, versions in input order
+        per stream. Records whose id is recorded already are skipped, so running an import
+        again, or after an interruption, writes only what is missing. A bad record raises
+        an EventStoreError naming its line or row; the batches before it stay committed.
+        `progress(report)` runs after every batch."""
+        from event_sourcing.stores.imports import import_events
+
+        return import_events(self, records, batch_size=batch_size, progress=progress)
 
     # -- reading ------------------------------------------------------------------------
     def _upcaster(self) -> Callable[[list[RecordedEvent]], list[RecordedEvent]]:

@@ -1,0 +1,133 @@
+"""The PostgreSQL bulk import (event_sourcing.stores.imports): a batch written with COPY in
+one transaction, after the in-flight marker (docs/ordering.md) and the batch's streams'
+heads; versions and hash chains computed in Python, exactly as an append computes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from event_sourcing.errors import DuplicateEventError
+from event_sourcing.integrity.hashing import timestamp_text
+from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows, runs
+from event_sourcing.stores.postgres_append import MARKER, WRITTEN
+from event_sourcing.stores.postgres_pool import APPEND_LOCK_TIMEOUT, Connections
+from event_sourcing.stores.postgres_schema import STREAM_VERSION_KEY
+from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
+
+# An import batch's streams' heads (no row for a new stream).
+_HEADS = """
+    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash
+    FROM unnest(%s::text[]) AS s (stream_id)
+    CROSS JOIN LATERAL (
+        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
+        WHERE e.stream_id = s.stream_id ORDER BY e.version DESC LIMIT 1
+    ) AS h"""
+_ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+Append = Callable[
+    [str, str | None, int | None, Sequence[EventRow], datetime, str | None, str | None],
+    Appended,
+]
+
+
+def _copy_text(value: str | None) -> str:
+    """A text value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _copy_json(text: str) -> str:
+    """JSON text in COPY's text format: control characters are escaped in JSON already."""
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+class _Raced(Exception):
+    """An import batch met an append to one of its streams."""
+
+
+def import_rows(
+    connections: Connections, append: Append, rows: Sequence[ImportRow], created_at: datetime
+) -> None:
+    """Write a bulk-import batch in one transaction, with COPY: the in-flight marker first
+    (so the no-skip order holds), then the streams' heads. An append to one of the batch's
+    streams committed in between makes the batch start again; after _ATTEMPTS it is
+    written as appends."""
+    streams = list(dict.fromkeys(row.stream_id for row in rows))
+    now = timestamp_text(created_at)
+    contents = content_hashes(rows, now, True)  # PostgreSQL's hashes (canonical JSON)
+    for _ in range(_ATTEMPTS):
+        try:
+            with connections.transaction("import") as connection:
+                _import_on(connection, rows, contents, streams, now, created_at)
+            return
+        except _Raced:
+            continue
+    # Appends keep taking the next version first: write the batch as appends, which
+    # locate the head and insert in one statement (one per run of a stream's events).
+    for run in runs(rows):
+        first = run[0]
+        try:
+            append(first.stream_id, first.stream_type, None, [r.row for r in run],
+                   created_at, first.correlation_id, first.causation_id)
+        except AlreadyRecorded:
+            raise DuplicateEventError(
+                f"{first.where}: an event of this batch was recorded meanwhile (is another "
+                "import of the same input running?)"
+            ) from None
+
+
+def _import_on(
+    connection: psycopg.Connection[Any],
+    rows: Sequence[ImportRow],
+    contents: Sequence[bytes],
+    streams: list[str],
+    now: str,
+    created_at: datetime,
+) -> None:
+    connection.execute(f"SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'")
+    connection.execute(MARKER, {})
+    heads = {
+        stream_id: (kind, version, bytes(chain))
+        for stream_id, kind, version, chain in connection.execute(_HEADS, (streams,))
+    }
+    new = [stream_id for stream_id in streams if stream_id not in heads]
+    # COPY's text format, a line's values in WRITTEN's order (JSON text holds no raw tab
+    # or newline)
+    lines = "".join([
+        f"{row.id}\t{_copy_text(imported.stream_id)}\t{_copy_text(kind)}\t{version}\t"
+        f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
+        f"{_copy_json(row.payload_json)}\t{_copy_json(row.metadata_json)}\t{now}\t"
+        f"{_copy_text(imported.correlation_id)}\t{_copy_text(imported.causation_id)}\t"
+        f"\\\\x{content.hex()}\t\\\\x{chain.hex()}\t{_copy_text(row.occurred_at)}\n"
+        for imported, content, (kind, version, chain) in zip(
+            rows, contents, place_rows(rows, contents, heads), strict=True
+        )
+        for row in (imported.row,)
+    ])
+    try:
+        with connection.cursor().copy(f"COPY event_store ({WRITTEN}) FROM STDIN") as copy:
+            copy.write(lines)
+    except pg_errors.UniqueViolation as exc:
+        if exc.diag.constraint_name == STREAM_VERSION_KEY:
+            raise _Raced from None
+        raise DuplicateEventError(
+            "an event of this batch was recorded meanwhile (is another import of the same "
+            "input running?); nothing of the batch was written"
+        ) from None
+    if new:
+        connection.execute(
+            "INSERT INTO streams (stream_id, stream_type, created_at) "
+            "SELECT * FROM unnest(%s::text[], %s::text[]) AS n, (SELECT %s::timestamptz) AS t "
+            "ON CONFLICT DO NOTHING",
+            (new, [heads[stream_id][0] for stream_id in new], created_at),
+        )
