@@ -277,7 +277,9 @@ def _chosen_letters(letters: list[DeadLetter], wanted: list[str]) -> list[DeadLe
         found = [letter for letter in letters if letter.event_id.startswith(text)]
         ids = {letter.event_id for letter in found}
         if not found:
-            parked = ", ".join(sorted({letter.event_id for letter in letters})[:5]) or "none"
+            # (in the order `mlevents dead-letters` lists them: ids of one millisecond, UUIDv7s,
+            # do not sort in the order they were recorded)
+            parked = ", ".join(list(dict.fromkeys(x.event_id for x in letters))[:5]) or "none"
             raise CommandLineError(
                 f"no dead letter for event {text!r}; parked event ids: {parked} "
                 "(`mlevents dead-letters` lists them)"
