@@ -27,7 +27,7 @@ import psycopg
 from bench_store import DEFAULT_PG_URL, make_payloads
 
 import event_sourcing as es
-from event_sourcing.stores import sqlite
+from event_sourcing.stores import sqlite_schema
 from event_sourcing.stores.import_readers import read_records
 from event_sourcing.stores.imports import DEFAULT_BATCH_SIZE, ImportRecord
 from event_sourcing.stores.postgres_append import WRITTEN
@@ -55,7 +55,7 @@ def write_json_lines(records: list[ImportRecord], path: Path) -> None:
 
 # The store's own INSERT, correlation and causation ids and occurred_at bound (the rows read
 # back hold them)
-_SQLITE_INSERT = sqlite._INSERT[True, True, True]
+_SQLITE_INSERT = sqlite_schema.INSERT[True, True, True]
 
 
 class Backend:

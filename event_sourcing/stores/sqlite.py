@@ -12,14 +12,12 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from event_sourcing.errors import (
     AccessDeniedError,
     ConcurrencyError,
-    DuplicateEventError,
     EventStoreError,
     SchemaVersionError,
     StoreNotFoundError,
@@ -29,7 +27,7 @@ from event_sourcing.errors import (
 from event_sourcing.events import RecordedEvent
 from event_sourcing.integrity.hashing import GENESIS, append_hashes, fold_chain, timestamp_text
 from event_sourcing.stores.business_time import UNDATED, dated_page_query
-from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows
+from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.per_thread import PerThread
 from event_sourcing.stores.recorder import (
     MAX_SEEK_BRANCHES,
@@ -38,8 +36,10 @@ from event_sourcing.stores.recorder import (
     EventRow,
     fetch_events,
 )
+from event_sourcing.stores.sqlite_import import import_rows
 from event_sourcing.stores.sqlite_schema import (
     DESCRIPTIONS,
+    INSERT,
     MIGRATION_STEPS,
     MIGRATIONS,
     SCHEMA,
@@ -69,24 +69,6 @@ _HASHED = (
 )
 
 
-# sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
-# (~0.3 us a value): hashes are bound as bytearrays, and a batch without a correlation or
-# causation id, or without any occurred_at, has NULL in its statement (the key: whether
-# each is given).
-_INSERT = {
-    (correlated, caused, dated): (
-        "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
-        "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
-        "content_hash, chain_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        f"{'?' if correlated else 'NULL'}, {'?' if caused else 'NULL'}, ?, ?, "
-        f"{'?' if dated else 'NULL'})"
-    )
-    for correlated in (False, True)
-    for caused in (False, True)
-    for dated in (False, True)
-}
-
-
 def _occurred_values(rows: Sequence[EventRow]) -> list[tuple[int | None]] | None:
     """Each row's occurred_at as stored (microseconds; None: NULL), or None when no row of
     the batch gives one (its statement then has a NULL literal)."""
@@ -100,14 +82,6 @@ def _occurred_values(rows: Sequence[EventRow]) -> list[tuple[int | None]] | None
         )
         for row in rows
     ]
-
-
-def _given_ids(placed: tuple[int, tuple[ImportRow, Any, Any]]) -> tuple[bool, bool, bool]:
-    """Which of an imported row's correlation id, causation id and occurred_at are given
-    (its _INSERT)."""
-    imported = placed[1][0]
-    return (imported.correlation_id is not None, imported.causation_id is not None,
-            imported.row.occurred_at is not None)
 
 
 def _store_error(exc: sqlite3.Error, where: str) -> EventStoreError:
@@ -419,7 +393,7 @@ class SQLiteRecorder:
                 values = [row + when for row, when in zip(values, occurred, strict=True)]
             try:
                 connection.executemany(
-                    _INSERT[
+                    INSERT[
                         correlation_id is not None, causation_id is not None,
                         occurred is not None,
                     ],
@@ -437,53 +411,9 @@ class SQLiteRecorder:
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)), created_at)
 
     def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
-        """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction:
-        versions in order per stream after each stream's head, hash chains extended, each
-        row stored as append stores it (same statement, same values)."""
-        stamp = timestamp_text(created_at)  # hashed as text, stored as microseconds
-        contents = content_hashes(rows, stamp, False)
-        now = time_value(created_at)
+        """Write a bulk-import batch in one transaction (event_sourcing.stores.sqlite_import)."""
         with self._write() as connection:
-            head = connection.execute(
-                "SELECT coalesce(max(position), 0) FROM event_store"
-            ).fetchone()[0]
-            heads = {}
-            streams = list(dict.fromkeys(row.stream_id for row in rows))
-            for stream_id in streams:
-                version, kind, chain = connection.execute(
-                    "SELECT max(version), stream_type, chain_hash FROM event_store "
-                    "WHERE stream_id = ?",
-                    (stream_id,),
-                ).fetchone()
-                if version:
-                    heads[stream_id] = (kind, version, chain)
-            new = [stream_id for stream_id in streams if stream_id not in heads]
-            placed = enumerate(zip(rows, contents, place_rows(rows, contents, heads),
-                                   strict=True), start=head + 1)
-            try:
-                # one statement per run of rows with the same correlation/causation presence
-                for given, group in groupby(placed, _given_ids):
-                    connection.executemany(_INSERT[given], [
-                        (position, id_value(imported.row.id), imported.stream_id, kind, version,
-                         imported.row.event_type, imported.row.schema_version,
-                         imported.row.payload_json, imported.row.metadata_json, now,
-                         *(given_id for given_id in (imported.correlation_id, imported.causation_id)
-                           if given_id is not None),
-                         bytearray(content), bytearray(chain),
-                         *(() if imported.row.occurred_at is None
-                           else (time_value(datetime.fromisoformat(imported.row.occurred_at)),)))
-                        for position, (imported, content, (kind, version, chain)) in group
-                    ])
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateEventError(
-                    f"an event of this batch was recorded meanwhile (is another import of "
-                    f"the same input running?); nothing of the batch was written ({exc})"
-                ) from None
-            connection.executemany(
-                "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
-                "VALUES (?, ?, ?)",
-                [(stream_id, heads[stream_id][0], stamp) for stream_id in new],
-            )
+            import_rows(connection, rows, created_at)
 
     def _raise_if_recorded(
         self, connection: sqlite3.Connection, rows: Sequence[EventRow], head: int

@@ -283,3 +283,21 @@ def _add_occurred_at(connection: sqlite3.Connection) -> None:
 
 # Python run after a version's SQL
 MIGRATION_STEPS = {3: _add_hashes, 4: _compact, 5: _add_occurred_at}
+
+
+# sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
+# (~0.3 us a value): hashes are bound as bytearrays, and a batch without a correlation or
+# causation id, or without any occurred_at, has NULL in its statement (the key: whether
+# each is given).
+INSERT = {
+    (correlated, caused, dated): (
+        "INSERT INTO event_store (position, id, stream_id, stream_type, version, event_type, "
+        "schema_version, payload, metadata, created_at, correlation_id, causation_id, "
+        "content_hash, chain_hash, occurred_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        f"{'?' if correlated else 'NULL'}, {'?' if caused else 'NULL'}, ?, ?, "
+        f"{'?' if dated else 'NULL'})"
+    )
+    for correlated in (False, True)
+    for caused in (False, True)
+    for dated in (False, True)
+}
