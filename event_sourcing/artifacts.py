@@ -441,14 +441,23 @@ def dataset_version(table: pd.DataFrame | pd.Series | np.ndarray) -> str:
 
 def read_canonical_table(data: bytes) -> pd.DataFrame | pd.Series | np.ndarray:
     """Rebuild the table written by `canonical_table_bytes` (same kind, columns and dtypes)."""
-    text = data.decode("utf-8")
+    not_a_table = ArtifactError(
+        "these bytes are not an mlevents canonical table (missing header); load them with "
+        "get_bytes and parse them yourself"
+    )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_a_table from None
     first, _, rest = text.partition("\n")
     if not first.startswith(_TABLE_MAGIC):
-        raise ArtifactError(
-            "these bytes are not an mlevents canonical table (missing header); load them with "
-            "get_bytes and parse them yourself"
-        )
-    header = json.loads(first[len(_TABLE_MAGIC) :])
+        raise not_a_table
+    try:
+        header = json.loads(first[len(_TABLE_MAGIC) :])
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not {"columns", "rows", "kind"} <= header.keys():
+        raise ArtifactError("the canonical table's header is damaged (not the JSON it wrote)")
     specs: list[dict[str, Any]] = header["columns"]
     names = [f"c{i}" for i in range(len(specs))]
     read_dtypes: dict[str, Any] = {}

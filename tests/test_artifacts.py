@@ -192,6 +192,11 @@ def test_unsupported_tables_get_clear_errors() -> None:
         canonical_table_bytes(np.zeros((2, 2, 2)))
     with pytest.raises(ArtifactError, match="not an mlevents canonical table"):
         read_canonical_table(b"a,b\n1,2\n")
+    with pytest.raises(ArtifactError, match="not an mlevents canonical table"):
+        read_canonical_table(b"\xff\xfe not UTF-8")
+    for header in (b"{", b"[]", b'{"rows": 1}'):
+        with pytest.raises(ArtifactError, match="header is damaged"):
+            read_canonical_table(b"mlevents-table/1 " + header + b"\n")
 
 
 def test_models_round_trip_through_pickle(artifacts: ArtifactStore) -> None:
