@@ -343,17 +343,24 @@ def _encode(store: EventStore, records: dict[str, ImportRecord]) -> list[ImportR
             except EventStoreError as exc:
                 raise _at(record.where, exc) from None
     out = []
+    checked: set[str] = set()  # stream ids (and types) checked already: a batch repeats them
+    new_row = tuple.__new__
     for row, record in zip(rows, records.values(), strict=True):
+        stream_id, stream_type = record.stream_id, record.stream_type
+        correlation, causation = record.correlation_id, record.causation_id
         try:
-            stream_id = _check_name(record.stream_id, "stream_id")
-            stream_type = (
-                None if record.stream_type is None
-                else _check_name(record.stream_type, "stream_type")
-            )
-            correlation = _optional_id(record.correlation_id, "correlation_id")
-            causation = _optional_id(record.causation_id, "causation_id")
+            if type(stream_id) is not str or stream_id not in checked:
+                checked.add(_check_name(stream_id, "stream_id"))
+            if stream_type is not None and (
+                type(stream_type) is not str or stream_type not in checked
+            ):
+                checked.add(_check_name(stream_type, "stream_type"))
+            if correlation is not None:
+                correlation = _optional_id(correlation, "correlation_id")
+            if causation is not None:
+                causation = _optional_id(causation, "causation_id")
         except EventStoreError as exc:
             raise _at(record.where, exc) from None
-        out.append(ImportRow(stream_id, stream_type, correlation, causation, row,
-                             record.occurred_at, record.where))
+        out.append(new_row(ImportRow, (stream_id, stream_type, correlation, causation, row,
+                                       record.occurred_at, record.where)))
     return out
