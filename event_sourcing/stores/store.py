@@ -391,24 +391,23 @@ class EventStore:
                     f"events[{index}] is a {type(event).__name__}; expected es.NewEvent or a "
                     "typed catalog event"
                 )
+            merged: dict[str, Any]
             if event_metadata:
-                metadata_json, metadata_size, event_metadata, metadata_canonical = (
-                    encode_marked(
-                        {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
-                    )
+                metadata_json, metadata_size, merged, metadata_canonical = encode_marked(
+                    {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
                 )
             else:
                 metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
                 metadata_canonical = batch_canonical
-                event_metadata = decode(metadata_json) if batch_metadata else {}
-            metadatas.append(event_metadata)
+                merged = decode(metadata_json) if batch_metadata else {}
+            metadatas.append(merged)
             size += metadata_size
             stored = payload  # the value payload_json holds (hashed on PostgreSQL)
             spec = specs[event_type] if event_type in specs else specs.setdefault(
                 event_type, vault.spec(event_type)
             )
-            if spec is not None or SUBJECT_METADATA_KEY in event_metadata:
-                sealed = vault.seal(event_id, spec, payload, event_metadata, what, batch_keys)
+            if spec is not None or SUBJECT_METADATA_KEY in merged:
+                sealed = vault.seal(event_id, spec, payload, merged, what, batch_keys)
                 if sealed is not None:
                     payload_json, metadata_json, size = sealed
                     stored = None  # ciphertext: the hash is over what is stored, not plaintext
