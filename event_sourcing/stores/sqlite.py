@@ -381,24 +381,14 @@ class SQLiteRecorder:
             chains = fold_chain(chain or GENESIS, current, kind, contents)
             ids = tuple(given for given in (correlation_id, causation_id) if given is not None)
             occurred = _occurred_values(rows)
-            if ids:
-                values = [
-                    (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
-                     row.schema_version, row.payload_json, row.metadata_json, now, *ids,
-                     bytearray(content), bytearray(chain))
-                    for n, (row, content, chain) in enumerate(
-                        zip(rows, contents, chains, strict=True), start=1
-                    )
-                ]
-            else:  # (the usual batch: a tuple display, no unpacking)
-                values = [
-                    (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
-                     row.schema_version, row.payload_json, row.metadata_json, now,
-                     bytearray(content), bytearray(chain))
-                    for n, (row, content, chain) in enumerate(
-                        zip(rows, contents, chains, strict=True), start=1
-                    )
-                ]
+            values = [
+                (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
+                 row.schema_version, row.payload_json, row.metadata_json, now, *ids,
+                 bytearray(content), bytearray(chain))
+                for n, (row, content, chain) in enumerate(
+                    zip(rows, contents, chains, strict=True), start=1
+                )
+            ]
             if occurred is not None:
                 values = [row + when for row, when in zip(values, occurred, strict=True)]
             try:
