@@ -127,9 +127,11 @@ def encode_serialized(value: dict[str, Any], what: str) -> tuple[str, int, Any, 
         data = orjson.dumps(value, option=_SORTED)
     except TypeError:
         return encode_marked(value, what)
-    if b"null" in data or b"e+" in data or b"-0.0" in data:
-        return encode_marked(value, what)
+    # (str, not bytes: `in` on bytes first tries the needle as an int, raising and clearing
+    # a TypeError each time)
     text = data.decode()
+    if "null" in text or "e+" in text or "-0.0" in text:
+        return encode_marked(value, what)
     if (text.count("{") + text.count("[") > MAX_NESTING_DEPTH
             or "\\u0000" in text):  # (the rare deep or NUL-holding text: the full checks)
         _checked(text, what)
