@@ -57,9 +57,7 @@ def describe_errors(exc: ValidationError) -> str:
 def _serialize(event_type: str, event: DomainEvent) -> dict[str, Any]:
     """A validated event as a JSON-mode dict (the store encodes it to text itself)."""
     try:
-        payload: dict[str, Any] = type(event).__pydantic_serializer__.to_python(
-            event, mode="json"
-        )
+        payload: dict[str, Any] = event.__pydantic_serializer__.to_python(event, mode="json")
     except (PydanticSerializationError, ValueError) as exc:  # ValueError: nested too deep
         raise EventValidationError(
             f"{event_type} payload cannot be encoded as JSON: {exc}"

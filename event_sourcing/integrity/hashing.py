@@ -176,7 +176,9 @@ def canonical_json_bytes(value: Any) -> bytes:
     non-ASCII as is, numbers as PostgreSQL's jsonb gives them back (orjson's format)."""
     try:
         data: bytes = orjson.dumps(value, option=_SORTED)
-        if b"e+" in data or b"-0.0" in data:  # a false hit only costs a walk
+        # (find, not `in`: `in` on bytes first tries the needle as an int, raising and
+        # clearing a TypeError) A false hit only costs a walk.
+        if data.find(b"e+") >= 0 or data.find(b"-0.0") >= 0:
             data = orjson.dumps(_renumber(value), option=_SORTED)
     except TypeError:  # an integer beyond 64 bits, or text that is not valid Unicode
         try:

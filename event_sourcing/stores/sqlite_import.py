@@ -9,20 +9,11 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from itertools import groupby
-from typing import Any
 
 from event_sourcing.errors import DuplicateEventError
 from event_sourcing.integrity.hashing import timestamp_text
 from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows
 from event_sourcing.stores.sqlite_schema import INSERT, id_value, time_value
-
-
-def _given_ids(placed: tuple[int, tuple[ImportRow, Any, Any]]) -> tuple[bool, bool, bool]:
-    """Which of an imported row's correlation id, causation id and occurred_at are given
-    (its INSERT)."""
-    imported = placed[1][0]
-    return (imported.correlation_id is not None, imported.causation_id is not None,
-            imported.row.occurred_at is not None)
 
 
 def import_rows(
@@ -46,22 +37,41 @@ def import_rows(
         if version:
             heads[stream_id] = (kind, version, chain)
     new = [stream_id for stream_id in streams if stream_id not in heads]
-    placed = enumerate(zip(rows, contents, place_rows(rows, contents, heads),
-                           strict=True), start=head + 1)
+    # Which of correlation id, causation id and occurred_at each row gives (its INSERT);
+    # the values of a row are extended by those it gives.
+    given = [
+        (imported.correlation_id is not None, imported.causation_id is not None,
+         imported.row.occurred_at is not None)
+        for imported in rows
+    ]
+    values = [
+        (position, id_value(row.id), imported.stream_id, kind, version, row.event_type,
+         row.schema_version, row.payload_json, row.metadata_json, now, bytearray(content),
+         bytearray(chain))
+        for position, imported, row, content, (kind, version, chain) in zip(
+            range(head + 1, head + 1 + len(rows)), rows, [imported.row for imported in rows],
+            contents, place_rows(rows, contents, heads), strict=True,
+        )
+    ]
+    if given.count((False, False, False)) != len(given):
+        values = [
+            value if flags == (False, False, False) else (
+                *value[:10],
+                *(given_id for given_id in (imported.correlation_id, imported.causation_id)
+                  if given_id is not None),
+                *value[10:],
+                *(() if imported.row.occurred_at is None
+                  else (time_value(datetime.fromisoformat(imported.row.occurred_at)),)),
+            )
+            for value, flags, imported in zip(values, given, rows, strict=True)
+        ]
     try:
         # one statement per run of rows with the same correlation/causation/occurred_at presence
-        for given, group in groupby(placed, _given_ids):
-            connection.executemany(INSERT[given], [
-                (position, id_value(imported.row.id), imported.stream_id, kind, version,
-                 imported.row.event_type, imported.row.schema_version,
-                 imported.row.payload_json, imported.row.metadata_json, now,
-                 *(given_id for given_id in (imported.correlation_id, imported.causation_id)
-                   if given_id is not None),
-                 bytearray(content), bytearray(chain),
-                 *(() if imported.row.occurred_at is None
-                   else (time_value(datetime.fromisoformat(imported.row.occurred_at)),)))
-                for position, (imported, content, (kind, version, chain)) in group
-            ])
+        start = 0
+        for flags, group in groupby(given):
+            count = sum(1 for _ in group)
+            connection.executemany(INSERT[flags], values[start:start + count])
+            start += count
     except sqlite3.IntegrityError as exc:
         raise DuplicateEventError(
             f"an event of this batch was recorded meanwhile (is another import of "

@@ -116,6 +116,28 @@ def encode_marked(value: Any, what: str) -> tuple[str, int, Any, bool]:
     return text, len(text) if text.isascii() else _utf8_size(text, what), decoded, canonical
 
 
+def encode_serialized(value: dict[str, Any], what: str) -> tuple[str, int, Any, bool]:
+    """`encode_marked` of a payload pydantic's JSON mode wrote (a typed event's): plain
+    dicts with str keys, lists, str, int, float, bool and None, which orjson writes as
+    they read back, types included, except NaN and infinity (written as null): text
+    without null is returned with `value` as its decoded value, without reading it back.
+    Anything else (null, an integer beyond 64 bits, a lone surrogate, a number jsonb would
+    rewrite) takes `encode_marked`'s path."""
+    try:
+        data = orjson.dumps(value, option=_SORTED)
+    except TypeError:
+        return encode_marked(value, what)
+    # (str, not bytes: `in` on bytes first tries the needle as an int, raising and clearing
+    # a TypeError each time)
+    text = data.decode()
+    if "null" in text or "e+" in text or "-0.0" in text:
+        return encode_marked(value, what)
+    if (text.count("{") + text.count("[") > MAX_NESTING_DEPTH
+            or "\\u0000" in text):  # (the rare deep or NUL-holding text: the full checks)
+        _checked(text, what)
+    return text, len(data), value, True
+
+
 def _encode_slowly(value: Any, what: str) -> str:
     """The json module's text for `value`, or the error that says what is wrong with it."""
     try:
