@@ -337,9 +337,7 @@ class PostgresRecorder:
         """Run the append statement: where the batch landed, and its last chain hash."""
         while True:
             try:
-                # Prepared at once (psycopg would wait for a fifth run): one of eight
-                # statements, each planned generically after its first runs.
-                claimed = cursor.execute(statement, request, prepare=True).fetchall()
+                claimed = cursor.execute(statement, request).fetchall()
             except pg_errors.UniqueViolation as exc:
                 if (
                     expected_version is None
