@@ -25,8 +25,9 @@ _HEADS = """
     SELECT s.stream_id, h.stream_type, h.version, h.chain_hash
     FROM unnest(%s::text[]) AS s (stream_id)
     CROSS JOIN LATERAL (
-        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
-        WHERE e.stream_id = s.stream_id ORDER BY e.version DESC LIMIT 1
+        SELECT e.stream_type, e.version, e.chain_hash
+        FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+        WHERE k.stream_id = s.stream_id ORDER BY k.version DESC LIMIT 1
     ) AS h"""
 _ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
