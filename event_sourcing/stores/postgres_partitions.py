@@ -163,6 +163,25 @@ def adopt_v6_table(connection: psycopg.Connection[Any], size: int) -> None:
     ).fetchone()
     last = int(row[0]) if row else 0
     upper = (last // size + 1) * size
+    # A partition carries its table's CHECK constraints by name.
+    checks = "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint " \
+        "WHERE conrelid = %s::regclass AND contype = 'c'"
+    own = {definition: name for name, definition in connection.execute(
+        checks, ("event_store_v6",)
+    )}
+    for name, definition in connection.execute(checks, ("event_store",)).fetchall():
+        if own.get(definition, name) != name:
+            connection.execute(
+                sql.SQL("ALTER TABLE event_store_v6 RENAME CONSTRAINT {} TO {}").format(
+                    sql.Identifier(own[definition]), sql.Identifier(name)
+                )
+            )
+        elif definition not in own:
+            connection.execute(
+                sql.SQL("ALTER TABLE event_store_v6 ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(name), sql.SQL(definition)
+                )
+            )
     connection.execute(
         sql.SQL(
             "ALTER TABLE event_store ATTACH PARTITION event_store_v6 "

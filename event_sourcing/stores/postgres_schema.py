@@ -355,8 +355,8 @@ def create_schema(
                 )
                 found = None
             for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
-                if _MIGRATIONS[version]:
-                    connection.execute(_MIGRATIONS[version])
+                if statement := _MIGRATIONS[version]:
+                    connection.execute(statement)
                 if version in _MIGRATION_STEPS:
                     _MIGRATION_STEPS[version](connection)
             connection.execute(schema_sql(schema))
