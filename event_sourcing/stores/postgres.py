@@ -78,13 +78,15 @@ _COLUMNS = (
     "payload::text::varchar, metadata::text::varchar, created_at, "
     "correlation_id, causation_id, schema_version, occurred_at"
 )
-# The same columns of an event found through event_keys (k), which says where it is:
-# runtime partition pruning leaves one partition's primary key to look in.
-_KEYED_COLUMNS = ", ".join(f"e.{column.strip()}" for column in _COLUMNS.split(","))
-_BY_IDS = (
-    f"SELECT {_KEYED_COLUMNS} FROM event_keys AS k JOIN event_store AS e "
-    "ON e.position = k.position WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
+# Events found through event_keys (k), which says where they are: one lookup of a
+# partition's primary key per key (runtime partition pruning leaves one partition to look
+# in). The lateral subquery is kept (OFFSET 0) so that a long stream is not planned as a
+# hash join over every partition.
+_KEYED = (
+    f"SELECT e.* FROM event_keys AS k CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM event_store "
+    "WHERE event_store.position = k.position OFFSET 0) AS e"
 )
+_BY_IDS = f"{_KEYED} WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
 # bytea's binary loader (psycopg's C one when installed): the bytes as they came.
 _AS_BYTES = psycopg.postgres.adapters.get_loader(
     psycopg.postgres.types["bytea"].oid, psycopg.pq.Format.BINARY
@@ -466,9 +468,8 @@ class PostgresRecorder:
     ) -> list[RecordedEvent]:
         return self._select(
             f"read_stream({stream_id!r})",
-            f"SELECT {_KEYED_COLUMNS} FROM event_keys AS k JOIN event_store AS e "
-            "ON e.position = k.position WHERE k.stream_id = %s AND k.version >= %s "
-            "AND k.version <= %s ORDER BY k.version",
+            f"{_KEYED} WHERE k.stream_id = %s AND k.version >= %s AND k.version <= %s "
+            "ORDER BY k.version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
         )
 
