@@ -91,6 +91,12 @@ def test_event_store_is_partitioned_with_partitions_kept_ahead(
     assert tiny.verify().ok
 
 
+@pytest.mark.parametrize("size", [0, -5, 2.5, "10", True])
+def test_a_partition_size_must_be_a_positive_count(pg_schema_url: str, size: Any) -> None:
+    with pytest.raises(es.ConfigurationError, match="partition_size"):
+        es.connect(pg_schema_url, partition_size=size)
+
+
 def test_an_append_past_the_last_partition_adds_partitions_and_goes_on(
     tiny: es.EventStore, owner: Raw
 ) -> None:

@@ -231,7 +231,9 @@ class PostgresRecorder:
         pool_timeout: float = 30.0,
         partition_size: int = DEFAULT_SIZE,
     ) -> None:
-        if not isinstance(partition_size, int) or partition_size < 1:
+        if isinstance(partition_size, bool) or not isinstance(partition_size, int) or (
+            partition_size < 1
+        ):
             raise ConfigurationError(
                 f"partition_size must be a positive number of positions, not {partition_size!r}"
             )
