@@ -46,6 +46,7 @@ from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
 from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
 from event_sourcing.stores.postgres_pool import Connections, session_options
@@ -405,9 +406,19 @@ class PostgresRecorder:
 
     def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
         """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction,
-        with COPY (postgres_import), after making sure partitions lie ahead of it."""
-        self._add_partitions(len(rows))
-        import_rows(self._connections, self.append, rows, created_at)
+        with COPY (postgres_import), after making sure partitions lie ahead of every
+        attempt of it (an attempt raced by an append burns its positions), and again if
+        appenders took the positions meanwhile."""
+        for attempt in range(1, 4):
+            self._add_partitions(len(rows) * IMPORT_ATTEMPTS)
+            try:
+                return import_rows(self._connections, self.append, rows, created_at)
+            except EventStoreError as exc:
+                past = isinstance(exc.__cause__, pg_errors.CheckViolation) and (
+                    NO_PARTITION in str(exc.__cause__)
+                )
+                if not past or attempt == 3:
+                    raise
 
     def _add_partitions(self, needed: int = 0) -> bool:
         """Add partitions ahead (postgres_partitions), in a transaction of their own on
