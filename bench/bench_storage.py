@@ -52,6 +52,8 @@ INDEX_QUERIES = {
     "idx_event_store_time_range": "PostgreSQL's read_all(until=...): a block range index, a "
     "few pages for any size of log (SQLite filters the positions it scans)",
     "streams": "the stream's type on its first append, `mlevents status`",
+    "event_keys": "PostgreSQL: each event's id, stream, version and position, one table "
+    "across all partitions (its indexes are `id` and `stream_version`; docs/partitions.md)",
 }
 # A query that should use each SQLite index, to show the plan does.
 SQLITE_PLANS = {
@@ -126,26 +128,31 @@ def postgres_sizes(url: str, schema: str, store: es.EventStore) -> Sizes:
     with psycopg.connect(url, autocommit=True, options=f"-c search_path={schema}") as conn:
         conn.execute("VACUUM ANALYZE event_store")
         conn.execute("VACUUM ANALYZE streams")
+        conn.execute("VACUUM ANALYZE event_keys")
         parts: dict[str, int] = {}
         for name, size in conn.execute(
-            # (every fork: a block range index has a free space map)
-            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_index i "
+            # (every fork: a block range index has a free space map; a partitioned index is
+            # the sum of its partitions')
+            "SELECT c.relname, coalesce((SELECT sum(pg_total_relation_size(p.relid)) "
+            "FROM pg_partition_tree(c.oid) AS p), pg_total_relation_size(c.oid)) "
+            "FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
             "JOIN pg_namespace n ON n.oid = t.relnamespace "
-            "WHERE n.nspname = %s AND t.relname = 'event_store'",
+            "WHERE n.nspname = %s AND t.relname IN ('event_store', 'event_keys')",
             (schema,),
         ):
-            parts[{"event_store_pkey": "id",
-                   "event_store_stream_id_version_key": "stream_version",
-                   "event_store_position_key": "position"}.get(name, name)] = int(size)
+            parts[{"event_keys_pkey": "id",
+                   "event_keys_stream_id_version_key": "stream_version",
+                   "event_store_pkey": "position"}.get(name, name)] = int(size)
         row = conn.execute(
-            "SELECT pg_total_relation_size('event_store'), pg_total_relation_size('streams'), "
-            "pg_table_size('event_store')"
+            "SELECT (SELECT sum(pg_table_size(p.relid)) FROM pg_partition_tree('event_store') "
+            "AS p), pg_total_relation_size('streams'), pg_table_size('event_keys')"
         ).fetchone()
         assert row is not None
-        parts["table"] = int(row[2])  # heap + TOAST
+        parts["table"] = int(row[0])  # heap + TOAST
+        parts["event_keys"] = int(row[2])
         parts["streams"] = int(row[1])
-    return Sizes(events, payload, metadata, int(row[0]) + int(row[1]), parts)
+    return Sizes(events, payload, metadata, sum(parts.values()), parts)
 
 
 class DagsterRunStore:

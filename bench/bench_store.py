@@ -321,6 +321,12 @@ _RAW_SQLITE_SCHEMA = sqlite_schema.SCHEMA.split("CREATE TRIGGER")[0]
 _RAW_PG_SCHEMA = postgres_schema.SCHEMA.split("CREATE OR REPLACE FUNCTION")[0] + (
     # (the store's trigger assigns positions; raw SQL takes them from a column default)
     "ALTER TABLE event_store ALTER COLUMN position SET DEFAULT nextval('event_position_seq');"
+    # one partition holding every position, with the unique indexes the store keeps in
+    # event_keys (docs/partitions.md)
+    "CREATE TABLE event_store_all PARTITION OF event_store "
+    "FOR VALUES FROM (MINVALUE) TO (MAXVALUE);"
+    "CREATE UNIQUE INDEX ON event_store_all (id);"
+    "CREATE UNIQUE INDEX ON event_store_all (stream_id, version);"
 )
 
 _RAW_INSERT = (

@@ -217,7 +217,11 @@ class _Checker:
             return (0, GENESIS)
         with self.store.transaction() as tx:
             row = tx.execute(
-                "SELECT chain_hash FROM event_store WHERE stream_id = ? AND version = ?",
+                "SELECT chain_hash FROM event_store WHERE stream_id = ? AND version = ?"
+                if self.store.dialect == "sqlite" else  # through the key table (partitions)
+                "SELECT e.chain_hash FROM event_keys AS k JOIN event_store AS e "
+                "ON e.position = k.position AND e.stream_id = k.stream_id "
+                "WHERE k.stream_id = ? AND k.version = ? AND e.version = k.version",
                 (stream, version - 1),
             ).fetchone()
         return (version - 1, bytes(row[0])) if row and row[0] is not None else None

@@ -95,7 +95,9 @@ def connect(
     `create=False` opens only an existing store: no file, folder or schema is made, and a
     missing store raises StoreNotFoundError. SQLite option: `synchronous` (FULL by
     default). PostgreSQL options: `schema` (default `mlevents`, also `?schema=` in the
-    URL), `pool_size`, `connect_timeout`. `validate=False` accepts event types that no
+    URL), `pool_size`, `connect_timeout`, `partition_size` (positions per partition of
+    a store created or migrated to schema v7, default 1,000,000; docs/partitions.md).
+    `validate=False` accepts event types that no
     model is registered for. `key_provider` wraps the keys of personal data (default:
     $MLEVENTS_KEK; see docs/privacy.md).
     """

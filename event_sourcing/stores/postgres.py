@@ -37,6 +37,7 @@ from psycopg.types.string import ByteaBinaryLoader
 
 from event_sourcing.errors import (
     ConcurrencyError,
+    ConfigurationError,
     EventStoreError,
     StoreUnavailableError,
 )
@@ -45,7 +46,9 @@ from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
+from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.postgres_schema import (
     HASHED_V6,
@@ -76,6 +79,15 @@ _COLUMNS = (
     "payload::text::varchar, metadata::text::varchar, created_at, "
     "correlation_id, causation_id, schema_version, occurred_at"
 )
+# Events found through event_keys (k), which says where they are: one lookup of a
+# partition's primary key per key (runtime partition pruning leaves one partition to look
+# in). The lateral subquery is kept (OFFSET 0) so that a long stream is not planned as a
+# hash join over every partition.
+_KEYED = (
+    f"SELECT e.* FROM event_keys AS k CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM event_store "
+    "WHERE event_store.position = k.position OFFSET 0) AS e"
+)
+_BY_IDS = f"{_KEYED} WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
 # bytea's binary loader (psycopg's C one when installed): the bytes as they came.
 _AS_BYTES = psycopg.postgres.adapters.get_loader(
     psycopg.postgres.types["bytea"].oid, psycopg.pq.Format.BINARY
@@ -218,7 +230,14 @@ class PostgresRecorder:
         connect_timeout: float = 5.0,
         create: bool = True,
         pool_timeout: float = 30.0,
+        partition_size: int = DEFAULT_SIZE,
     ) -> None:
+        if isinstance(partition_size, bool) or not isinstance(partition_size, int) or (
+            partition_size < 1
+        ):
+            raise ConfigurationError(
+                f"partition_size must be a positive number of positions, not {partition_size!r}"
+            )
         self.url = url
         self.schema = schema
         self.description = f"{redact_url(url)} (schema {schema})"
@@ -229,7 +248,10 @@ class PostgresRecorder:
             with psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
             ) as connection:
-                create_schema(connection, schema, self.description, create)
+                create_schema(connection, schema, self.description, create, partition_size)
+                # Partitions ahead (postgres_partitions): from here on, an append that
+                # lands at or past this position adds more.
+                self._extend_at = add_partitions(connection)
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: "
@@ -290,6 +312,8 @@ class PostgresRecorder:
                 created_at = behind.latest if MAX_TIME - waited < behind.latest else (
                     behind.latest + waited
                 )
+        if self._extend_at is not None and appended.positions[-1] >= self._extend_at:
+            self._add_partitions()
         if len(self._reached) >= _REACHED_STREAMS:
             self._reached.clear()
         self._reached[stream_id] = (
@@ -345,6 +369,11 @@ class PostgresRecorder:
                 ):
                     continue  # an overlapping append took the version: read the head again
                 claimed = []
+            except pg_errors.CheckViolation as exc:
+                # Past the last partition (none was added in time): add some, send again.
+                if NO_PARTITION in str(exc) and self._add_partitions(len(rows)):
+                    continue
+                raise
             break
         if claimed:
             if len(claimed) > 1:
@@ -357,17 +386,14 @@ class PostgresRecorder:
             return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
-        found = self._select_on(
-            connection,
-            f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
-            ([row.id for row in rows],),
-        )
+        found = self._select_on(connection, _BY_IDS, ([row.id for row in rows],))
         if found:
             raise AlreadyRecorded(found)
         stream_id = request["stream"]
         latest = connection.execute(
-            "SELECT created_at FROM event_store WHERE stream_id = %s "
-            "ORDER BY version DESC LIMIT 1",
+            "SELECT e.created_at FROM event_keys AS k JOIN event_store AS e "
+            "ON e.position = k.position WHERE k.stream_id = %s "
+            "ORDER BY k.version DESC LIMIT 1",
             (stream_id,),
         ).fetchone()
         if latest and latest[0] > request["now"]:
@@ -380,13 +406,33 @@ class PostgresRecorder:
 
     def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
         """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction,
-        with COPY (postgres_import)."""
-        import_rows(self._connections, self.append, rows, created_at)
+        with COPY (postgres_import), after making sure partitions lie ahead of every
+        attempt of it (an attempt raced by an append burns its positions), and again if
+        appenders took the positions meanwhile."""
+        for attempt in range(1, 4):
+            self._add_partitions(len(rows) * IMPORT_ATTEMPTS)
+            try:
+                return import_rows(self._connections, self.append, rows, created_at)
+            except EventStoreError as exc:
+                past = isinstance(exc.__cause__, pg_errors.CheckViolation) and (
+                    NO_PARTITION in str(exc.__cause__)
+                )
+                if not past or attempt == 3:
+                    raise
+
+    def _add_partitions(self, needed: int = 0) -> bool:
+        """Add partitions ahead (postgres_partitions), in a transaction of their own on
+        this thread's append connection: whether it could (this role may, and no lock
+        timed out)."""
+        extend_at = add_partitions(self._append_cursor().connection, needed)
+        if extend_at is not None:
+            self._extend_at = extend_at
+        return extend_at is not None
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:
         row = connection.execute(
-            "SELECT coalesce(max(version), 0) FROM event_store WHERE stream_id = %s",
+            "SELECT coalesce(max(version), 0) FROM event_keys WHERE stream_id = %s",
             (stream_id,),
         ).fetchone()
         return int(row[0]) if row else 0
@@ -435,8 +481,8 @@ class PostgresRecorder:
     ) -> list[RecordedEvent]:
         return self._select(
             f"read_stream({stream_id!r})",
-            f"SELECT {_COLUMNS} FROM event_store WHERE stream_id = %s AND version >= %s "
-            "AND version <= %s ORDER BY version",
+            f"{_KEYED} WHERE k.stream_id = %s AND k.version >= %s AND k.version <= %s "
+            "ORDER BY k.version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
         )
 
@@ -500,7 +546,7 @@ class PostgresRecorder:
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
             "reading events by id",
-            f"SELECT {_COLUMNS} FROM event_store WHERE id = ANY(%s::uuid[]) ORDER BY position",
+            _BY_IDS,
             (list(ids),),
         )
 

@@ -19,16 +19,20 @@ from event_sourcing.stores.recorder import EventRow
 # moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
 # stream is known to have reached: as given, and the unique index alone decides. No
 # expectation: the latest event, if any.
+# (Found through event_keys, which knows where a stream's events are: runtime pruning
+# leaves one partition's primary key to look in.)
 _HEAD_AT = """
-        SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
-        WHERE e.stream_id = %(stream)s AND e.version = %(expected)s::bigint"""
+        SELECT e.stream_type, e.version, e.chain_hash, e.created_at
+        FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+        WHERE k.stream_id = %(stream)s AND k.version = %(expected)s::bigint"""
 _HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea, NULL::timestamptz"
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
             coalesce(h.chain_hash, %(genesis)s::bytea), h.created_at
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version, e.chain_hash, e.created_at FROM event_store AS e
-            WHERE e.stream_id = %(stream)s ORDER BY e.version DESC LIMIT 1
+            SELECT e.stream_type, e.version, e.chain_hash, e.created_at
+            FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+            WHERE k.stream_id = %(stream)s ORDER BY k.version DESC LIMIT 1
         ) AS h ON true"""
 
 # One batch to one stream, one statement. The in-flight marker is taken before the

@@ -25,10 +25,11 @@ _HEADS = """
     SELECT s.stream_id, h.stream_type, h.version, h.chain_hash
     FROM unnest(%s::text[]) AS s (stream_id)
     CROSS JOIN LATERAL (
-        SELECT e.stream_type, e.version, e.chain_hash FROM event_store AS e
-        WHERE e.stream_id = s.stream_id ORDER BY e.version DESC LIMIT 1
+        SELECT e.stream_type, e.version, e.chain_hash
+        FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+        WHERE k.stream_id = s.stream_id ORDER BY k.version DESC LIMIT 1
     ) AS h"""
-_ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
+ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 Append = Callable[
@@ -60,12 +61,12 @@ def import_rows(
 ) -> None:
     """Write a bulk-import batch in one transaction, with COPY: the in-flight marker first
     (so the no-skip order holds), then the streams' heads. An append to one of the batch's
-    streams committed in between makes the batch start again; after _ATTEMPTS it is
+    streams committed in between makes the batch start again; after ATTEMPTS it is
     written as appends."""
     streams = list(dict.fromkeys(row.stream_id for row in rows))
     now = timestamp_text(created_at)
     contents = content_hashes(rows, now, True)  # PostgreSQL's hashes (canonical JSON)
-    for _ in range(_ATTEMPTS):
+    for _ in range(ATTEMPTS):
         try:
             with connections.transaction("import") as connection:
                 _import_on(connection, rows, contents, streams, now, created_at)

@@ -25,12 +25,22 @@ from event_sourcing.integrity.hashing import (
     timestamp_text,
 )
 from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
+from event_sourcing.stores.postgres_partitions import (
+    DDL as PARTITIONS_DDL,
+)
+from event_sourcing.stores.postgres_partitions import (
+    DEFAULT_SIZE,
+    PARTITION_TRIGGERS,
+    adopt_v6_table,
+    partition_triggers,
+    retire_v6_table,
+)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
 SCHEMA_LOCK = 0x6D6C6576  # "mlev"
-# The unique index a second event at a stream's version runs into.
-STREAM_VERSION_KEY = "event_store_stream_id_version_key"
+# The unique index a second event at a stream's version runs into (of the key table).
+STREAM_VERSION_KEY = "event_keys_stream_id_version_key"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -48,12 +58,15 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE SEQUENCE IF NOT EXISTS event_position_seq;
 -- Columns by alignment (8-byte ones first, then 4, then variable length), so a row holds
 -- no padding; a store created before v5 keeps its order (bench/README.md: storage).
+-- Partitioned by position ranges (postgres_partitions; docs/partitions.md): a partitioned
+-- table's unique indexes must hold the partition key, so the ids and stream versions are
+-- kept unique by event_keys below.
 CREATE TABLE IF NOT EXISTS event_store (
-    position       bigint NOT NULL UNIQUE,  -- set by mlevents_assign_position()
+    position       bigint NOT NULL,  -- checked by mlevents_assign_position()
     version        bigint NOT NULL CHECK (version >= 1),
     created_at     timestamptz NOT NULL,
     occurred_at    timestamptz,  -- business time if given; NULL: created_at (temporal.md)
-    id             uuid PRIMARY KEY,
+    id             uuid NOT NULL,
     schema_version integer NOT NULL,
     stream_id      text NOT NULL,
     stream_type    text NOT NULL,
@@ -64,7 +77,23 @@ CREATE TABLE IF NOT EXISTS event_store (
     chain_hash     bytea,
     payload        jsonb NOT NULL,
     metadata       jsonb NOT NULL DEFAULT '{}',
-    UNIQUE (stream_id, version)
+    CONSTRAINT event_store_pkey PRIMARY KEY (position)
+) PARTITION BY RANGE (position);
+-- Every event's id, stream and version (and where it is): one small table across all
+-- partitions, written by mlevents_assign_position() in the event's own insert, so an id
+-- or a stream's version is taken once, whichever partition holds it (a per-partition
+-- index could not see a twin in another partition). Reads by stream and id go through it.
+CREATE TABLE IF NOT EXISTS event_keys (
+    id        uuid PRIMARY KEY,
+    version   bigint NOT NULL,
+    position  bigint NOT NULL,
+    stream_id text NOT NULL,
+    CONSTRAINT event_keys_stream_id_version_key UNIQUE (stream_id, version)
+);
+-- The position range a new partition covers (postgres_partitions).
+CREATE TABLE IF NOT EXISTS mlevents_partitioning (
+    id   integer PRIMARY KEY CHECK (id = 1),
+    size bigint NOT NULL CHECK (size >= 1)
 );
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 -- read_all(until=...) without a type filter: a block range index (a few pages for any
@@ -106,16 +135,25 @@ CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
 FOR EACH STATEMENT EXECUTE FUNCTION mlevents_reject_mutation();
 
 -- Only the store hands out positions: an insert (or COPY) that names one is refused, for
--- every role, the table's owner included. The sequence is named with its schema, so no
--- session can shadow it (e.g. with a temporary sequence of the same name).
+-- every role, the table's owner included. A partitioned table routes a row by its position
+-- before any trigger runs, so the column's default takes it (nextval, noted in a setting)
+-- and the trigger admits only the value this session's last nextval returned through that
+-- default: a forged setting fails the currval comparison, a named position the setting
+-- comparison. The sequence is named with its schema, so no session can shadow it (e.g.
+-- with a temporary sequence of the same name). The trigger also takes the event's id and
+-- stream version in event_keys (as the table's owner: no role may write there directly).
+ALTER TABLE event_store ALTER COLUMN position SET DEFAULT
+    set_config('mlevents.position', nextval('{schema}.event_position_seq')::text, true)::bigint;
 CREATE OR REPLACE FUNCTION mlevents_assign_position() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    IF NEW.position IS NOT NULL THEN
+    IF NEW.position::text IS DISTINCT FROM current_setting('mlevents.position', true)
+            OR NEW.position <> currval('{schema}.event_position_seq') THEN
         RAISE EXCEPTION 'event_store positions are set by the store: an insert may not name one'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    NEW.position := nextval('{schema}.event_position_seq');
+    INSERT INTO {schema}.event_keys (id, version, position, stream_id)
+    VALUES (NEW.id, NEW.version, NEW.position, NEW.stream_id);
     RETURN NEW;
 END $$;
 DROP TRIGGER IF EXISTS event_store_assign_position ON event_store;
@@ -170,9 +208,9 @@ END $$;
 """
 # The subject key table (event_sourcing.privacy.keys), created with the store so that a role
 # without CREATE (`mlevents grant ... appender`) can append personal data.
-SCHEMA += f"{KEY_TABLE_DDL};\n"
+SCHEMA += f"{KEY_TABLE_DDL};\n" + PARTITIONS_DDL
 
-_MIGRATIONS = {
+_MIGRATIONS: dict[int, str | None] = {
     # v2: the stream's version is no longer a counter row updated by every append; the
     # UNIQUE (stream_id, version) index of event_store decides races.
     1: """
@@ -191,6 +229,9 @@ _MIGRATIONS = {
     4: "DROP INDEX IF EXISTS idx_event_store_time;",
     # v6: business time (its partial index is created by SCHEMA).
     5: "ALTER TABLE event_store ADD COLUMN IF NOT EXISTS occurred_at timestamptz;",
+    # v7: event_store partitioned by position (postgres_partitions: retire_v6_table, then
+    # adopt_v6_table after the schema script).
+    6: None,
 }
 _DESCRIPTIONS = {
     1: "event_store, streams, in-flight markers, append-only triggers",
@@ -199,6 +240,7 @@ _DESCRIPTIONS = {
     4: "per-stream hash chains (content_hash, chain_hash)",
     5: "event_store columns by alignment (new stores); a block range index on created_at",
     6: "business time (occurred_at)",
+    7: "event_store partitioned by position; ids and stream versions in event_keys",
 }
 # (current user, USAGE on the store's schema, whether it holds mlevents_schema), or no row
 # when the schema does not exist.
@@ -244,7 +286,7 @@ def _add_hashes(connection: psycopg.Connection[Any]) -> None:
     connection.execute("ALTER TABLE event_store ENABLE TRIGGER event_store_no_update")
 
 
-_MIGRATION_STEPS = {3: _add_hashes}  # Python run after a version's SQL
+_MIGRATION_STEPS = {3: _add_hashes, 6: retire_v6_table}  # Python run after a version's SQL
 # The triggers the schema script creates (restore_triggers checks every one is there, on).
 TRIGGERS = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
@@ -279,10 +321,16 @@ def found_version(connection: psycopg.Connection[Any], schema: str, description:
 
 
 def create_schema(
-    connection: psycopg.Connection[Any], schema: str, description: str, create: bool
+    connection: psycopg.Connection[Any],
+    schema: str,
+    description: str,
+    create: bool,
+    partition_size: int = DEFAULT_SIZE,
 ) -> None:
     """Bring the schema to SCHEMA_VERSION. A store already there costs two reads and
-    takes no lock, so roles without CREATE (see `mlevents grant`) can connect."""
+    takes no lock, so roles without CREATE (see `mlevents grant`) can connect.
+    `partition_size`: the positions a partition covers, for a store created or migrated
+    (to v7) here."""
     found = found_version(connection, schema, description)
     if found == SCHEMA_VERSION:
         return
@@ -307,10 +355,18 @@ def create_schema(
                 )
                 found = None
             for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
-                connection.execute(_MIGRATIONS[version])
+                if statement := _MIGRATIONS[version]:
+                    connection.execute(statement)
                 if version in _MIGRATION_STEPS:
                     _MIGRATION_STEPS[version](connection)
             connection.execute(schema_sql(schema))
+            connection.execute(
+                "INSERT INTO mlevents_partitioning (id, size) VALUES (1, %s) "
+                "ON CONFLICT DO NOTHING",
+                (partition_size,),
+            )
+            adopt_v6_table(connection, partition_size)
+            connection.execute("SELECT mlevents_add_partitions(0)")
             connection.execute(
                 "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
@@ -341,7 +397,8 @@ def restore_triggers(
             "SELECT t.tgname, c.relname, t.tgenabled FROM pg_trigger AS t "
             "JOIN pg_class AS c ON c.oid = t.tgrelid "
             "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND NOT t.tgisinternal"
+            "WHERE n.nspname = current_schema() AND NOT t.tgisinternal "
+            "AND NOT c.relispartition"
         ).fetchall()
     }
     missing = [name for name in expected if name not in states]
@@ -352,6 +409,17 @@ def restore_triggers(
     found = [f"trigger {name} was missing" for name in missing] + [
         f"trigger {name} was disabled" for name in disabled
     ]
+    # Each partition's own statement triggers (docs/partitions.md).
+    parts = partition_triggers(connection) if "event_store_no_update" in states else {}
+    unprotected = []
+    for part, triggers in parts.items():
+        for name in PARTITION_TRIGGERS:
+            state = triggers.get(name)
+            if state not in {"O", "A"}:
+                found.append(
+                    f"trigger {name} on {part} was {'missing' if state is None else 'disabled'}"
+                )
+                unprotected.append(part)
     if not found:
         return [], None
     try:
@@ -365,6 +433,8 @@ def restore_triggers(
                         sql.Identifier(states[name][0]), sql.Identifier(name)
                     )
                 )
+            for part in dict.fromkeys(unprotected):
+                connection.execute("SELECT mlevents_protect_partition(%s)", (part,))
     except psycopg.Error as exc:
         return found, str(exc).strip().splitlines()[0]
     return found, None

@@ -23,7 +23,10 @@ from event_sourcing.privacy.keys import TABLE as KEY_TABLE
 Kind = Literal["reader", "appender", "projector"]
 KINDS: tuple[Kind, ...] = ("reader", "appender", "projector")
 # The store's own objects; every other table of its schema belongs to projections.
-STORE_TABLES = ("mlevents_schema", "streams", "event_store")
+STORE_TABLES = ("mlevents_schema", "streams", "event_store", "event_keys")
+# Beside the store's tables, of no role's concern: event_store's partitions (reached through
+# it) and their settings (stores.postgres_partitions).
+_INTERNAL_TABLES = ("mlevents_partitioning",)
 _FUNCTIONS = (
     "mlevents_inflight_key", "mlevents_last_position", "mlevents_horizon", "mlevents_head"
 )
@@ -35,8 +38,9 @@ def _projection_tables(connection: psycopg.Connection[Any], schema: str) -> list
     rows = connection.execute(
         "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND c.relname <> ALL(%s) "
+        "AND NOT c.relispartition "
         "ORDER BY c.relname",
-        (schema, [*STORE_TABLES, KEY_TABLE]),
+        (schema, [*STORE_TABLES, *_INTERNAL_TABLES, KEY_TABLE]),
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -88,6 +92,10 @@ def grant_statements(
         statements += [
             sql.SQL("GRANT INSERT ON {}, {} TO {}").format(on("event_store"), on("streams"), r),
             sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(on("event_position_seq"), r),
+            # partitions ahead, added as the owner (stores.postgres_partitions)
+            sql.SQL("GRANT EXECUTE ON FUNCTION {}(bigint) TO {}").format(
+                on("mlevents_add_partitions"), r
+            ),
         ]
     if kind == "projector":
         statements.append(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(s, r))
