@@ -116,7 +116,9 @@ def test_pandas_reads_the_archive_files(tiny: es.EventStore, artifacts: Path) ->
     tiny.seal()
     done = archive(tiny, LATER)
     # The documented example (docs/archive.md): the files are plain Parquet.
-    files = [tiny.recorder.artifacts.path_for(r.uri) for r in done]
+    uris = [row[0] for row in tiny.recorder.query("SELECT uri FROM mlevents_archives")]
+    assert sorted(uris) == sorted(r.uri for r in done)
+    files = [tiny.recorder.artifacts.path_for(uri) for uri in uris]
     frame = pd.concat(pd.read_parquet(path) for path in files)
     frame["payload"] = frame["payload"].map(json.loads)
     assert len(frame) == sum(r.count for r in done)

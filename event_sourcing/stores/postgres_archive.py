@@ -194,7 +194,7 @@ def _events(table: pa.Table, dated: bool | None = None) -> Iterator[RecordedEven
     for i, position in enumerate(positions):
         if dated is not None and dated is (occurred[i] is None):
             continue
-        created_at = _time(created[i])
+        created_at = _EPOCH + timedelta(microseconds=created[i])
         occurred_at = _time(occurred[i])
         yield RecordedEvent(
             ids[i], streams[i], kinds[i], versions[i], position, types[i], schema_versions[i],
@@ -305,10 +305,10 @@ def archive(
     store: EventStore,
     before: datetime,
     artifacts: ArtifactStore | None = None,
-    progress: Callable[[ArchiveResult], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[ArchiveResult]:
     """Archive every partition `candidates` names (see the module docstring and
-    docs/archive.md); PostgreSQL only."""
+    docs/archive.md); PostgreSQL only. `progress(done, total)` after each partition."""
     if store.dialect != "postgresql":
         raise ArchiveError(
             "archive needs a PostgreSQL store: a SQLite store is one file with no partitions "
@@ -317,11 +317,12 @@ def archive(
     from event_sourcing.artifacts import ArtifactStore
 
     artifacts = artifacts or ArtifactStore()
-    done = []
-    for name, lower, upper in candidates(store, before):
+    done: list[ArchiveResult] = []
+    todo = candidates(store, before)
+    for name, lower, upper in todo:
         done.append(_archive_one(store, artifacts, name, lower, upper))
         if progress is not None:
-            progress(done[-1])
+            progress(len(done), len(todo))
     return done
 
 
