@@ -82,11 +82,13 @@ def cmd_archive(args: argparse.Namespace) -> int:
     latest event to a Parquet file (zstd) of the artifact store, check it against the rows
     and the seals, record `archive_created`, then drop the partition; every read of the
     store reads through the files from then on."""
-    from event_sourcing.stores.postgres_archive import archive
+    from event_sourcing.stores.postgres_archive import archive, candidates
 
     before = _date(args.before)
-    with open_store(args) as store, progress_bar("archiving", 1, "partitions") as advance_to:
-        done = archive(store, before, progress=lambda n, total: advance_to(n * 1 // total))
+    with open_store(args) as store:
+        total = len(candidates(store, before)) if store.dialect == "postgresql" else 0
+        with progress_bar("archiving", total, "partitions") as advance_to:
+            done = archive(store, before, progress=lambda n, _: advance_to(n))
     if args.json:
         print(json.dumps({"archived": [r.to_dict() for r in done]}, indent=2))
         return 0

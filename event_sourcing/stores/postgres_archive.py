@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from event_sourcing.errors import AccessDeniedError, EventStoreError, IntegrityError
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 ARCHIVE_STREAM = "mlevents.archive"
 MEDIA_TYPE = "application/vnd.apache.parquet"
 ROW_GROUP = 50_000
+_SLICE = 2_000  # rows decoded at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME = pa.timestamp("us", tz="UTC")
 # The columns of an archive file: event_store's, payload and metadata as canonical JSON text.
@@ -88,6 +90,8 @@ class ArchiveFiles:
         self.files: list[Archived] = []
         self.bound = 0  # the highest archived upper bound known (0: none)
         self._checked: set[str] = set()  # files whose content address was verified
+        # The row group read last (a read_all reads a group a page at a time).
+        self._last: tuple[str, int, tuple[str, ...] | None, pa.Table] | None = None
 
     def load(self, connection: psycopg.Connection[Any]) -> None:
         rows = connection.execute(
@@ -129,7 +133,13 @@ class ArchiveFiles:
                     stats.max < low or stats.min > high
                 ):
                     continue
+                key = (archived.uri, group, None if columns is None else tuple(columns))
+                last = self._last
+                if last is not None and last[:3] == key:
+                    yield last[3]
+                    continue
                 table = parquet.read_row_group(group, columns=columns)
+                self._last = (*key, table)
                 yield table
 
     def events(self, low: int, high: int, keep: Callable[[RecordedEvent], bool] | None = None,
@@ -138,11 +148,17 @@ class ArchiveFiles:
         (`dated`: only those given an occurred_at, or only those not; None: all)."""
         found: list[RecordedEvent] = []
         for table in self.tables(low, high):
-            for event in _events(table, dated):
-                if low <= event.position <= high and (keep is None or keep(event)):
-                    found.append(event)
-                    if limit is not None and len(found) >= limit:
-                        return found
+            position = table.column(0)
+            table = table.filter(pc.and_(
+                pc.greater_equal(position, low), pc.less_equal(position, high)
+            ))
+            # Decoded a slice at a time: a page needs only its first rows.
+            for start in range(0, table.num_rows, _SLICE):
+                for event in _events(table.slice(start, _SLICE), dated):
+                    if keep is None or keep(event):
+                        found.append(event)
+                        if limit is not None and len(found) >= limit:
+                            return found
         return found
 
     def at(self, positions: Sequence[int]) -> list[RecordedEvent]:
@@ -319,15 +335,17 @@ def archive(
     artifacts = artifacts or ArtifactStore()
     done: list[ArchiveResult] = []
     todo = candidates(store, before)
+    verified: dict[int, str] = {}  # seals verified in this run: number -> root
     for name, lower, upper in todo:
-        done.append(_archive_one(store, artifacts, name, lower, upper))
+        done.append(_archive_one(store, artifacts, name, lower, upper, verified))
         if progress is not None:
             progress(len(done), len(todo))
     return done
 
 
 def _archive_one(
-    store: EventStore, artifacts: ArtifactStore, name: str, lower: int, upper: int
+    store: EventStore, artifacts: ArtifactStore, name: str, lower: int, upper: int,
+    verified: dict[int, str],
 ) -> ArchiveResult:
     from event_sourcing.catalog.ml_events import ArchiveCreated
     from event_sourcing.events import NewEvent
@@ -341,7 +359,7 @@ def _archive_one(
         )
         ref = artifacts.put_file(path, media_type=MEDIA_TYPE)
     archived = Archived(lower, upper, ref.uri, artifacts.path_for(ref.uri))
-    roots = _check(store, archived, count)
+    roots = _check(store, archived, count, verified)
     size = os.path.getsize(archived.path)
     result = ArchiveResult(name, lower, upper - 1, count, ref.uri, size, payload_bytes, roots)
     event = ArchiveCreated(
@@ -389,10 +407,14 @@ class _FileFirst:
         return getattr(self._recorder, name)
 
 
-def _check(store: EventStore, archived: Archived, count: int) -> list[str]:
+def _check(
+    store: EventStore, archived: Archived, count: int, verified: dict[int, str]
+) -> list[str]:
     """Before anything is dropped: the file read back holds exactly the partition's rows,
     and every seal covering them verifies with the file's rows in place of the table's
-    (content and chain hashes recomputed, Merkle roots compared). The seals' roots."""
+    (content and chain hashes recomputed, Merkle roots compared). The seals' roots.
+    A seal `verified` already in this run (with another file's rows, each equal to the
+    table's) is not walked again: a seal over many partitions is walked once."""
     from event_sourcing.integrity.audit import _Checker, leaves, seals
     from event_sourcing.integrity.hashing import merkle_root
 
@@ -411,6 +433,9 @@ def _check(store: EventStore, archived: Archived, count: int) -> list[str]:
     for seal in seals(store):
         if seal.to_position < archived.lower or seal.from_position >= archived.upper - 1:
             continue
+        if seal.number in verified:
+            roots.append(verified[seal.number])
+            continue
         checker = _Checker(proxy, seal.from_position, incremental=True)  # type: ignore[arg-type]
         root = merkle_root(leaves(checker.run(seal.to_position))).hex()
         if checker.problems or root != seal.root:
@@ -420,6 +445,7 @@ def _check(store: EventStore, archived: Archived, count: int) -> list[str]:
                 f"{checker.problems[0] if checker.problems else 'root differs'}; "
                 "nothing was dropped"
             )
+        verified[seal.number] = root
         roots.append(root)
     return roots
 
