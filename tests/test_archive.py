@@ -13,6 +13,8 @@ import pytest
 
 import event_sourcing as es
 from event_sourcing.cli import main
+from event_sourcing.errors import IntegrityError
+from event_sourcing.stores import postgres_archive
 from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, ArchiveError, archive
 
 SIZE = 5
@@ -68,10 +70,18 @@ def _everything(store: es.EventStore) -> dict[str, object]:
     }
 
 
-def test_archived_history_reads_exactly_as_before(tiny: es.EventStore, artifacts: Path) -> None:
+@pytest.mark.parametrize("row_group", [50_000, 2])
+def test_archived_history_reads_exactly_as_before(
+    tiny: es.EventStore, artifacts: Path, row_group: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_archive, "ROW_GROUP", row_group)  # many groups per file
+    monkeypatch.setattr(postgres_archive, "_SLICE", max(1, row_group // 2))
     _fill(tiny)
     tiny.seal()
     before = _everything(tiny)
+    # A reader that was open (and had read) before the archive.
+    early = es.connect(tiny.recorder.url, schema=tiny.recorder.schema, validate=False)
+    assert _everything(early) == before
     done = archive(tiny, LATER)
     assert done and all(r.count > 0 and r.seal_roots for r in done)
     parts = [r[0] for r in tiny.recorder.query("SELECT name FROM mlevents_partitions()")]
@@ -80,6 +90,8 @@ def test_archived_history_reads_exactly_as_before(tiny: es.EventStore, artifacts
     after = _everything(tiny)
     for key in before:
         assert after[key] == before[key], key
+    assert _everything(early) == before
+    early.close()
     assert tiny.verify().ok
     # The archive_created events, with their seal roots.
     created = tiny.read_stream(ARCHIVE_STREAM)
@@ -144,3 +156,34 @@ def test_sqlite_refuses_to_archive(tmp_path: Path, artifacts: Path) -> None:
         store.seal()
         with pytest.raises(ArchiveError, match="PostgreSQL"):
             archive(store, LATER)
+
+
+def test_a_file_that_does_not_read_back_drops_nothing(
+    tiny: es.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(tiny)
+    tiny.seal()
+    before = list(tiny.read_all())
+    forged = postgres_archive._SELECT.replace(
+        "payload, metadata", "payload || '{\"forged\": 1}'::jsonb, metadata"
+    )
+    monkeypatch.setattr(postgres_archive, "_SELECT", forged)
+    with pytest.raises(IntegrityError, match="nothing was dropped"):
+        archive(tiny, LATER)
+    assert tiny.recorder.query("SELECT * FROM mlevents_archives") == []
+    assert tiny.read_stream(ARCHIVE_STREAM) == []
+    assert list(tiny.read_all()) == before
+
+
+def test_a_changed_archive_file_is_refused(tiny: es.EventStore, artifacts: Path) -> None:
+    _fill(tiny)
+    tiny.seal()
+    done = archive(tiny, LATER)
+    path = tiny.recorder.artifacts.path_for(done[0].uri)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+    with (
+        es.connect(tiny.recorder.url, schema=tiny.recorder.schema, validate=False) as other,
+        pytest.raises(ArchiveError, match="cannot be read"),
+    ):
+        list(other.read_all())
