@@ -187,3 +187,23 @@ def test_a_changed_archive_file_is_refused(tiny: es.EventStore, artifacts: Path)
         pytest.raises(ArchiveError, match="cannot be read"),
     ):
         list(other.read_all())
+
+
+def test_a_projection_rebuild_reads_the_archive(tiny: es.EventStore) -> None:
+    from _projection_worker import counter_projection, totals
+
+    from event_sourcing.projections import ProjectionRunner
+
+    total = 0
+    for value in range(1, 41):
+        tiny.append(f"t{value % 4}", [es.NewEvent("tick", {"value": value})])
+        total += value
+    for n in range(4):  # the streams' heads move past the old partitions
+        tiny.append(f"t{n}", [es.NewEvent("noise", {})])
+    runner = ProjectionRunner(tiny, [counter_projection()])
+    runner.run()
+    assert totals(tiny) == (40, total)
+    tiny.seal()
+    assert archive(tiny, LATER)
+    stats = runner.rebuild("counter", batch_size=7)
+    assert stats.rebuilt and totals(tiny) == (40, total)
