@@ -143,15 +143,18 @@ class ArchiveFiles:
                 yield table
 
     def events(self, low: int, high: int, keep: Callable[[RecordedEvent], bool] | None = None,
-               limit: int | None = None, dated: bool | None = None) -> list[RecordedEvent]:
+               limit: int | None = None, dated: bool | None = None,
+               only: Sequence[int] | None = None) -> list[RecordedEvent]:
         """The archived events at positions in [low, high] that `keep`, at most `limit`
-        (`dated`: only those given an occurred_at, or only those not; None: all)."""
+        (`dated`: only those given an occurred_at, or only those not; None: all; `only`:
+        only these positions)."""
         found: list[RecordedEvent] = []
+        wanted = None if only is None else pa.array(only, pa.int64())
         for table in self.tables(low, high):
             position = table.column(0)
             table = table.filter(pc.and_(
                 pc.greater_equal(position, low), pc.less_equal(position, high)
-            ))
+            ) if wanted is None else pc.is_in(position, value_set=wanted))
             # Decoded a slice at a time: a page needs only its first rows.
             for start in range(0, table.num_rows, _SLICE):
                 for event in _events(table.slice(start, _SLICE), dated):
@@ -165,8 +168,7 @@ class ArchiveFiles:
         """The archived events at these positions, in position order."""
         if not positions:
             return []
-        wanted = set(positions)
-        return self.events(min(wanted), max(wanted), lambda e: e.position in wanted)
+        return self.events(min(positions), max(positions), only=positions)
 
     def scan(
         self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
