@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
+from psycopg import sql
 
 import event_sourcing as es
 from event_sourcing.cli import main
@@ -207,3 +210,48 @@ def test_a_projection_rebuild_reads_the_archive(tiny: es.EventStore) -> None:
     assert archive(tiny, LATER)
     stats = runner.rebuild("counter", batch_size=7)
     assert stats.rebuilt and totals(tiny) == (40, total)
+
+
+@pytest.fixture
+def role_url(pg_schema_url: str) -> Iterator[Callable[[str], str]]:
+    """A LOGIN role granted `kind` (mlevents grant): its store URL. Dropped afterwards."""
+    from conftest import PG_URL
+
+    roles: list[str] = []
+
+    def make(kind: str) -> str:
+        role = f"mlev_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_URL, autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        roles.append(role)
+        assert main(["grant", role, f"--{kind}", pg_schema_url, "--apply"]) == 0
+        host = PG_URL.removeprefix("postgresql://").partition("@")[2]
+        schema = pg_schema_url.partition("schema=")[2]
+        return f"postgresql://{role}@{host}?schema={schema}"
+
+    yield make
+    with psycopg.connect(PG_URL, autocommit=True) as connection:
+        for role in roles:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_reader_reads_through_and_only_the_owner_archives(
+    tiny: es.EventStore, role_url: Callable[[str], str]
+) -> None:
+    _fill(tiny)
+    tiny.seal()
+    before = _everything(tiny)
+    with es.connect(role_url("appender"), validate=False) as appender, pytest.raises(
+        es.AccessDeniedError, match="owner"
+    ):
+        archive(appender, LATER)
+    assert tiny.recorder.query("SELECT * FROM mlevents_archives") == []
+    assert archive(tiny, LATER)
+    with es.connect(role_url("reader"), validate=False) as reader:
+        assert _everything(reader) == before
+    # The refused run recorded its archive_created; the owner's run of the same file, once.
+    assert len(tiny.read_stream(ARCHIVE_STREAM)) == len(
+        tiny.recorder.query("SELECT * FROM mlevents_archives")
+    )
+    assert tiny.verify().ok
