@@ -151,6 +151,8 @@ def test_archive_cli(pg_schema_url: str, artifacts: Path,
     assert main(["archive", pg_schema_url, "--before", LATER.isoformat(), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["archived"] and out["archived"][0]["count"] > 0
+    assert main(["archive", pg_schema_url, "--before", "last tuesday"]) == 2
+    assert "not an ISO 8601 date" in capsys.readouterr().err
 
 
 def test_sqlite_refuses_to_archive(tmp_path: Path, artifacts: Path) -> None:
@@ -159,6 +161,7 @@ def test_sqlite_refuses_to_archive(tmp_path: Path, artifacts: Path) -> None:
         store.seal()
         with pytest.raises(ArchiveError, match="PostgreSQL"):
             archive(store, LATER)
+    assert main(["archive", f"sqlite:///{tmp_path / 's.db'}", "--before", "2030-01-01"]) == 2
 
 
 def test_a_file_that_does_not_read_back_drops_nothing(

@@ -575,29 +575,9 @@ class PostgresRecorder:
                 return page
             if archived != self._archives.bound:
                 self._archives.load(connection)
-            return self._archived_page(page, after, event_types, until, limit, undated_only)
+            return self._archives.page(page, after, event_types, until, limit, undated_only)
 
         return self._connections.read(f"read_all(after={after})", read)
-
-    def _archived_page(
-        self,
-        page: list[RecordedEvent],
-        after: int,
-        event_types: Collection[str] | None,
-        until: datetime | None,
-        limit: int,
-        undated_only: bool,
-    ) -> list[RecordedEvent]:
-        """A page of the global log with the archived events after `after` merged in
-        (every archived position is below the read horizon)."""
-        types = None if event_types is None else set(event_types)
-        archived = self._archives.events(
-            after + 1, 2**63 - 1,
-            lambda e: (types is None or e.event_type in types)
-            and (until is None or e.created_at <= until),
-            limit, dated=False if undated_only else None,
-        )
-        return sorted(page + archived, key=lambda e: e.position)[:limit]
 
     def read_dated_page(
         self,

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,6 +163,26 @@ class ArchiveFiles:
                         if limit is not None and len(found) >= limit:
                             return found
         return found
+
+    def page(
+        self,
+        page: list[RecordedEvent],
+        after: int,
+        event_types: Collection[str] | None,
+        until: datetime | None,
+        limit: int,
+        undated_only: bool,
+    ) -> list[RecordedEvent]:
+        """A page of the global log (PostgresRecorder.read_page) with the archived events
+        after `after` merged in (every archived position is below the read horizon)."""
+        types = None if event_types is None else set(event_types)
+        archived = self.events(
+            after + 1, 2**63 - 1,
+            lambda e: (types is None or e.event_type in types)
+            and (until is None or e.created_at <= until),
+            limit, dated=False if undated_only else None,
+        )
+        return sorted(page + archived, key=lambda e: e.position)[:limit]
 
     def at(self, positions: Sequence[int]) -> list[RecordedEvent]:
         """The archived events at these positions, in position order."""
