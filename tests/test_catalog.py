@@ -196,6 +196,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "problems": ["trigger event_store_no_update was missing"], "restored": True,
         "head_position": 6,
     },
+    "archive_created": {
+        "uri": "artifact://sha256/" + "ab" * 32, "sha256": "ab" * 32, "from_position": 0,
+        "to_position": 4, "count": 5, "seal_roots": ["cd" * 32], "file_bytes": 900,
+        "payload_bytes": 2000,
+    },
 }
 
 

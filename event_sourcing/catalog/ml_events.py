@@ -43,6 +43,7 @@ class EventTypes:
 
     INTEGRITY_SEALED = "integrity_sealed"
     INTEGRITY_TRIGGERS_RESTORED = "integrity_triggers_restored"
+    ARCHIVE_CREATED = "archive_created"
     SUBJECT_ERASED = "subject_erased"
     DATASET_SUBJECTS_RECORDED = "dataset_subjects_recorded"
     DATASET_REDACTED = "dataset_redacted"
@@ -499,6 +500,30 @@ class IntegritySealed(DomainEvent):
     """The previous seal's `chain` (64 zeros for the first seal)."""
     chain: Sha256
     """SHA-256(previous || from || to || count || root): links every seal to the one before."""
+
+
+@default_registry.register
+class ArchiveCreated(DomainEvent):
+    """A range of sealed positions written to a Parquet file of the artifact store, before
+    its partition was dropped (docs/archive.md)."""
+
+    event_type = EventTypes.ARCHIVE_CREATED
+    uri: Name
+    """The file's artifact URI (artifact://sha256/<hex>)."""
+    sha256: Sha256
+    """The file's content address."""
+    from_position: Count
+    """The first position the file covers (included)."""
+    to_position: Count
+    """The last position the file covers (included)."""
+    count: Count
+    """How many events the file holds."""
+    seal_roots: list[Sha256]
+    """The Merkle roots of the seals whose ranges the file's events belong to."""
+    file_bytes: Count
+    """The file's size."""
+    payload_bytes: Count
+    """The canonical JSON of its events' payloads, together."""
 
 
 @default_registry.register

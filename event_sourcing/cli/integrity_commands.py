@@ -1,4 +1,5 @@
-"""The tamper-evidence subcommands of `mlevents`: seal and verify.
+"""The tamper-evidence subcommands of `mlevents`: seal, verify, and archive (of sealed
+history, docs/archive.md).
 
 Thin wrappers over event_sourcing.integrity.audit; docs/integrity.md says what they prove.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from event_sourcing.cli.common import add_url_argument, open_store, set_handler
+from event_sourcing.cli.common import add_url_argument, open_store, progress_bar, set_handler
+from event_sourcing.errors import EventValidationError
 from event_sourcing.integrity.audit import seals
 
 
@@ -46,6 +49,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     set_handler(verify, cmd_verify)
+
+    archive = subparsers.add_parser(
+        "archive",
+        help="move sealed history older than a date to Parquet files (PostgreSQL)",
+        description=cmd_archive.__doc__,
+        epilog="Example: mlevents archive postgresql://owner@db/ml --before 2026-01-01. "
+        "Readers find the files in $MLEVENTS_ARTIFACTS (docs/archive.md).",
+    )
+    add_url_argument(archive)
+    archive.add_argument(
+        "--before", required=True, metavar="DATE",
+        help="archive only partitions whose every event was recorded before DATE (ISO 8601; "
+        "UTC unless it says otherwise)",
+    )
+    archive.add_argument("--json", action="store_true", help="print what was archived as JSON")
+    set_handler(archive, cmd_archive)
+
+
+def _date(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise EventValidationError(
+            f"--before {text!r} is not an ISO 8601 date or time, e.g. 2026-01-01"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    """Write every sealed partition of events recorded before DATE that holds no stream's
+    latest event to a Parquet file (zstd) of the artifact store, check it against the rows
+    and the seals, record `archive_created`, then drop the partition; every read of the
+    store reads through the files from then on."""
+    from event_sourcing.stores.postgres_archive import archive, candidates
+
+    before = _date(args.before)
+    with open_store(args) as store:
+        total = len(candidates(store, before)) if store.dialect == "postgresql" else 0
+        with progress_bar("archiving", total, "partitions") as advance_to:
+            done = archive(store, before, progress=lambda n, _: advance_to(n))
+    if args.json:
+        print(json.dumps({"archived": [r.to_dict() for r in done]}, indent=2))
+        return 0
+    for r in done:
+        print(f"{r.partition}: positions {r.from_position}-{r.to_position}, {r.count} events, "
+              f"{r.file_bytes} bytes ({r.payload_bytes} payload bytes) -> {r.uri}")
+    print(f"archived {len(done)} partition(s)")
+    return 0
 
 
 def cmd_seal(args: argparse.Namespace) -> int:

@@ -224,7 +224,11 @@ class _Checker:
                 "WHERE k.stream_id = ? AND k.version = ? AND e.version = k.version",
                 (stream, version - 1),
             ).fetchone()
-        return (version - 1, bytes(row[0])) if row and row[0] is not None else None
+        if row and row[0] is not None:
+            return (version - 1, bytes(row[0]))
+        archived = getattr(self.store.recorder, "archived_chain", None)  # docs/archive.md
+        chain = archived(stream, version - 1) if archived is not None else None
+        return None if chain is None else (version - 1, chain)
 
     def run(self, through: int) -> list[tuple[int, bytes]]:
         """Check every event in (after, through]; return their (position, chain hash)."""

@@ -23,11 +23,11 @@ import bisect
 import itertools
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -45,6 +45,7 @@ from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import UNDATED, dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
+from event_sourcing.stores.postgres_archive import ArchiveFiles
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
@@ -74,6 +75,9 @@ from event_sourcing.stores.values import decode
 # as varchar, which an event cursor loads as bytes (_event_cursor). The store's tables have
 # no varchar column; convert_to(..., 'UTF8') to bytea would cost the server a validation
 # and a copy per value.
+if TYPE_CHECKING:
+    from event_sourcing.artifacts import ArtifactStore
+
 _COLUMNS = (
     "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
     "payload::text::varchar, metadata::text::varchar, created_at, "
@@ -83,10 +87,14 @@ _COLUMNS = (
 # partition's primary key per key (runtime partition pruning leaves one partition to look
 # in). The lateral subquery is kept (OFFSET 0) so that a long stream is not planned as a
 # hash join over every partition.
+# (LEFT JOIN: a key whose event is archived, docs/archive.md, comes back as its position.)
 _KEYED = (
-    f"SELECT e.* FROM event_keys AS k CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM event_store "
-    "WHERE event_store.position = k.position OFFSET 0) AS e"
+    f"SELECT e.*, k.position FROM event_keys AS k LEFT JOIN LATERAL (SELECT {_COLUMNS} "
+    "FROM event_store WHERE event_store.position = k.position OFFSET 0) AS e ON true"
 )
+# A page's rows also say how far the archive reaches, in the scan's own snapshot (an
+# archive committed between the horizon and the scan is seen: docs/archive.md).
+_ARCHIVED = "(SELECT coalesce(max(upper_bound), 0) FROM mlevents_archives)"
 _BY_IDS = f"{_KEYED} WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
 # bytea's binary loader (psycopg's C one when installed): the bytes as they came.
 _AS_BYTES = psycopg.postgres.adapters.get_loader(
@@ -133,17 +141,18 @@ def page_query(
     `event_type = ANY(...)` would walk the position index and filter every row until the
     page fills (rare types), and unlimited branches may be planned as a whole-type scan.
     """
+    columns = f"{_COLUMNS}, {_ARCHIVED}"
     time_filter = (" AND created_at <= %s" if until is not None else "") + (
         UNDATED if undated_only else ""
     )
     types = sorted(set(event_types)) if event_types is not None else []
     if event_types is None or len(types) == 1:
         where = "position > %s" + (" AND event_type = %s" if types else "")
-        query = f"SELECT {_COLUMNS} FROM event_store WHERE {where}{time_filter}"
+        query = f"SELECT {columns} FROM event_store WHERE {where}{time_filter}"
         params: list[Any] = [after, *types] + ([until] if until is not None else [])
     elif len(types) > MAX_SEEK_BRANCHES:  # one statement of hundreds of branches plans slowly
         query = (
-            f"SELECT {_COLUMNS} FROM event_store WHERE position > %s "
+            f"SELECT {columns} FROM event_store WHERE position > %s "
             f"AND event_type = ANY(%s){time_filter}"
         )
         params = [after, types] + ([until] if until is not None else [])
@@ -151,7 +160,7 @@ def page_query(
         branches, params = [], []
         for event_type in types:
             branches.append(
-                f"(SELECT {_COLUMNS} FROM event_store WHERE position > %s AND event_type = %s"
+                f"(SELECT {columns} FROM event_store WHERE position > %s AND event_type = %s"
                 f"{time_filter} ORDER BY position LIMIT %s)"
             )
             params += [after, event_type] + ([until] if until is not None else []) + [limit]
@@ -168,12 +177,15 @@ _CHUNK = 500
 
 def _stream_on(
     connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
-) -> list[RecordedEvent]:
+) -> tuple[list[RecordedEvent], int | None]:
+    """A page's events, and how far the archive reached (None: no row said)."""
     rows = _event_cursor(connection).stream(query, params, size=_CHUNK)
     events: list[RecordedEvent] = []
+    archived = None
     while chunk := list(islice(rows, _CHUNK)):
+        archived = chunk[0][14]
         events += fetch_events(chunk.copy)
-    return events
+    return events, archived
 class ClockBehind(Exception):
     """An append wrote nothing: its stream's head was recorded at a later time than its."""
 
@@ -266,6 +278,9 @@ class PostgresRecorder:
         # The latest time this recorder recorded: its appends never record an earlier one.
         self._latest = MIN_TIME
         self._latest_lock = threading.Lock()
+        # The archive (docs/archive.md): the manifest as last read, and its files.
+        self.artifacts_root: str | None = None
+        self._archives = ArchiveFiles(lambda: self.artifacts)
         self._connections = Connections(
             url, kwargs, name=f"mlevents-{schema}", description=self.description,
             configure=_configure,
@@ -274,6 +289,13 @@ class PostgresRecorder:
 
     def close(self) -> None:
         self._connections.close()
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store holding the archive's files ($MLEVENTS_ARTIFACTS by default)."""
+        from event_sourcing.artifacts import ArtifactStore
+
+        return ArtifactStore(self.artifacts_root)
 
     def _append_cursor(self) -> psycopg.Cursor[Any]:
         return self._connections.append_cursor()
@@ -442,15 +464,31 @@ class PostgresRecorder:
         """Rows (position order, `through` at most the head) as hashed: position, id, stream,
         stream type, version, type, schema version, payload, metadata (canonical JSON), time
         (text), correlation, causation, content, chain, occurred_at (text or NULL)."""
-        rows = self._connections.read(
-            "read hashed rows",
-            lambda connection: connection.execute(
+        def read(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            self._archives.load(connection)
+            return connection.execute(
                 f"SELECT {HASHED_V6} FROM event_store WHERE position > %s AND position <= %s "
                 "ORDER BY position LIMIT %s",
                 (after, through, limit),
-            ).fetchall(),
+            ).fetchall()
+
+        hashed = [hashed_row(row) for row in self._connections.read("read hashed rows", read)]
+        if self._archives.bound > after:
+            hashed = sorted(
+                hashed + self._archives.hashed(after, through, limit), key=lambda r: r[0]
+            )[:limit]
+        return hashed
+
+    def archived_chain(self, stream_id: str, version: int) -> bytes | None:
+        """The chain hash of a stream's archived event (integrity.audit), or None."""
+        found = self.query(
+            "SELECT position FROM event_keys WHERE stream_id = ? AND version = ?",
+            (stream_id, version),
         )
-        return [hashed_row(row) for row in rows]
+        if not found:
+            return None
+        self._connections.read("read the archive manifest", self._archives.load)
+        return self._archives.chain_at(int(found[0][0]))
 
     def restore_triggers(self) -> tuple[list[str], str | None]:
         """Recreate missing and re-enable disabled append-only triggers: (what was wrong,
@@ -461,15 +499,25 @@ class PostgresRecorder:
         )
 
     # -- reading ------------------------------------------------------------------------
-    @staticmethod
     def _select_on(
+        self,
         connection: psycopg.Connection[Any],
         query: str,
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        cursor = _event_cursor(connection)
-        return fetch_events(cursor.execute(query, params, prepare=prepare).fetchall)
+        """The events of a query; through event_keys (_KEYED), those archived are read
+        from the archive's files."""
+        rows = _event_cursor(connection).execute(query, params, prepare=prepare).fetchall()
+        archived = [row[14] for row in rows if row[0] is None]
+        events = fetch_events(
+            (lambda: [row for row in rows if row[0] is not None]) if archived else lambda: rows
+        )
+        if not archived:
+            return events
+        if not self._archives.covers(archived):
+            self._archives.load(connection)
+        return sorted(events + self._archives.at(archived), key=lambda e: e.position)
 
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(
@@ -517,9 +565,17 @@ class PostgresRecorder:
             # generic plan after five runs, one that walks the position index filtering
             # every row (a reset cursor with a type filter); an unnamed statement is
             # planned for its own values.
-            page = _stream_on(connection, query, params)
+            page, archived = _stream_on(connection, query, params)
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
-            return page if settled == len(page) else page[:settled]
+            page = page if settled == len(page) else page[:settled]
+            if archived is None and after < horizon - 1:  # no row to say: ask
+                found = connection.execute(f"SELECT {_ARCHIVED}").fetchone()
+                archived = int(found[0]) if found else 0
+            if not archived or archived <= after + 1:
+                return page
+            if archived != self._archives.bound:
+                self._archives.load(connection)
+            return self._archives.page(page, after, event_types, until, limit, undated_only)
 
         return self._connections.read(f"read_all(after={after})", read)
 
@@ -532,16 +588,34 @@ class PostgresRecorder:
     ) -> list[RecordedEvent]:
         # No read horizon: a snapshot of what is committed (not a cursor that must never
         # skip an event committed later).
-        return self._select("a bitemporal read", *dated_page_query(
+        page = self._select("a bitemporal read", *dated_page_query(
             _COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
         ))
+        archived = self._scan_archive(
+            lambda e: e.occurred_at <= occurred_until
+            and (recorded_until is None or e.created_at <= recorded_until)
+            and (after is None or (e.occurred_at, e.position) > after),
+            dated=True,
+        )
+        if not archived:
+            return page
+        return sorted(page + archived, key=lambda e: (e.occurred_at, e.position))[:limit]
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
-        return self._select(
+        found = self._select(
             "read_correlated",
             f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
+        archived = self._scan_archive(lambda e: e.correlation_id == correlation_id)
+        return sorted(found + archived, key=lambda e: e.position) if archived else found
+
+    def _scan_archive(
+        self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
+    ) -> list[RecordedEvent]:
+        """Every archived event that `keep` (a read no index of the archive serves)."""
+        self._connections.read("read the archive manifest", self._archives.load)
+        return self._archives.scan(keep, dated)
 
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
@@ -568,9 +642,14 @@ class PostgresRecorder:
             rows = connection.execute(
                 "SELECT event_type, count(*) FROM event_store GROUP BY event_type ORDER BY 1"
             ).fetchall()
+            self._archives.load(connection)
             return {name: int(count) for name, count in rows}
 
-        return self._connections.read("counts_by_type", read)
+        counts = self._connections.read("counts_by_type", read)
+        for table in self._archives.tables(0, 2**63 - 1, ["event_type"]):
+            for name in table.column(0).to_pylist():
+                counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read of a table beside the log (`?` placeholders), on this

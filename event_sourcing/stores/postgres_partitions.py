@@ -213,6 +213,10 @@ def _move_grants(connection: psycopg.Connection[Any]) -> None:
         )
         if privilege == "SELECT":
             connection.execute(sql.SQL("GRANT SELECT ON event_keys TO {}").format(who))
+            # (the archive's manifest, read by every read of the log: docs/archive.md)
+            connection.execute(
+                sql.SQL("GRANT SELECT ON mlevents_archives TO {}").format(who)
+            )
         if privilege == "INSERT":
             connection.execute(
                 sql.SQL("GRANT EXECUTE ON FUNCTION mlevents_add_partitions(bigint) TO {}")

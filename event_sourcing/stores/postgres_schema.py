@@ -95,6 +95,16 @@ CREATE TABLE IF NOT EXISTS mlevents_partitioning (
     id   integer PRIMARY KEY CHECK (id = 1),
     size bigint NOT NULL CHECK (size >= 1)
 );
+-- Positions [lower_bound, upper_bound) archived to a Parquet file of the artifact store
+-- (stores/postgres_archive, docs/archive.md): their partition was dropped.
+CREATE TABLE IF NOT EXISTS mlevents_archives (
+    lower_bound bigint PRIMARY KEY,
+    upper_bound bigint NOT NULL,
+    uri         text NOT NULL,
+    sha256      text NOT NULL,
+    events      bigint NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
 -- read_all(until=...) without a type filter: a block range index (a few pages for any
 -- size of log: times grow with positions) instead of a B-tree entry per event.

@@ -23,7 +23,9 @@ from event_sourcing.privacy.keys import TABLE as KEY_TABLE
 Kind = Literal["reader", "appender", "projector"]
 KINDS: tuple[Kind, ...] = ("reader", "appender", "projector")
 # The store's own objects; every other table of its schema belongs to projections.
-STORE_TABLES = ("mlevents_schema", "streams", "event_store", "event_keys")
+STORE_TABLES = (
+    "mlevents_schema", "streams", "event_store", "event_keys", "mlevents_archives"
+)
 # Beside the store's tables, of no role's concern: event_store's partitions (reached through
 # it) and their settings (stores.postgres_partitions).
 _INTERNAL_TABLES = ("mlevents_partitioning",)
