@@ -13,7 +13,8 @@ given, nothing at or below it can appear later. Writers never wait for one anoth
 Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets exactly one
 of two racing appends have a version.
 See docs/ordering.md for the argument and the measurements. The schema and its
-migrations are in postgres_schema, the append statement in postgres_append, the bulk
+migrations are in postgres_schema, the append statement in postgres_append, the page
+queries and decoding of reads in postgres_read, the archive in postgres_archive, the bulk
 import in postgres_import.
 """
 
@@ -26,14 +27,11 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
-from psycopg.types.json import set_json_loads
-from psycopg.types.string import ByteaBinaryLoader
 
 from event_sourcing.errors import (
     ConcurrencyError,
@@ -42,7 +40,7 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.business_time import UNDATED, dated_page_query
+from event_sourcing.stores.business_time import dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_archive import ArchiveFiles
@@ -51,6 +49,17 @@ from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
 from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
 from event_sourcing.stores.postgres_pool import Connections, session_options
+from event_sourcing.stores.postgres_read import (
+    ARCHIVED,
+    BY_IDS,
+    COLUMNS,
+    KEYED,
+    Transaction,
+    configure,
+    event_cursor,
+    page_query,
+    stream_on,
+)
 from event_sourcing.stores.postgres_schema import (
     HASHED_V6,
     STREAM_VERSION_KEY,
@@ -59,7 +68,6 @@ from event_sourcing.stores.postgres_schema import (
     restore_triggers,
 )
 from event_sourcing.stores.recorder import (
-    MAX_SEEK_BRANCHES,
     AlreadyRecorded,
     Appended,
     EventRow,
@@ -68,164 +76,19 @@ from event_sourcing.stores.recorder import (
     redact_url,
 )
 from event_sourcing.stores.times import MAX_TIME, MIN_TIME
-from event_sourcing.stores.values import decode
 
-# In RecordedEvent's field order; schema_version twice: as returned and as recorded.
-# Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events):
-# as varchar, which an event cursor loads as bytes (_event_cursor). The store's tables have
-# no varchar column; convert_to(..., 'UTF8') to bytea would cost the server a validation
-# and a copy per value.
 if TYPE_CHECKING:
     from event_sourcing.artifacts import ArtifactStore
-
-_COLUMNS = (
-    "id::text, stream_id, stream_type, version, position, event_type, schema_version, "
-    "payload::text::varchar, metadata::text::varchar, created_at, "
-    "correlation_id, causation_id, schema_version, occurred_at"
-)
-# Events found through event_keys (k), which says where they are: one lookup of a
-# partition's primary key per key (runtime partition pruning leaves one partition to look
-# in). The lateral subquery is kept (OFFSET 0) so that a long stream is not planned as a
-# hash join over every partition.
-# (LEFT JOIN: a key whose event is archived, docs/archive.md, comes back as its position.)
-_KEYED = (
-    f"SELECT e.*, k.position FROM event_keys AS k LEFT JOIN LATERAL (SELECT {_COLUMNS} "
-    "FROM event_store WHERE event_store.position = k.position OFFSET 0) AS e ON true"
-)
-# A page's rows also say how far the archive reaches, in the scan's own snapshot (an
-# archive committed between the horizon and the scan is seen: docs/archive.md).
-_ARCHIVED = "(SELECT coalesce(max(upper_bound), 0) FROM mlevents_archives)"
-_BY_IDS = f"{_KEYED} WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
-# bytea's binary loader (psycopg's C one when installed): the bytes as they came.
-_AS_BYTES = psycopg.postgres.adapters.get_loader(
-    psycopg.postgres.types["bytea"].oid, psycopg.pq.Format.BINARY
-) or ByteaBinaryLoader
-
-
-def _event_cursor(connection: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    """A binary cursor that loads varchar (only _COLUMNS' payload and metadata) as bytes."""
-    cursor = connection.cursor(binary=True)
-    cursor.adapters.register_loader("varchar", _AS_BYTES)
-    return cursor
-
 
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
 
-def _load_json(data: str | bytes) -> Any:
-    # psycopg's default goes through json.loads(bytes), which sniffs the encoding with a
-    # regex per value; jsonb text is always UTF-8. Empty metadata is the common case.
-    # (Not used for events: _COLUMNS reads their payload and metadata as UTF-8 bytes.)
-    if data == b"{}":
-        return {}
-    return decode(data if isinstance(data, str) else bytes(data).decode())
-
-
-def _configure(connection: psycopg.Connection[Any]) -> None:
-    set_json_loads(_load_json, connection)
-
-
-def page_query(
-    after: int,
-    event_types: Collection[str] | None,
-    until: datetime | None,
-    limit: int,
-    undated_only: bool = False,
-) -> tuple[str, list[Any]]:
-    """The keyset query of one page of the global log, without the horizon.
-
-    The horizon is applied by the caller, not in SQL: a `position < h` bound makes the
-    planner trade the ordered index scan for a bitmap scan and a sort of the whole tail
-    whenever statistics lag behind a burst of appends. A type filter is one ordered seek
-    of the (event_type, position) index per type, each at most a page, then sorted:
-    `event_type = ANY(...)` would walk the position index and filter every row until the
-    page fills (rare types), and unlimited branches may be planned as a whole-type scan.
-    """
-    columns = f"{_COLUMNS}, {_ARCHIVED}"
-    time_filter = (" AND created_at <= %s" if until is not None else "") + (
-        UNDATED if undated_only else ""
-    )
-    types = sorted(set(event_types)) if event_types is not None else []
-    if event_types is None or len(types) == 1:
-        where = "position > %s" + (" AND event_type = %s" if types else "")
-        query = f"SELECT {columns} FROM event_store WHERE {where}{time_filter}"
-        params: list[Any] = [after, *types] + ([until] if until is not None else [])
-    elif len(types) > MAX_SEEK_BRANCHES:  # one statement of hundreds of branches plans slowly
-        query = (
-            f"SELECT {columns} FROM event_store WHERE position > %s "
-            f"AND event_type = ANY(%s){time_filter}"
-        )
-        params = [after, types] + ([until] if until is not None else [])
-    else:
-        branches, params = [], []
-        for event_type in types:
-            branches.append(
-                f"(SELECT {columns} FROM event_store WHERE position > %s AND event_type = %s"
-                f"{time_filter} ORDER BY position LIMIT %s)"
-            )
-            params += [after, event_type] + ([until] if until is not None else []) + [limit]
-        query = " UNION ALL ".join(branches)
-    params.append(limit)
-    return f"{query} ORDER BY position LIMIT %s", params
-
-
-# A page is fetched in chunks of this many rows (libpq's chunked mode), each decoded while
-# the server renders the next ones as text: read_page's two halves, the server's and the
-# client's, run side by side instead of one after the other (bench/README.md).
-_CHUNK = 500
-
-
-def _stream_on(
-    connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
-) -> tuple[list[RecordedEvent], int | None]:
-    """A page's events, and how far the archive reached (None: no row said)."""
-    rows = _event_cursor(connection).stream(query, params, size=_CHUNK)
-    events: list[RecordedEvent] = []
-    archived = None
-    while chunk := list(islice(rows, _CHUNK)):
-        archived = chunk[0][14]
-        events += fetch_events(chunk.copy)
-    return events, archived
 class ClockBehind(Exception):
     """An append wrote nothing: its stream's head was recorded at a later time than its."""
 
     def __init__(self, latest: datetime) -> None:
         super().__init__(f"the log holds a time later than the clock's: {latest}")
         self.latest = latest
-
-
-class _OneStatementCursor(psycopg.Cursor[Any]):
-    """Sends every query with the extended protocol, which runs exactly one statement: a
-    read-model query holding `; DROP TABLE ...` fails instead of running it (as on SQLite).
-    psycopg would use the simple protocol, which runs several, for a query without
-    parameters."""
-
-    def _execute_send(
-        self, query: Any, *, force_extended: bool = False, binary: bool | None = None
-    ) -> None:
-        super()._execute_send(query, force_extended=True, binary=binary)
-
-
-class _Transaction:
-    dialect = "postgresql"
-
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self._connection = connection
-
-    def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return _OneStatementCursor(self._connection).execute(query.replace("?", "%s"), params)
-
-    def executemany(self, query: str, params: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        cursor = self._connection.cursor()
-        cursor.executemany(query.replace("?", "%s"), params)
-        return cursor
-
-    def table_exists(self, table: str) -> bool:
-        row = self._connection.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-        return bool(row and row[0])
-
-    def lock(self, key: int) -> None:
-        self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
 
 class PostgresRecorder:
@@ -283,7 +146,7 @@ class PostgresRecorder:
         self._archives = ArchiveFiles(lambda: self.artifacts)
         self._connections = Connections(
             url, kwargs, name=f"mlevents-{schema}", description=self.description,
-            configure=_configure,
+            configure=configure,
             pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
         )
 
@@ -408,7 +271,7 @@ class PostgresRecorder:
             return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
         # Nothing was written: a retry of a recorded batch or a stale expected version.
         connection = cursor.connection
-        found = self._select_on(connection, _BY_IDS, ([row.id for row in rows],))
+        found = self._select_on(connection, BY_IDS, ([row.id for row in rows],))
         if found:
             raise AlreadyRecorded(found)
         stream_id = request["stream"]
@@ -506,9 +369,9 @@ class PostgresRecorder:
         params: Sequence[Any],
         prepare: bool | None = None,
     ) -> list[RecordedEvent]:
-        """The events of a query; through event_keys (_KEYED), those archived are read
+        """The events of a query; through event_keys (KEYED), those archived are read
         from the archive's files."""
-        rows = _event_cursor(connection).execute(query, params, prepare=prepare).fetchall()
+        rows = event_cursor(connection).execute(query, params, prepare=prepare).fetchall()
         archived = [row[14] for row in rows if row[0] is None]
         events = fetch_events(
             (lambda: [row for row in rows if row[0] is not None]) if archived else lambda: rows
@@ -529,7 +392,7 @@ class PostgresRecorder:
     ) -> list[RecordedEvent]:
         return self._select(
             f"read_stream({stream_id!r})",
-            f"{_KEYED} WHERE k.stream_id = %s AND k.version >= %s AND k.version <= %s "
+            f"{KEYED} WHERE k.stream_id = %s AND k.version >= %s AND k.version <= %s "
             "ORDER BY k.version",
             (stream_id, from_version, to_version if to_version is not None else 2**62),
         )
@@ -565,11 +428,11 @@ class PostgresRecorder:
             # generic plan after five runs, one that walks the position index filtering
             # every row (a reset cursor with a type filter); an unnamed statement is
             # planned for its own values.
-            page, archived = _stream_on(connection, query, params)
+            page, archived = stream_on(connection, query, params)
             settled = bisect.bisect_left(page, horizon, key=lambda event: event.position)
             page = page if settled == len(page) else page[:settled]
             if archived is None and after < horizon - 1:  # no row to say: ask
-                found = connection.execute(f"SELECT {_ARCHIVED}").fetchone()
+                found = connection.execute(f"SELECT {ARCHIVED}").fetchone()
                 archived = int(found[0]) if found else 0
             if not archived or archived <= after + 1:
                 return page
@@ -589,7 +452,7 @@ class PostgresRecorder:
         # No read horizon: a snapshot of what is committed (not a cursor that must never
         # skip an event committed later).
         page = self._select("a bitemporal read", *dated_page_query(
-            _COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
+            COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
         ))
         archived = self._scan_archive(
             lambda e: e.occurred_at <= occurred_until
@@ -604,7 +467,7 @@ class PostgresRecorder:
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         found = self._select(
             "read_correlated",
-            f"SELECT {_COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
+            f"SELECT {COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
         archived = self._scan_archive(lambda e: e.correlation_id == correlation_id)
@@ -620,7 +483,7 @@ class PostgresRecorder:
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(
             "reading events by id",
-            _BY_IDS,
+            BY_IDS,
             (list(ids),),
         )
 
@@ -660,11 +523,11 @@ class PostgresRecorder:
         )
 
     @contextmanager
-    def transaction(self, read_only: bool = False) -> Iterator[_Transaction]:
+    def transaction(self, read_only: bool = False) -> Iterator[Transaction]:
         """A transaction on a connection checked alive first; reads of the store on this
         thread inside it use its connection. A driver error escaping it is raised as an
         EventStoreError (inside, `execute` raises the driver's own)."""
         with self._connections.transaction("store.transaction()") as connection:
             if read_only:
                 connection.execute("SET TRANSACTION READ ONLY")
-            yield _Transaction(connection)
+            yield Transaction(connection)
