@@ -8,8 +8,10 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import count, repeat
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -21,7 +23,12 @@ GENESIS = bytes(32)  # the "previous chain hash" of a stream's first event and f
 _PYTHON_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _NULL = b"\xff\xff\xff\xff"
 _U32 = struct.Struct(">I").pack
+_I64 = struct.Struct(">q").pack  # = n.to_bytes(8, "big", signed=True)
 _sha256 = hashlib.sha256
+_DIGEST = methodcaller("digest")
+_UTF8 = repeat("utf-8")  # (map(str.encode, texts, _UTF8, _PASS): every text, in C)
+_PASS = repeat("surrogatepass")
+_FIELDS: dict[str, bytes] = {}  # field() of stream ids, types and stream types, bounded
 
 
 def field(value: str | None) -> bytes:
@@ -29,11 +36,20 @@ def field(value: str | None) -> bytes:
     if value is None:
         return _NULL
     data = value.encode("utf-8", "surrogatepass")
-    return len(data).to_bytes(4, "big") + data
+    return _U32(len(data)) + data
+
+
+def _name(value: str) -> bytes:
+    """field() of a name appends repeat (stream id, stream type, event type), cached."""
+    found = _FIELDS.get(value)
+    if found is None:
+        if len(_FIELDS) >= 4096:
+            _FIELDS.clear()
+        found = _FIELDS[value] = field(value)
+    return found
 
 
 _EMPTY_OBJECT = field("{}")
-_ID_LENGTH = _U32(36)  # event ids are canonical UUID text
 
 
 def content_hash(
@@ -52,28 +68,17 @@ def content_hash(
     big-endian UTF-8 length, 0xFFFFFFFF for NULL), the schema version as 8 bytes. The time
     the fact occurred is hashed last, and only when it was given (not NULL): the hash of
     every event without one is what it was before business time existed."""
-    # Written out (no per-field call): every append and every verified event runs this.
     i = event_id.encode()
-    s = stream_id.encode("utf-8", "surrogatepass")
-    t = event_type.encode("utf-8", "surrogatepass")
     # (payload and metadata may come as their UTF-8 bytes already)
     p = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
-    if metadata == "{}" or metadata == b"{}":
-        m = _EMPTY_OBJECT
-    else:
-        raw = metadata.encode("utf-8", "surrogatepass") if isinstance(metadata, str) else metadata
-        m = _U32(len(raw)) + raw
+    m = metadata.encode("utf-8", "surrogatepass") if isinstance(metadata, str) else metadata
     c = created_at.encode()
-    return _sha256(
-        b"".join((
-            _U32(len(i)), i, _U32(len(s)), s, _U32(len(t)), t,
-            schema_version.to_bytes(8, "big", signed=True), _U32(len(p)), p, m,
-            _U32(len(c)), c,
-            _NULL if correlation_id is None else field(correlation_id),
-            _NULL if causation_id is None else field(causation_id),
-            b"" if occurred_at is None else field(occurred_at),
-        ))
-    ).digest()
+    return _sha256(b"".join((
+        _U32(len(i)), i, field(stream_id), field(event_type),
+        schema_version.to_bytes(8, "big", signed=True),
+        _U32(len(p)), p, _U32(len(m)), m, _U32(len(c)), c, field(correlation_id),
+        field(causation_id), b"" if occurred_at is None else field(occurred_at),
+    ))).digest()
 
 
 def append_hashes(
@@ -91,52 +96,64 @@ def append_hashes(
     encoded once; and, given the head (its chain hash, version, stream type), their chain hashes.
     `canonical`: hash the canonical JSON of payload and metadata (PostgreSQL's jsonb), which
     is their text when the row says it was written in that form."""
-    sha256 = _sha256
-    s = field(stream_id)
-    tail = field(created_at) + (
-        _NULL if correlation_id is None else field(correlation_id)
-    ) + (_NULL if causation_id is None else field(causation_id))
-    # (type, schema version) -> the stream, type and schema version fields, encoded once
-    fixed: dict[tuple[str, int], bytes] = {}
-    contents = []
-    chains: list[bytes] | None = None
-    if head is not None:
-        chain, version, kind = head[0], head[1], field(head[2])
-        chains = []
-    for row in rows:
-        t = fixed.get((row.event_type, row.schema_version))
-        if t is None:
-            t = fixed[row.event_type, row.schema_version] = s + field(row.event_type) + (
-                row.schema_version.to_bytes(8, "big", signed=True)
-            )
-        i = row.id.encode()
-        metadata = row.metadata_json
-        if canonical and not row.canonical:
-            p = canonical_json_bytes(
-                decode(row.payload_json) if row.payload is None else row.payload
-            )
-            m = _EMPTY_OBJECT if metadata == "{}" else _bytes_field(
-                canonical_json_bytes(decode(metadata))
-            )
+    # The content hash's bytes: id, [stream, type, schema version], payload, metadata,
+    # [created_at, correlation, causation], occurred_at; the bracketed parts are a batch's
+    # (a type's) constants.
+    tail = field(created_at) + field(correlation_id) + field(causation_id)
+    if not rows:
+        return [], None if head is None else []
+    if len(rows) == 1:  # (a single event: no per-batch machinery)
+        event_id, event_type, version, payload, metadata, value, done, occurred = rows[0]
+        if canonical and not done:
+            p, m = _canonical_texts(payload, metadata, value)
         else:
-            p = row.payload_json.encode("utf-8", "surrogatepass")
-            m = _EMPTY_OBJECT if metadata == "{}" else field(metadata)
-        occurred = row.occurred_at
-        content = sha256(b"".join((
-            _U32(len(i)), i, t, _U32(len(p)), p, m, tail,
+            p = payload.encode("utf-8", "surrogatepass")
+            m = metadata.encode("utf-8", "surrogatepass")
+        i = event_id.encode()
+        contents = [_sha256(b"".join((
+            _U32(len(i)), i, _name(stream_id), _name(event_type), _I64(version),
+            _U32(len(p)), p, _U32(len(m)), m, tail,
             b"" if occurred is None else field(occurred),
-        ))).digest()
-        contents.append(content)
-        if chains is not None:
-            version += 1
-            chain = sha256(chain + version.to_bytes(8, "big", signed=True) + kind + content
-                           ).digest()
-            chains.append(chain)
-    return contents, chains
+        ))).digest()]
+    else:
+        ids, types, versions, payloads, metadatas, values, done, occurred = zip(*rows)
+        if canonical and not all(done):
+            texts = [
+                (p.encode("utf-8", "surrogatepass"), m.encode("utf-8", "surrogatepass"))
+                if ok else _canonical_texts(p, m, value)
+                for p, m, value, ok in zip(payloads, metadatas, values, done)
+            ]
+            ps: list[bytes] = [p for p, _ in texts]
+            ms: list[bytes] = [m for _, m in texts]
+        else:
+            ps = list(map(str.encode, payloads, _UTF8, _PASS))
+            ms = list(map(str.encode, metadatas, _UTF8, _PASS))
+        s = _name(stream_id)
+        kinds = {key: s + _name(key[0]) + _I64(key[1]) for key in set(zip(types, versions))}
+        fixed = (
+            repeat(kinds.popitem()[1]) if len(kinds) == 1
+            else map(kinds.__getitem__, zip(types, versions))
+        )
+        if occurred.count(None) == len(occurred):
+            last: Iterable[bytes] = repeat(b"")
+        else:
+            times = {text: b"" if text is None else field(text) for text in set(occurred)}
+            last = map(times.__getitem__, occurred)
+        encoded_ids = list(map(str.encode, ids))
+        contents = list(map(_DIGEST, map(_sha256, map(b"".join, zip(
+            map(_U32, map(len, encoded_ids)), encoded_ids, fixed,
+            map(_U32, map(len, ps)), ps, map(_U32, map(len, ms)), ms, repeat(tail), last,
+        )))))
+    if head is None:
+        return contents, None
+    return contents, fold_chain(head[0], head[1], head[2], contents)
 
 
-def _bytes_field(data: bytes) -> bytes:
-    return _U32(len(data)) + data
+def _canonical_texts(payload: str, metadata: str, value: Any) -> tuple[bytes, bytes]:
+    """The canonical JSON of a row's payload (its decoded `value`, when given) and metadata."""
+    p = canonical_json_bytes(decode(payload) if value is None else value)
+    m = b"{}" if metadata == "{}" else canonical_json_bytes(decode(metadata))
+    return p, m
 
 
 def chain_hash(previous: bytes, version: int, stream_type: str, content: bytes) -> bytes:
@@ -241,17 +258,29 @@ def fold_chain(
     """The chain hashes of consecutive events after the one at `version` (whose chain hash
     is `previous`) of a stream of `stream_type`, given their content hashes."""
     sha256 = _sha256
-    kind = field(stream_type)
-    out = []
-    for content in contents:
-        version += 1
-        previous = sha256(previous + version.to_bytes(8, "big", signed=True) + kind + content
-                          ).digest()
-        out.append(previous)
-    return out
+    kind = _name(stream_type)
+    # Each link's bytes after the previous link: version, stream type, content hash.
+    return [
+        previous := sha256(previous + rest).digest()
+        for rest in map(b"".join, zip(map(_I64, count(version + 1)), repeat(kind), contents))
+    ]
+
+
+_MINUTES: dict[tuple[int, int, int, int, int], str] = {}  # "YYYY-MM-DDTHH:MM:", bounded
+_SECONDS = tuple(f"{n:02d}." for n in range(60))
 
 
 def timestamp_text(value: datetime) -> str:
     """An event time as hashed (and as SQLite stores it): fixed-width ISO 8601 in UTC,
-    years padded to four digits (0001-9999; strftime("%Y") would not pad years before 1000)."""
-    return value.isoformat(timespec="microseconds")
+    years padded to four digits (0001-9999; strftime("%Y") would not pad years before 1000).
+    That is value.isoformat(timespec="microseconds"), built from a cached minute for a time
+    in UTC (isoformat costs as much as a SHA-256 of the event)."""
+    if value.tzinfo is not UTC:
+        return value.isoformat(timespec="microseconds")
+    key = (value.year, value.month, value.day, value.hour, value.minute)
+    minute = _MINUTES.get(key)
+    if minute is None:
+        if len(_MINUTES) >= 1024:
+            _MINUTES.clear()
+        minute = _MINUTES[key] = value.isoformat(timespec="microseconds")[:17]
+    return minute + _SECONDS[value.second] + str(1000000 + value.microsecond)[1:] + "+00:00"
