@@ -116,12 +116,12 @@ def append_hashes(
             b"" if occurred is None else field(occurred),
         ))).digest()]
     else:
-        ids, types, versions, payloads, metadatas, values, done, occurred = zip(*rows)
+        ids, types, versions, payloads, metadatas, values, done, occurred = zip(*rows, strict=True)
         if canonical and not all(done):
             texts = [
                 (p.encode("utf-8", "surrogatepass"), m.encode("utf-8", "surrogatepass"))
                 if ok else _canonical_texts(p, m, value)
-                for p, m, value, ok in zip(payloads, metadatas, values, done)
+                for p, m, value, ok in zip(payloads, metadatas, values, done, strict=True)
             ]
             ps: list[bytes] = [p for p, _ in texts]
             ms: list[bytes] = [m for _, m in texts]
@@ -129,10 +129,13 @@ def append_hashes(
             ps = list(map(str.encode, payloads, _UTF8, _PASS))
             ms = list(map(str.encode, metadatas, _UTF8, _PASS))
         s = _name(stream_id)
-        kinds = {key: s + _name(key[0]) + _I64(key[1]) for key in set(zip(types, versions))}
+        kinds = {
+            key: s + _name(key[0]) + _I64(key[1])
+            for key in set(zip(types, versions, strict=True))
+        }
         fixed = (
             repeat(kinds.popitem()[1]) if len(kinds) == 1
-            else map(kinds.__getitem__, zip(types, versions))
+            else map(kinds.__getitem__, zip(types, versions, strict=True))
         )
         if occurred.count(None) == len(occurred):
             last: Iterable[bytes] = repeat(b"")

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import count, repeat
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,21 @@ _HASHED = (
 )
 
 
-def _occurred_values(rows: Sequence[EventRow]) -> list[tuple[int | None]] | None:
-    """Each row's occurred_at as stored (microseconds; None: NULL), or None when no row of
-    the batch gives one (its statement then has a NULL literal)."""
-    if all(row.occurred_at is None for row in rows):
+_DASH, _NONE = repeat("-"), repeat("")  # (str.replace's arguments, for map)
+
+
+def _occurred_values(texts: Sequence[str | None]) -> list[int | None] | None:
+    """Each row's occurred_at (`texts`: as hashed) as stored (microseconds; None: NULL),
+    or None when no row of the batch gives one (its statement then has a NULL literal)."""
+    if texts.count(None) == len(texts):
         return None
     stored: dict[str, int] = {}  # (a batch usually shares one)
     return [
-        (None,) if (text := row.occurred_at) is None else (
+        None if text is None else (
             stored[text] if text in stored
-            else stored.setdefault(text, time_value(datetime.fromisoformat(text))),
+            else stored.setdefault(text, time_value(datetime.fromisoformat(text)))
         )
-        for row in rows
+        for text in texts
     ]
 
 
@@ -261,6 +265,12 @@ class SQLiteRecorder:
             ) from exc
         return connection
 
+    def _shared_connection(self) -> sqlite3.Connection:
+        """The one connection of `:memory:` (call with self._lock held)."""
+        if self._shared is None:
+            self._shared = self._open()
+        return self._shared
+
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection (`:memory:`: the one shared, under a lock). A sqlite3
@@ -270,9 +280,7 @@ class SQLiteRecorder:
         try:
             if self._memory:
                 with self._lock:
-                    if self._shared is None:
-                        self._shared = self._open()
-                    yield self._shared
+                    yield self._shared_connection()
             else:
                 yield self._per_thread.get()
         except sqlite3.Error as exc:
@@ -354,60 +362,100 @@ class SQLiteRecorder:
     ) -> Appended:
         stamp = timestamp_text(created_at)  # hashed as text, stored as microseconds
         contents, _ = append_hashes(rows, stream_id, stamp, correlation_id, causation_id)
-        now = time_value(created_at)
-        with self._write() as connection:
-            # (SQLite gives the bare columns of the row holding max(version).) The latest
-            # time recorded is the head's: times never go back in position order, and there
-            # is no created_at index to take a max() from.
-            head, current, kind, chain, latest = connection.execute(
-                "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
-                "coalesce(max(version), 0), stream_type, chain_hash, "
-                "(SELECT created_at FROM event_store ORDER BY position DESC LIMIT 1) "
-                "FROM event_store WHERE stream_id = ?",
-                (stream_id,),
-            ).fetchone()
-            if latest is not None and type(latest) is not int:  # (text a migration kept)
-                latest = time_value(time_of(latest))
-            if latest is not None and latest > now:  # the clock went back: never record that
-                now, created_at = latest, time_of(latest)
-                stamp = timestamp_text(created_at)
-                contents, _ = append_hashes(
-                    rows, stream_id, stamp, correlation_id, causation_id
-                )
-            kind = kind or stream_type or "default"
-            if expected_version is not None and current != expected_version:
-                self._raise_if_recorded(connection, rows, head)
-                raise ConcurrencyError(stream_id, expected_version, current)
-            chains = fold_chain(chain or GENESIS, current, kind, contents)
-            ids = tuple(given for given in (correlation_id, causation_id) if given is not None)
-            occurred = _occurred_values(rows)
-            values = [
-                (head + n, id_value(row.id), stream_id, kind, current + n, row.event_type,
-                 row.schema_version, row.payload_json, row.metadata_json, now, *ids,
-                 bytearray(content), bytearray(chain))
-                for n, (row, content, chain) in enumerate(
-                    zip(rows, contents, chains, strict=True), start=1
-                )
-            ]
-            if occurred is not None:
-                values = [row + when for row, when in zip(values, occurred, strict=True)]
+        # What _write() does, written out: its two generator context managers cost more
+        # than the rest of a single event's Python here.
+        if self._closed:
+            raise StoreUnavailableError(f"the store {self.description} is closed")
+        lock = self._lock if self._memory else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            connection = self._shared_connection() if lock is not None else self._per_thread.get()
+            connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany(
-                    INSERT[
-                        correlation_id is not None, causation_id is not None,
-                        occurred is not None,
-                    ],
-                    values,
+                appended = self._append(
+                    connection, stream_id, stream_type, expected_version, rows, created_at,
+                    correlation_id, causation_id, stamp, contents,
                 )
-            except sqlite3.IntegrityError:
-                self._raise_if_recorded(connection, rows, head)
+            except BaseException:
+                if connection.in_transaction:  # SQLite may have rolled back already
+                    connection.execute("ROLLBACK")
                 raise
-            if not current:
-                connection.execute(
-                    "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
-                    "VALUES (?, ?, ?)",
-                    (stream_id, kind, stamp),
-                )
+            connection.execute("COMMIT")
+            return appended
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.description) from exc
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _append(
+        self,
+        connection: sqlite3.Connection,
+        stream_id: str,
+        stream_type: str | None,
+        expected_version: int | None,
+        rows: Sequence[EventRow],
+        created_at: datetime,
+        correlation_id: str | None,
+        causation_id: str | None,
+        stamp: str,
+        contents: list[bytes],
+    ) -> Appended:
+        now = time_value(created_at)
+        # (SQLite gives the bare columns of the row holding max(version).) The latest
+        # time recorded is the head's: times never go back in position order, and there
+        # is no created_at index to take a max() from.
+        head, current, kind, chain, latest = connection.execute(
+            "SELECT (SELECT coalesce(max(position), 0) FROM event_store), "
+            "coalesce(max(version), 0), stream_type, chain_hash, "
+            "(SELECT created_at FROM event_store ORDER BY position DESC LIMIT 1) "
+            "FROM event_store WHERE stream_id = ?",
+            (stream_id,),
+        ).fetchone()
+        if latest is not None and type(latest) is not int:  # (text a migration kept)
+            latest = time_value(time_of(latest))
+        if latest is not None and latest > now:  # the clock went back: never record that
+            now, created_at = latest, time_of(latest)
+            stamp = timestamp_text(created_at)
+            contents, _ = append_hashes(
+                rows, stream_id, stamp, correlation_id, causation_id
+            )
+        kind = kind or stream_type or "default"
+        if expected_version is not None and current != expected_version:
+            self._raise_if_recorded(connection, rows, head)
+            raise ConcurrencyError(stream_id, expected_version, current)
+        chains = fold_chain(chain or GENESIS, current, kind, contents)
+        given = [repeat(value) for value in (correlation_id, causation_id) if value is not None]
+        event_ids, types, versions, payloads, metadatas, _, _, occurred_at = zip(*rows, strict=True)
+        occurred = _occurred_values(occurred_at)
+        # Each row's values, in C: (position, id (its 16 bytes, sqlite_schema.id_value),
+        # stream, stream type, version, type, schema version, payload, metadata, time,
+        # [correlation], [causation], hashes (bytearray: bound without an adapter lookup),
+        # [occurred_at])
+        values = list(zip(
+            count(head + 1), map(bytearray.fromhex, map(str.replace, event_ids, _DASH, _NONE)),
+            repeat(stream_id), repeat(kind), count(current + 1), types, versions, payloads,
+            metadatas, repeat(now), *given, map(bytearray, contents), map(bytearray, chains),
+            *(() if occurred is None else (occurred,)),
+        ))
+        try:
+            connection.executemany(
+                INSERT[
+                    correlation_id is not None, causation_id is not None,
+                    occurred is not None,
+                ],
+                values,
+            )
+        except sqlite3.IntegrityError:
+            self._raise_if_recorded(connection, rows, head)
+            raise
+        if not current:
+            connection.execute(
+                "INSERT OR IGNORE INTO streams (stream_id, stream_type, created_at) "
+                "VALUES (?, ?, ?)",
+                (stream_id, kind, stamp),
+            )
         return Appended(kind, current + 1, range(head + 1, head + 1 + len(rows)), created_at)
 
     def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
