@@ -29,6 +29,7 @@ _DIGEST = methodcaller("digest")
 _UTF8 = repeat("utf-8")  # (map(str.encode, texts, _UTF8, _PASS): every text, in C)
 _PASS = repeat("surrogatepass")
 _FIELDS: dict[str, bytes] = {}  # field() of stream ids, types and stream types, bounded
+_FIXED: dict[tuple[str, str, int], bytes] = {}  # (stream, type, schema version) fields, bounded
 
 
 def field(value: str | None) -> bytes:
@@ -99,57 +100,78 @@ def append_hashes(
     # The content hash's bytes: id, [stream, type, schema version], payload, metadata,
     # [created_at, correlation, causation], occurred_at; the bracketed parts are a batch's
     # (a type's) constants.
-    tail = field(created_at) + field(correlation_id) + field(causation_id)
+    c = created_at.encode("utf-8", "surrogatepass")
+    tail = b"".join((
+        _U32(len(c)), c, _NULL if correlation_id is None else field(correlation_id),
+        _NULL if causation_id is None else field(causation_id),
+    ))
     if not rows:
         return [], None if head is None else []
-    if len(rows) == 1:  # (a single event: no per-batch machinery)
+    if len(rows) == 1:  # (a single event: no per-batch machinery, every call written out)
         event_id, event_type, version, payload, metadata, value, done, occurred = rows[0]
         if canonical and not done:
             p, m = _canonical_texts(payload, metadata, value)
+            m = _U32(len(m)) + m
         else:
             p = payload.encode("utf-8", "surrogatepass")
-            m = metadata.encode("utf-8", "surrogatepass")
+            m = _EMPTY_OBJECT if metadata == "{}" else field(metadata)
+        fixed = _FIXED.get((stream_id, event_type, version))
+        if fixed is None:
+            fixed = _fixed(stream_id, event_type, version)
         i = event_id.encode()
-        contents = [_sha256(b"".join((
-            _U32(len(i)), i, _name(stream_id), _name(event_type), _I64(version),
-            _U32(len(p)), p, _U32(len(m)), m, tail,
+        content = _sha256(b"".join((
+            _U32(len(i)), i, fixed, _U32(len(p)), p, m, tail,
             b"" if occurred is None else field(occurred),
-        ))).digest()]
+        ))).digest()
+        if head is None:
+            return [content], None
+        return [content], [_sha256(
+            head[0] + _I64(head[1] + 1) + _name(head[2]) + content
+        ).digest()]
+    ids, types, versions, payloads, metadatas, values, done, occurred = zip(*rows, strict=True)
+    if canonical and not all(done):
+        texts = [
+            (p.encode("utf-8", "surrogatepass"), m.encode("utf-8", "surrogatepass"))
+            if ok else _canonical_texts(p, m, value)
+            for p, m, value, ok in zip(payloads, metadatas, values, done, strict=True)
+        ]
+        ps: list[bytes] = [p for p, _ in texts]
+        ms: list[bytes] = [m for _, m in texts]
     else:
-        ids, types, versions, payloads, metadatas, values, done, occurred = zip(*rows, strict=True)
-        if canonical and not all(done):
-            texts = [
-                (p.encode("utf-8", "surrogatepass"), m.encode("utf-8", "surrogatepass"))
-                if ok else _canonical_texts(p, m, value)
-                for p, m, value, ok in zip(payloads, metadatas, values, done, strict=True)
-            ]
-            ps: list[bytes] = [p for p, _ in texts]
-            ms: list[bytes] = [m for _, m in texts]
-        else:
-            ps = list(map(str.encode, payloads, _UTF8, _PASS))
-            ms = list(map(str.encode, metadatas, _UTF8, _PASS))
-        s = _name(stream_id)
-        kinds = {
-            key: s + _name(key[0]) + _I64(key[1])
-            for key in set(zip(types, versions, strict=True))
-        }
-        fixed = (
-            repeat(kinds.popitem()[1]) if len(kinds) == 1
-            else map(kinds.__getitem__, zip(types, versions, strict=True))
-        )
-        if occurred.count(None) == len(occurred):
-            last: Iterable[bytes] = repeat(b"")
-        else:
-            times = {text: b"" if text is None else field(text) for text in set(occurred)}
-            last = map(times.__getitem__, occurred)
-        encoded_ids = list(map(str.encode, ids))
-        contents = list(map(_DIGEST, map(_sha256, map(b"".join, zip(
-            map(_U32, map(len, encoded_ids)), encoded_ids, fixed,
-            map(_U32, map(len, ps)), ps, map(_U32, map(len, ms)), ms, repeat(tail), last,
-        )))))
+        ps = list(map(str.encode, payloads, _UTF8, _PASS))
+        ms = list(map(str.encode, metadatas, _UTF8, _PASS))
+    s = _name(stream_id)
+    kinds = {
+        key: s + _name(key[0]) + _I64(key[1])
+        for key in set(zip(types, versions, strict=True))
+    }
+    same = (
+        repeat(kinds.popitem()[1]) if len(kinds) == 1
+        else map(kinds.__getitem__, zip(types, versions, strict=True))
+    )
+    if occurred.count(None) == len(occurred):
+        last: Iterable[bytes] = repeat(b"")
+    else:
+        times = {text: b"" if text is None else field(text) for text in set(occurred)}
+        last = map(times.__getitem__, occurred)
+    encoded_ids = list(map(str.encode, ids))
+    contents = list(map(_DIGEST, map(_sha256, map(b"".join, zip(
+        map(_U32, map(len, encoded_ids)), encoded_ids, same,
+        map(_U32, map(len, ps)), ps, map(_U32, map(len, ms)), ms, repeat(tail), last,
+    )))))
     if head is None:
         return contents, None
     return contents, fold_chain(head[0], head[1], head[2], contents)
+
+
+def _fixed(stream_id: str, event_type: str, version: int) -> bytes:
+    """The stream, type and schema version fields of a content hash, cached."""
+    if len(_FIXED) >= 4096:
+        _FIXED.clear()
+    fixed = _FIXED[stream_id, event_type, version] = (
+        _name(stream_id) + _name(event_type) + _I64(version)
+    )
+    return fixed
 
 
 def _canonical_texts(payload: str, metadata: str, value: Any) -> tuple[bytes, bytes]:
@@ -261,7 +283,9 @@ def fold_chain(
     """The chain hashes of consecutive events after the one at `version` (whose chain hash
     is `previous`) of a stream of `stream_type`, given their content hashes."""
     sha256 = _sha256
-    kind = _name(stream_type)
+    kind = _FIELDS.get(stream_type) or _name(stream_type)
+    if type(contents) is list and len(contents) == 1:
+        return [sha256(previous + _I64(version + 1) + kind + contents[0]).digest()]
     # Each link's bytes after the previous link: version, stream type, content hash.
     return [
         previous := sha256(previous + rest).digest()
