@@ -25,6 +25,7 @@ from event_sourcing.projections import (
     list_deployments,
 )
 from event_sourcing.projections.projection import iso
+from event_sourcing.stores.imports import ImportRecord
 from event_sourcing.stores.postgres import ClockBehind, PostgresRecorder
 
 MakeStore = Callable[..., es.EventStore]
@@ -273,6 +274,22 @@ def test_sqlite_never_records_a_time_before_the_latest_in_the_store(tmp_path: An
     assert recorded.created_at == utc(2025, 6, 1, 12)
     times = [e.created_at for e in slow.read_all()]
     assert times == sorted(times)
+    assert slow.verify().ok
+    ahead.close()
+    slow.close()
+
+
+def test_an_import_never_records_a_time_before_the_latest(store_url: str) -> None:
+    """An import batch is recorded like an append: when the importing store's clock is
+    behind, at the latest time in the store (SQLite) or in the batch's streams
+    (PostgreSQL)."""
+    ahead = es.connect(store_url, clock=Clock(utc(2025, 6, 1, 12)))
+    ahead.append("a", [progress(1)])
+    slow = es.connect(store_url, clock=Clock(utc(2020, 1, 1)))
+    slow.import_events([ImportRecord("line 1", 1, "a", "training_progress",
+                                     {"step": 2, "loss": 0.5})])
+    times = [e.created_at for e in slow.read_all()]
+    assert times == [utc(2025, 6, 1, 12)] * 2
     assert slow.verify().ok
     ahead.close()
     slow.close()

@@ -22,10 +22,10 @@ from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
 # An import batch's streams' heads (no row for a new stream).
 _HEADS = """
-    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash
+    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash, h.created_at
     FROM unnest(%s::text[]) AS s (stream_id)
     CROSS JOIN LATERAL (
-        SELECT e.stream_type, e.version, e.chain_hash
+        SELECT e.stream_type, e.version, e.chain_hash, e.created_at
         FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
         WHERE k.stream_id = s.stream_id ORDER BY k.version DESC LIMIT 1
     ) AS h"""
@@ -56,6 +56,14 @@ class _Raced(Exception):
     """An import batch met an append to one of its streams."""
 
 
+class _Behind(Exception):
+    """A stream of the batch holds a time later than the batch's: the clock never goes back
+    in a stream (as for appends), so the batch is recorded at that time instead."""
+
+    def __init__(self, latest: datetime) -> None:
+        self.latest = latest
+
+
 def import_rows(
     connections: Connections, append: Append, rows: Sequence[ImportRow], created_at: datetime
 ) -> None:
@@ -73,6 +81,10 @@ def import_rows(
             return
         except _Raced:
             continue
+        except _Behind as behind:
+            created_at = behind.latest
+            now = timestamp_text(created_at)
+            contents = content_hashes(rows, now, True)
     # Appends keep taking the next version first: write the batch as appends, which
     # locate the head and insert in one statement (one per run of a stream's events).
     for run in runs(rows):
@@ -97,9 +109,13 @@ def _import_on(
 ) -> None:
     connection.execute(f"SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'")
     connection.execute(MARKER, {})
+    found = connection.execute(_HEADS, (streams,)).fetchall()
+    latest = max((row[4] for row in found), default=created_at)
+    if latest > created_at:
+        raise _Behind(latest)
     heads = {
         stream_id: (kind, version, bytes(chain))
-        for stream_id, kind, version, chain in connection.execute(_HEADS, (streams,))
+        for stream_id, kind, version, chain, _ in found
     }
     new = [stream_id for stream_id in streams if stream_id not in heads]
     # COPY's text format, a line's values in WRITTEN's order (JSON text holds no raw tab

@@ -13,19 +13,26 @@ from itertools import groupby
 from event_sourcing.errors import DuplicateEventError
 from event_sourcing.integrity.hashing import timestamp_text
 from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows
-from event_sourcing.stores.sqlite_schema import INSERT, id_value, time_value
+from event_sourcing.stores.sqlite_schema import INSERT, id_value, time_of, time_value
 
 
 def import_rows(
     connection: sqlite3.Connection, rows: Sequence[ImportRow], created_at: datetime
 ) -> None:
-    """Write one import batch on `connection`, inside its write transaction."""
+    """Write one import batch on `connection`, inside its write transaction, recorded at
+    `created_at` or, if the store holds a later time, at that (the clock never goes back,
+    as for appends)."""
+    head, latest = connection.execute(
+        "SELECT coalesce(max(position), 0), "
+        "(SELECT created_at FROM event_store ORDER BY position DESC LIMIT 1) FROM event_store"
+    ).fetchone()
+    if latest is not None and type(latest) is not int:  # (text a migration kept)
+        latest = time_value(time_of(latest))
+    now = time_value(created_at)
+    if latest is not None and latest > now:
+        now, created_at = latest, time_of(latest)
     stamp = timestamp_text(created_at)  # hashed as text, stored as microseconds
     contents = content_hashes(rows, stamp, False)
-    now = time_value(created_at)
-    head = connection.execute(
-        "SELECT coalesce(max(position), 0) FROM event_store"
-    ).fetchone()[0]
     heads = {}
     streams = list(dict.fromkeys(row.stream_id for row in rows))
     for stream_id in streams:
