@@ -27,22 +27,32 @@ def erasure_stream(subject_hash: str) -> str:
 
 
 def sealed_events(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]]:
-    """(event id, type) of every event sealed under one of `key_ids` (one scan of the log)."""
+    """(event id, type) of every event sealed under one of `key_ids` (one scan of the log;
+    on PostgreSQL, also of the archive's files: docs/archive.md), for each key in position
+    order."""
     text = "payload" if store.dialect == "sqlite" else "payload::text"
     meta = "metadata" if store.dialect == "sqlite" else "metadata::text"
     id_ = "id" if store.dialect == "sqlite" else "id::text"  # SQLite: the UUID's bytes
-    found: list[tuple[str, str]] = []
+    by_key: list[list[tuple[int, str, str]]] = []
     for key_id in key_ids:
         pattern = f'%"{key_id}.%'  # the envelope's text begins with its key id
-        found += [
-            (id_text(event_id), event_type)
-            for event_id, event_type in store.recorder.query(
-                f"SELECT {id_}, event_type FROM event_store WHERE {text} LIKE ? "
+        by_key.append([
+            (int(position), id_text(event_id), event_type)
+            for position, event_id, event_type in store.recorder.query(
+                f"SELECT position, {id_}, event_type FROM event_store WHERE {text} LIKE ? "
                 f"OR {meta} LIKE ? ORDER BY position",
                 [pattern, pattern],
             )
+        ])
+    archived = getattr(store.recorder, "archived_containing", None)
+    if archived is not None and key_ids:
+        # Read after the table's scans: a partition archived since is in both (once here).
+        in_files = archived([f'"{key_id}.' for key_id in key_ids])
+        by_key = [
+            sorted({row[1]: row for row in (*hot, *in_files[f'"{key_id}.'])}.values())
+            for key_id, hot in zip(key_ids, by_key, strict=True)
         ]
-    return found
+    return [(event_id, event_type) for rows in by_key for _, event_id, event_type in rows]
 
 
 def forget(store: EventStore, subject_id: str, *, reason: str) -> RecordedEvent:

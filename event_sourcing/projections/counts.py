@@ -1,5 +1,6 @@
 """Event counts by type and the number of streams, kept beside the log and brought up to
-date on each question by counting only the events appended since the last one.
+date on each question by counting only the events appended since the last one (those of
+them archived, docs/archive.md, from the archive's files).
 """
 
 from __future__ import annotations
@@ -48,16 +49,34 @@ def log_counts(store: EventStore) -> LogCounts:
         return _read_counts(store)
 
 
-def _new_counts(tx: SqlTransaction, through: int, head: int) -> list[tuple[str, int, int]]:
-    """(event type, events, new streams) of the positions after `through` up to `head`."""
-    return [
+def _new_counts(
+    store: EventStore, tx: SqlTransaction, through: int, head: int
+) -> list[tuple[str, int, int]]:
+    """(event type, events, new streams) of the positions after `through` up to `head`.
+
+    On PostgreSQL, positions of that range may be archived (docs/archive.md): the same
+    statement lists the archive's files holding some of them, in its own snapshot (the
+    rows of a partition dropped after it are counted from the table, those dropped before
+    from the files), and those files' rows in the range are counted. Past the archive (the
+    usual case) that is one look at the manifest's few rows, and no file is read."""
+    query = (
+        "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
+        "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type"
+    )
+    if store.dialect == "postgresql":
+        from event_sourcing.stores.postgres_archive import archived_files
+
+        query += f" UNION ALL {archived_files(through, head, 3)}"
+    rows = tx.execute(query, (through, head)).fetchall()
+    found = [
         (event_type, int(events), int(first))
-        for event_type, events, first in tx.execute(
-            "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
-            "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type",
-            (through, head),
-        ).fetchall()
+        for event_type, events, first in rows if event_type is not None
     ]
+    lowers = {int(lower) for event_type, lower, _ in rows if event_type is None}
+    if lowers:
+        archived = store.recorder.archived_counts(through, head, lowers)  # type: ignore[attr-defined]
+        found += [(name, events, first) for name, (events, first) in archived.items()]
+    return found
 
 
 def _read_counts(store: EventStore) -> LogCounts:
@@ -76,7 +95,7 @@ def _read_counts(store: EventStore) -> LogCounts:
                         "SELECT event_type, events FROM event_counts"
                     ).fetchall()
                 }
-        for event_type, events, first in _new_counts(tx, through, head):
+        for event_type, events, first in _new_counts(store, tx, through, head):
             streams += first
             counts[event_type] = counts.get(event_type, 0) + events
     return LogCounts(head, streams, dict(sorted(counts.items())))
@@ -93,7 +112,7 @@ def _update_counts(store: EventStore) -> LogCounts:
         ).fetchone()
         through, streams = (int(row[0]), int(row[1])) if row else (0, 0)
         if head > through:
-            for event_type, events, first in _new_counts(tx, through, head):
+            for event_type, events, first in _new_counts(store, tx, through, head):
                 streams += first
                 tx.execute(
                     "INSERT INTO event_counts (event_type, events) VALUES (?, ?) ON CONFLICT "

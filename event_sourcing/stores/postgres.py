@@ -43,7 +43,7 @@ from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
-from event_sourcing.stores.postgres_archive import ArchiveFiles
+from event_sourcing.stores.postgres_archive import ArchiveFiles, archived_files, merge
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
@@ -328,18 +328,21 @@ class PostgresRecorder:
         stream type, version, type, schema version, payload, metadata (canonical JSON), time
         (text), correlation, causation, content, chain, occurred_at (text or NULL)."""
         def read(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-            self._archives.load(connection)
-            return connection.execute(
+            rows = connection.execute(
                 f"SELECT {HASHED_V6} FROM event_store WHERE position > %s AND position <= %s "
                 "ORDER BY position LIMIT %s",
                 (after, through, limit),
             ).fetchall()
+            # After the scan: a partition dropped before its snapshot is in the manifest.
+            self._archives.load(connection)
+            return rows
 
         hashed = [hashed_row(row) for row in self._connections.read("read hashed rows", read)]
         if self._archives.bound > after:
-            hashed = sorted(
-                hashed + self._archives.hashed(after, through, limit), key=lambda r: r[0]
-            )[:limit]
+            # A partition archived after the scan is in both: its rows are equal.
+            rows = {row[0]: row for row in hashed}
+            rows.update((row[0], row) for row in self._archives.hashed(after, through, limit))
+            hashed = [rows[p] for p in sorted(rows)][:limit]
         return hashed
 
     def archived_chain(self, stream_id: str, version: int) -> bytes | None:
@@ -433,10 +436,11 @@ class PostgresRecorder:
             page = page if settled == len(page) else page[:settled]
             if archived is None and after < horizon - 1:  # no row to say: ask
                 found = connection.execute(f"SELECT {ARCHIVED}").fetchone()
-                archived = int(found[0]) if found else 0
-            if not archived or archived <= after + 1:
+                archived = (int(found[0]), int(found[1])) if found else None
+            if not archived or archived[0] <= after + 1:
                 return page
-            if archived != self._archives.bound:
+            # The files the scan's snapshot knew, at least (files are only ever added).
+            if archived != (self._archives.bound, len(self._archives.files)):
                 self._archives.load(connection)
             return self._archives.page(page, after, event_types, until, limit, undated_only)
 
@@ -462,7 +466,7 @@ class PostgresRecorder:
         )
         if not archived:
             return page
-        return sorted(page + archived, key=lambda e: (e.occurred_at, e.position))[:limit]
+        return sorted(merge(page, archived), key=lambda e: (e.occurred_at, e.position))[:limit]
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         found = self._select(
@@ -471,7 +475,7 @@ class PostgresRecorder:
             (correlation_id,),
         )
         archived = self._scan_archive(lambda e: e.correlation_id == correlation_id)
-        return sorted(found + archived, key=lambda e: e.position) if archived else found
+        return merge(found, archived)
 
     def _scan_archive(
         self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
@@ -501,18 +505,41 @@ class PostgresRecorder:
         return self._connections.read("head_position", read)
 
     def counts_by_type(self) -> dict[str, int]:
-        def read(connection: psycopg.Connection[Any]) -> dict[str, int]:
+        def read(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            # The files counted are those of the count's own snapshot.
             rows = connection.execute(
-                "SELECT event_type, count(*) FROM event_store GROUP BY event_type ORDER BY 1"
+                "SELECT event_type, count(*) FROM event_store GROUP BY event_type "
+                f"UNION ALL {archived_files(0, 2**62, 2)}"
             ).fetchall()
             self._archives.load(connection)
-            return {name: int(count) for name, count in rows}
+            return rows
 
-        counts = self._connections.read("counts_by_type", read)
-        for table in self._archives.tables(0, 2**63 - 1, ["event_type"]):
-            for name in table.column(0).to_pylist():
-                counts[name] = counts.get(name, 0) + 1
+        rows = self._connections.read("counts_by_type", read)
+        counts = {name: int(count) for name, count in rows if name is not None}
+        lowers = {int(lower) for name, lower in rows if name is None}
+        if lowers:
+            for name, (events, _) in self._archives.counts(0, 2**63 - 1, lowers).items():
+                counts[name] = counts.get(name, 0) + events
         return dict(sorted(counts.items()))
+
+    def archived_counts(
+        self, after: int, through: int, lowers: Collection[int]
+    ) -> dict[str, tuple[int, int]]:
+        """Event type -> (events, events of version 1) of the archived positions in
+        (after, through] of the files starting at `lowers` (projections.counts)."""
+        if not self._archives.covers(lowers):
+            self._connections.read("read the archive manifest", self._archives.load)
+        return self._archives.counts(after + 1, through, lowers)
+
+    def archived_containing(
+        self, needles: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, str]]]:
+        """For each needle, (position, id, type) of the archived events whose payload or
+        metadata text holds it (privacy.forget: a scan of every file)."""
+        if not needles:
+            return {}
+        self._connections.read("read the archive manifest", self._archives.load)
+        return self._archives.containing(needles)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read of a table beside the log (`?` placeholders), on this

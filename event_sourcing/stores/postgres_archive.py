@@ -120,11 +120,15 @@ class ArchiveFiles:
         return pq.ParquetFile(archived.path)
 
     def tables(
-        self, low: int, high: int, columns: Sequence[str] | None = None
+        self, low: int, high: int, columns: Sequence[str] | None = None,
+        lowers: Collection[int] | None = None,
     ) -> Iterator[pa.Table]:
-        """The row groups holding positions in [low, high], in position order."""
+        """The row groups holding positions in [low, high], in position order (`lowers`:
+        only the files starting at these positions, the manifest as one snapshot saw it)."""
         for archived in self.files:
             if archived.upper <= low or archived.lower > high:
+                continue
+            if lowers is not None and archived.lower not in lowers:
                 continue
             parquet = self._open(archived)
             for group in range(parquet.num_row_groups):
@@ -182,7 +186,7 @@ class ArchiveFiles:
             and (until is None or e.created_at <= until),
             limit, dated=False if undated_only else None,
         )
-        return sorted(page + archived, key=lambda e: e.position)[:limit]
+        return merge(page, archived)[:limit]
 
     def at(self, positions: Sequence[int]) -> list[RecordedEvent]:
         """The archived events at these positions, in position order."""
@@ -206,6 +210,48 @@ class ArchiveFiles:
                         return rows
         return rows
 
+    def counts(
+        self, low: int, high: int, lowers: Collection[int] | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """Event type -> (events, events of version 1) of the archived positions in
+        [low, high]: three columns read, row groups outside the range skipped."""
+        found: dict[str, tuple[int, int]] = {}
+        for table in self.tables(low, high, ["position", "event_type", "version"], lowers):
+            position = table.column(0)
+            table = table.filter(
+                pc.and_(pc.greater_equal(position, low), pc.less_equal(position, high))
+            )
+            firsts = pc.cast(pc.equal(table.column(2), 1), pa.int64())
+            grouped = table.append_column("first", firsts).group_by("event_type").aggregate(
+                [("position", "count"), ("first", "sum")]
+            )
+            for event_type, events, first in zip(
+                *(grouped.column(name).to_pylist()
+                  for name in ("event_type", "position_count", "first_sum")), strict=True,
+            ):
+                had = found.get(event_type, (0, 0))
+                found[event_type] = (had[0] + events, had[1] + first)
+        return found
+
+    def containing(self, needles: Sequence[str]) -> dict[str, list[tuple[int, str, str]]]:
+        """For each needle, (position, id, type) of the archived events whose payload or
+        metadata text holds it, in position order: every file's payload and metadata
+        columns read once for all needles."""
+        found: dict[str, list[tuple[int, str, str]]] = {needle: [] for needle in needles}
+        if not needles:
+            return found
+        columns = ["position", "id", "event_type", "payload", "metadata"]
+        for table in self.tables(0, 2**63 - 1, columns):
+            for needle in needles:
+                held = table.filter(pc.or_(
+                    pc.match_substring(table.column(3), needle),
+                    pc.match_substring(table.column(4), needle),
+                ))
+                found[needle] += zip(
+                    *(held.column(i).to_pylist() for i in range(3)), strict=True
+                )
+        return found
+
     def chain_at(self, position: int) -> bytes | None:
         for table in self.tables(position, position, ["position", "chain_hash"]):
             for found, chain in zip(*(table.column(i).to_pylist() for i in range(2)),
@@ -213,6 +259,27 @@ class ArchiveFiles:
                 if found == position:
                     return bytes(chain)
         return None
+
+
+def archived_files(after: int, through: int, width: int) -> str:
+    """A UNION ALL branch of `width` columns ending a statement over event_store: a row
+    (NULL, lower bound, upper bound, ...) per archived file holding positions in (after,
+    through], the manifest as that statement's snapshot saw it (its partitions dropped)."""
+    extra = ", upper_bound" + ", NULL" * (width - 3) if width > 2 else ""
+    return (
+        f"SELECT NULL, lower_bound{extra} FROM mlevents_archives "
+        f"WHERE upper_bound - 1 > {int(after)} AND lower_bound <= {int(through)}"
+    )
+
+
+def merge(hot: list[RecordedEvent], archived: list[RecordedEvent]) -> list[RecordedEvent]:
+    """Events of the tables and of the archive in position order, each once: a partition
+    archived between a scan and the manifest's read is in both (it was dropped after the
+    scan's snapshot was taken), and its events are equal there."""
+    if not archived:
+        return hot
+    return sorted({e.position: e for e in (*hot, *archived)}.values(),
+                  key=lambda e: e.position)
 
 
 def _columns(table: pa.Table) -> list[list[Any]]:

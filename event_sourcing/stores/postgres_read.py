@@ -38,9 +38,13 @@ KEYED = (
     f"SELECT e.*, k.position FROM event_keys AS k LEFT JOIN LATERAL (SELECT {COLUMNS} "
     "FROM event_store WHERE event_store.position = k.position OFFSET 0) AS e ON true"
 )
-# A page's rows also say how far the archive reaches, in the scan's own snapshot (an
-# archive committed between the horizon and the scan is seen: docs/archive.md).
-ARCHIVED = "(SELECT coalesce(max(upper_bound), 0) FROM mlevents_archives)"
+# A page's rows also say how far the archive reaches and how many files it has, in the
+# scan's own snapshot (an archive committed between the horizon and the scan is seen, and
+# one of a partition below the highest archived one is told from the count: docs/archive.md).
+ARCHIVED = (
+    "(SELECT coalesce(max(upper_bound), 0) FROM mlevents_archives), "
+    "(SELECT count(*) FROM mlevents_archives)"
+)
 BY_IDS = f"{KEYED} WHERE k.id = ANY(%s::uuid[]) ORDER BY k.position"
 # bytea's binary loader (psycopg's C one when installed): the bytes as they came.
 _AS_BYTES = psycopg.postgres.adapters.get_loader(
@@ -120,13 +124,14 @@ _CHUNK = 500
 
 def stream_on(
     connection: psycopg.Connection[Any], query: str, params: Sequence[Any]
-) -> tuple[list[RecordedEvent], int | None]:
-    """A page's events, and how far the archive reached (None: no row said)."""
+) -> tuple[list[RecordedEvent], tuple[int, int] | None]:
+    """A page's events, and how far the archive reached and its number of files (None: no
+    row said)."""
     rows = event_cursor(connection).stream(query, params, size=_CHUNK)
     events: list[RecordedEvent] = []
     archived = None
     while chunk := list(islice(rows, _CHUNK)):
-        archived = chunk[0][14]
+        archived = (chunk[0][14], chunk[0][15])
         events += fetch_events(chunk.copy)
     return events, archived
 
