@@ -518,7 +518,8 @@ class PostgresRecorder:
         counts = {name: int(count) for name, count in rows if name is not None}
         lowers = {int(lower) for name, lower in rows if name is None}
         if lowers:
-            for name, (events, _) in self._archives.counts(0, 2**63 - 1, lowers).items():
+            archived = self._archives.counts(0, 2**63 - 1, lowers, firsts=False)
+            for name, (events, _) in archived.items():
                 counts[name] = counts.get(name, 0) + events
         return dict(sorted(counts.items()))
 

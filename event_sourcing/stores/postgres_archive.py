@@ -211,26 +211,29 @@ class ArchiveFiles:
         return rows
 
     def counts(
-        self, low: int, high: int, lowers: Collection[int] | None = None
+        self, low: int, high: int, lowers: Collection[int] | None = None, firsts: bool = True
     ) -> dict[str, tuple[int, int]]:
-        """Event type -> (events, events of version 1) of the archived positions in
-        [low, high]: three columns read, row groups outside the range skipped."""
+        """Event type -> (events, events of version 1, or 0 unless `firsts`) of the archived
+        positions in [low, high]: only the columns needed read (positions only when the
+        range is not every position), row groups outside the range skipped."""
+        whole = low <= 0 and high >= 2**62
+        columns = ["event_type"] + (["version"] if firsts else []) + (
+            [] if whole else ["position"]
+        )
         found: dict[str, tuple[int, int]] = {}
-        for table in self.tables(low, high, ["position", "event_type", "version"], lowers):
-            position = table.column(0)
-            table = table.filter(
-                pc.and_(pc.greater_equal(position, low), pc.less_equal(position, high))
-            )
-            firsts = pc.cast(pc.equal(table.column(2), 1), pa.int64())
-            grouped = table.append_column("first", firsts).group_by("event_type").aggregate(
-                [("position", "count"), ("first", "sum")]
-            )
-            for event_type, events, first in zip(
-                *(grouped.column(name).to_pylist()
-                  for name in ("event_type", "position_count", "first_sum")), strict=True,
-            ):
+        for table in self.tables(low, high, columns, lowers):
+            if not whole:
+                position = table.column("position")
+                table = table.filter(
+                    pc.and_(pc.greater_equal(position, low), pc.less_equal(position, high))
+                )
+            kinds = table.column("event_type")
+            first: dict[str, int] = {}
+            if firsts:
+                first = dict(_tally(kinds.filter(pc.equal(table.column("version"), 1))))
+            for event_type, events in _tally(kinds):
                 had = found.get(event_type, (0, 0))
-                found[event_type] = (had[0] + events, had[1] + first)
+                found[event_type] = (had[0] + events, had[1] + first.get(event_type, 0))
         return found
 
     def containing(self, needles: Sequence[str]) -> dict[str, list[tuple[int, str, str]]]:
@@ -259,6 +262,13 @@ class ArchiveFiles:
                 if found == position:
                     return bytes(chain)
         return None
+
+
+def _tally(values: pa.ChunkedArray) -> Iterator[tuple[str, int]]:
+    """(value, how many times) of a column."""
+    counted = pc.value_counts(values)
+    return zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(),
+               strict=True)
 
 
 def archived_files(after: int, through: int, width: int) -> str:
