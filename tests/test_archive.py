@@ -17,7 +17,7 @@ from psycopg import sql
 import event_sourcing as es
 from event_sourcing.cli import main
 from event_sourcing.errors import IntegrityError
-from event_sourcing.stores import postgres_archive
+from event_sourcing.stores import postgres_archive, postgres_archive_files
 from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, ArchiveError, archive
 
 SIZE = 5
@@ -78,7 +78,7 @@ def test_archived_history_reads_exactly_as_before(
     tiny: es.EventStore, artifacts: Path, row_group: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postgres_archive, "ROW_GROUP", row_group)  # many groups per file
-    monkeypatch.setattr(postgres_archive, "_SLICE", max(1, row_group // 2))
+    monkeypatch.setattr(postgres_archive_files, "_SLICE", max(1, row_group // 2))
     _fill(tiny)
     tiny.seal()
     before = _everything(tiny)

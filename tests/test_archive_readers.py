@@ -18,7 +18,8 @@ from event_sourcing.privacy import LocalKeyProvider
 from event_sourcing.projections.counts import _read_counts, log_counts
 from event_sourcing.stores import postgres
 from event_sourcing.stores import store as store_module
-from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, ArchiveFiles, archive
+from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, archive
+from event_sourcing.stores.postgres_archive_files import ArchiveFiles
 
 SIZE = 5
 LATER = datetime.now(UTC) + timedelta(days=1)

@@ -64,7 +64,7 @@ def _new_counts(
         "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type"
     )
     if store.dialect == "postgresql":
-        from event_sourcing.stores.postgres_archive import archived_files
+        from event_sourcing.stores.postgres_archive_files import archived_files
 
         query += f" UNION ALL {archived_files(through, head, 3)}"
     rows = tx.execute(query, (through, head)).fetchall()

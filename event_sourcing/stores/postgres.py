@@ -43,7 +43,7 @@ from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
-from event_sourcing.stores.postgres_archive import ArchiveFiles, archived_files, merge
+from event_sourcing.stores.postgres_archive_files import ArchiveFiles, archived_files, merge
 from event_sourcing.stores.postgres_errors import broken
 from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows

@@ -1,0 +1,312 @@
+"""The archive's files (docs/archive.md) as the reads of the log see them: their format,
+the manifest (`mlevents_archives`) as a recorder last read it, and reads of the files row
+group by row group (a group whose position statistics are outside the wanted positions is
+not read): events, hashed rows, chain hashes, counts by type, text matches; and the merge of
+archived events with the tables' rows, each once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from event_sourcing.errors import EventStoreError
+from event_sourcing.events import RecordedEvent
+from event_sourcing.integrity.hashing import timestamp_text
+from event_sourcing.stores.values import decode
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from event_sourcing.artifacts import ArtifactStore
+
+_SLICE = 2_000  # rows decoded at a time
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TIME = pa.timestamp("us", tz="UTC")
+# The columns of an archive file: event_store's, payload and metadata as canonical JSON text.
+SCHEMA = pa.schema([
+    ("position", pa.int64()), ("id", pa.string()), ("stream_id", pa.string()),
+    ("stream_type", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
+    ("schema_version", pa.int32()), ("payload", pa.string()), ("metadata", pa.string()),
+    ("created_at", _TIME), ("correlation_id", pa.string()), ("causation_id", pa.string()),
+    ("content_hash", pa.binary(32)), ("chain_hash", pa.binary(32)), ("occurred_at", _TIME),
+])
+
+
+class ArchiveError(EventStoreError):
+    """An archive could not be written, checked or read."""
+
+
+@dataclass(frozen=True)
+class Archived:
+    """Positions [lower, upper) in the Parquet file `path` (artifact `uri`)."""
+
+    lower: int
+    upper: int
+    uri: str
+    path: Path
+
+
+def _micros(value: datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _time(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+class ArchiveFiles:
+    """A recorder's view of the manifest, and reads of the files it names (row group by row
+    group: a group whose positions are all outside the wanted ones is not read)."""
+
+    def __init__(self, artifacts: Callable[[], ArtifactStore]) -> None:
+        self._artifacts = artifacts
+        self._lock = threading.Lock()
+        self.files: list[Archived] = []
+        self.bound = 0  # the highest archived upper bound known (0: none)
+        self._checked: set[str] = set()  # files whose content address was verified
+        # The row group read last (a read_all reads a group a page at a time).
+        self._last: tuple[str, int, tuple[str, ...] | None, pa.Table] | None = None
+
+    def load(self, connection: psycopg.Connection[Any]) -> None:
+        rows = connection.execute(
+            "SELECT lower_bound, upper_bound, uri FROM mlevents_archives ORDER BY lower_bound"
+        ).fetchall()
+        store = self._artifacts()
+        files = [Archived(int(lo), int(hi), uri, store.path_for(uri)) for lo, hi, uri in rows]
+        with self._lock:
+            self.files = files
+            self.bound = files[-1].upper if files else 0
+
+    def covers(self, positions: Iterable[int]) -> bool:
+        return all(any(f.lower <= p < f.upper for f in self.files) for p in positions)
+
+    def _open(self, archived: Archived) -> pq.ParquetFile:
+        if archived.uri not in self._checked:
+            try:
+                self._artifacts().verify(archived.uri)
+            except EventStoreError as exc:
+                raise ArchiveError(
+                    f"the archive of positions {archived.lower}-{archived.upper - 1} "
+                    f"({archived.uri}) cannot be read: {exc}. Point $MLEVENTS_ARTIFACTS at "
+                    "the artifact store the archive was written to."
+                ) from None
+            self._checked.add(archived.uri)
+        return pq.ParquetFile(archived.path)
+
+    def tables(
+        self, low: int, high: int, columns: Sequence[str] | None = None,
+        lowers: Collection[int] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The row groups holding positions in [low, high], in position order (`lowers`:
+        only the files starting at these positions, the manifest as one snapshot saw it)."""
+        for archived in self.files:
+            if archived.upper <= low or archived.lower > high:
+                continue
+            if lowers is not None and archived.lower not in lowers:
+                continue
+            parquet = self._open(archived)
+            for group in range(parquet.num_row_groups):
+                stats = parquet.metadata.row_group(group).column(0).statistics
+                if stats is not None and stats.has_min_max and (
+                    stats.max < low or stats.min > high
+                ):
+                    continue
+                key = (archived.uri, group, None if columns is None else tuple(columns))
+                last = self._last
+                if last is not None and last[:3] == key:
+                    yield last[3]
+                    continue
+                table = parquet.read_row_group(group, columns=columns)
+                self._last = (*key, table)
+                yield table
+
+    def events(self, low: int, high: int, keep: Callable[[RecordedEvent], bool] | None = None,
+               limit: int | None = None, dated: bool | None = None,
+               only: Sequence[int] | None = None) -> list[RecordedEvent]:
+        """The archived events at positions in [low, high] that `keep`, at most `limit`
+        (`dated`: only those given an occurred_at, or only those not; None: all; `only`:
+        only these positions)."""
+        found: list[RecordedEvent] = []
+        wanted = None if only is None else pa.array(only, pa.int64())
+        for table in self.tables(low, high):
+            position = table.column(0)
+            table = table.filter(pc.and_(
+                pc.greater_equal(position, low), pc.less_equal(position, high)
+            ) if wanted is None else pc.is_in(position, value_set=wanted))
+            # Decoded a slice at a time: a page needs only its first rows.
+            for start in range(0, table.num_rows, _SLICE):
+                for event in _events(table.slice(start, _SLICE), dated):
+                    if keep is None or keep(event):
+                        found.append(event)
+                        if limit is not None and len(found) >= limit:
+                            return found
+        return found
+
+    def page(
+        self,
+        page: list[RecordedEvent],
+        after: int,
+        event_types: Collection[str] | None,
+        until: datetime | None,
+        limit: int,
+        undated_only: bool,
+    ) -> list[RecordedEvent]:
+        """A page of the global log (PostgresRecorder.read_page) with the archived events
+        after `after` merged in (every archived position is below the read horizon)."""
+        types = None if event_types is None else set(event_types)
+        archived = self.events(
+            after + 1, 2**63 - 1,
+            lambda e: (types is None or e.event_type in types)
+            and (until is None or e.created_at <= until),
+            limit, dated=False if undated_only else None,
+        )
+        return merge(page, archived)[:limit]
+
+    def at(self, positions: Sequence[int]) -> list[RecordedEvent]:
+        """The archived events at these positions, in position order."""
+        if not positions:
+            return []
+        return self.events(min(positions), max(positions), only=positions)
+
+    def scan(
+        self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
+    ) -> list[RecordedEvent]:
+        return self.events(0, 2**63 - 1, keep, dated=dated) if self.files else []
+
+    def hashed(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
+        """Archived rows in (after, through] as hashed (PostgresRecorder.hashed_rows)."""
+        rows: list[tuple[Any, ...]] = []
+        for table in self.tables(after + 1, through):
+            for row in _hashed(table):
+                if after < row[0] <= through:
+                    rows.append(row)
+                    if len(rows) >= limit:
+                        return rows
+        return rows
+
+    def counts(
+        self, low: int, high: int, lowers: Collection[int] | None = None, firsts: bool = True
+    ) -> dict[str, tuple[int, int]]:
+        """Event type -> (events, events of version 1, or 0 unless `firsts`) of the archived
+        positions in [low, high]: only the columns needed read (positions only when the
+        range is not every position), row groups outside the range skipped."""
+        whole = low <= 0 and high >= 2**62
+        columns = ["event_type"] + (["version"] if firsts else []) + (
+            [] if whole else ["position"]
+        )
+        found: dict[str, tuple[int, int]] = {}
+        for table in self.tables(low, high, columns, lowers):
+            if not whole:
+                position = table.column("position")
+                table = table.filter(
+                    pc.and_(pc.greater_equal(position, low), pc.less_equal(position, high))
+                )
+            kinds = table.column("event_type")
+            first: dict[str, int] = {}
+            if firsts:
+                first = dict(_tally(kinds.filter(pc.equal(table.column("version"), 1))))
+            for event_type, events in _tally(kinds):
+                had = found.get(event_type, (0, 0))
+                found[event_type] = (had[0] + events, had[1] + first.get(event_type, 0))
+        return found
+
+    def containing(self, needles: Sequence[str]) -> dict[str, list[tuple[int, str, str]]]:
+        """For each needle, (position, id, type) of the archived events whose payload or
+        metadata text holds it, in position order: every file's payload and metadata
+        columns read once for all needles."""
+        found: dict[str, list[tuple[int, str, str]]] = {needle: [] for needle in needles}
+        if not needles:
+            return found
+        columns = ["position", "id", "event_type", "payload", "metadata"]
+        for table in self.tables(0, 2**63 - 1, columns):
+            for needle in needles:
+                held = table.filter(pc.or_(
+                    pc.match_substring(table.column(3), needle),
+                    pc.match_substring(table.column(4), needle),
+                ))
+                found[needle] += zip(
+                    *(held.column(i).to_pylist() for i in range(3)), strict=True
+                )
+        return found
+
+    def chain_at(self, position: int) -> bytes | None:
+        for table in self.tables(position, position, ["position", "chain_hash"]):
+            for found, chain in zip(*(table.column(i).to_pylist() for i in range(2)),
+                                    strict=True):
+                if found == position:
+                    return bytes(chain)
+        return None
+
+
+def _tally(values: pa.ChunkedArray) -> Iterator[tuple[str, int]]:
+    """(value, how many times) of a column."""
+    counted = pc.value_counts(values)
+    return zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(),
+               strict=True)
+
+
+def archived_files(after: int, through: int, width: int) -> str:
+    """A UNION ALL branch of `width` columns ending a statement over event_store: a row
+    (NULL, lower bound, upper bound, ...) per archived file holding positions in (after,
+    through], the manifest as that statement's snapshot saw it (its partitions dropped)."""
+    extra = ", upper_bound" + ", NULL" * (width - 3) if width > 2 else ""
+    return (
+        f"SELECT NULL, lower_bound{extra} FROM mlevents_archives "
+        f"WHERE upper_bound - 1 > {int(after)} AND lower_bound <= {int(through)}"
+    )
+
+
+def merge(hot: list[RecordedEvent], archived: list[RecordedEvent]) -> list[RecordedEvent]:
+    """Events of the tables and of the archive in position order, each once: a partition
+    archived between a scan and the manifest's read is in both (it was dropped after the
+    scan's snapshot was taken), and its events are equal there."""
+    if not archived:
+        return hot
+    return sorted({e.position: e for e in (*hot, *archived)}.values(),
+                  key=lambda e: e.position)
+
+
+def _columns(table: pa.Table) -> list[list[Any]]:
+    names = table.column_names
+    columns = []
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        columns.append(column.to_pylist())
+    return columns
+
+
+def _events(table: pa.Table, dated: bool | None = None) -> Iterator[RecordedEvent]:
+    (positions, ids, streams, kinds, versions, types, schema_versions, payloads, metadatas,
+     created, correlations, causations, _, _, occurred) = _columns(table)
+    for i, position in enumerate(positions):
+        if dated is not None and dated is (occurred[i] is None):
+            continue
+        created_at = _EPOCH + timedelta(microseconds=created[i])
+        occurred_at = _time(occurred[i])
+        yield RecordedEvent(
+            ids[i], streams[i], kinds[i], versions[i], position, types[i], schema_versions[i],
+            decode(payloads[i]), {} if metadatas[i] == "{}" else decode(metadatas[i]),
+            created_at, correlations[i], causations[i], schema_versions[i],
+            created_at if occurred_at is None else occurred_at,
+        )
+
+
+def _hashed(table: pa.Table) -> Iterator[tuple[Any, ...]]:
+    columns = _columns(table)
+    for row in zip(*columns, strict=True):
+        yield (
+            *row[:7], row[7].encode(), row[8].encode(), timestamp_text(_time(row[9])),  # type: ignore[arg-type]
+            row[10], row[11], bytes(row[12]), bytes(row[13]),
+            None if row[14] is None else timestamp_text(_time(row[14])),  # type: ignore[arg-type]
+        )
