@@ -14,8 +14,8 @@ Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets ex
 of two racing appends have a version.
 See docs/ordering.md for the argument and the measurements. The schema and its
 migrations are in postgres_schema, the append statement in postgres_append, the page
-queries and decoding of reads in postgres_read, the archive in postgres_archive, the bulk
-import in postgres_import.
+queries and decoding of reads in postgres_read, archiving in postgres_archive and the
+reads of its files in postgres_archive_files, the bulk import in postgres_import.
 """
 
 from __future__ import annotations
