@@ -15,7 +15,7 @@ MLEVENTS_CHROMIUM ?= /usr/bin/chromium
 export MLEVENTS_CHROMIUM
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run demo batch test lint bench bench-scale bench-storage bench-import schema clean
+.PHONY: run demo batch test lint bench bench-scale bench-storage bench-archive bench-import schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-scale: $(STAMP)
 # Bytes on disk per event against payload+metadata, and each index's size and query.
 bench-storage: $(STAMP)
 	$(PY) bench/bench_storage.py
+
+# What each read of archived history reads: buffers and client CPU (docs/archive.md).
+bench-archive: $(STAMP)
+	$(PY) bench/bench_archive.py
 
 # Bulk import against a raw COPY (PostgreSQL) / raw batched INSERTs (SQLite) of the same rows.
 IMPORT_EVENTS ?= 100000
