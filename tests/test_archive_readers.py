@@ -55,6 +55,11 @@ def fill(store: es.EventStore, first: int, last: int) -> None:
     """Events first..last in streams s0..s3, then every stream's head moves past them."""
     for n in range(first, last + 1):
         store.append(f"s{n % 4}", [ev(n)])
+    move_heads(store)
+
+
+def move_heads(store: es.EventStore) -> None:
+    """An event more in each of s0..s3: their heads leave the partitions before."""
     for n in range(4):
         store.append(f"s{n}", [ev(1000 + n)])
 
@@ -75,8 +80,7 @@ def test_forget_lists_the_subjects_archived_events(tiny: es.EventStore) -> None:
         })], metadata={"subject_id": subject})
         if subject == ALICE:
             alice.append(event.id)
-    for n in range(4):
-        private.append(f"s{n}", [ev(n)])
+    move_heads(private)
     private.seal()
     done = archive(private, LATER)
     assert done
@@ -153,7 +157,7 @@ def test_seal_and_verify_link_to_an_archived_previous_event(tiny: es.EventStore)
     for n in range(1, 11):
         tiny.append(f"s{n % 4}", [ev(n)])
     sealed = tiny.seal()
-    fill(tiny, 11, 10)  # only the heads move on, after the seal
+    move_heads(tiny)  # after the seal
     chains = {(row[2], row[4]): (row[0], bytes(row[13]))
               for row in tiny.recorder.hashed_rows(0, sealed.to_position, 100)}
     done = archive(tiny, LATER)
@@ -328,10 +332,10 @@ def test_forget_racing_an_archive(
         })], metadata={"subject_id": ALICE})
         alice.append(event.id)
         if n == 12:
-            fill(private, 0, -1)
+            move_heads(private)
             private.seal()
             assert archive(private, LATER)
-    fill(private, 0, -1)
+    move_heads(private)
     private.seal()
     _archive_on_load(tiny, private, monkeypatch, first)
     erased = private.forget(ALICE, reason="race")
