@@ -15,10 +15,11 @@ import pytest
 import event_sourcing as es
 from event_sourcing.integrity.audit import _Checker
 from event_sourcing.privacy import LocalKeyProvider
+from event_sourcing.privacy.forget import erasure_report
 from event_sourcing.projections.counts import _read_counts, log_counts
 from event_sourcing.stores import postgres
 from event_sourcing.stores import store as store_module
-from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, archive
+from event_sourcing.stores.postgres_archive import ARCHIVE_STREAM, ArchiveError, archive
 from event_sourcing.stores.postgres_archive_files import ArchiveFiles
 
 SIZE = 5
@@ -341,3 +342,24 @@ def test_forget_racing_an_archive(
     erased = private.forget(ALICE, reason="race")
     assert erased.payload["affected_events"] == alice
     private.close()
+
+
+def test_counts_and_forget_without_the_archive_files_raise_archive_error(
+    tiny: es.EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(tiny, 1, 30)
+    tiny.seal()
+    assert archive(tiny, LATER)
+    monkeypatch.setenv("MLEVENTS_ARTIFACTS", str(tmp_path / "elsewhere"))
+    with es.connect(tiny.recorder.url, schema=tiny.recorder.schema, validate=False,
+                    key_provider=LocalKeyProvider(os.urandom(32))) as other:
+        other.append("p", [es.NewEvent("inference_requested", {
+            "model_id": "m", "model_version": 1, "inputs": {"email": "a@x.org"},
+        })], metadata={"subject_id": ALICE})
+        with pytest.raises(ArchiveError, match="MLEVENTS_ARTIFACTS"):
+            log_counts(other)
+        with pytest.raises(ArchiveError, match="MLEVENTS_ARTIFACTS"):
+            other.forget(ALICE, reason="request #1")
+        # Found before any key is destroyed: nothing was erased, nothing recorded.
+        report = erasure_report(other, ALICE)
+        assert report["holds_live_key"] and report["erasures"] == []
