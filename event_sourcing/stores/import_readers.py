@@ -28,6 +28,8 @@ _PARQUET_BATCH = 5000  # rows decoded at a time
 _FIELDS = ("stream_id", "type", "id", "stream_type", "correlation_id", "causation_id",
            "occurred_at", "metadata", "payload")
 _ALIASES = {"stream": "stream_id", "event_type": "type"}
+_PLAIN = frozenset(_FIELDS)
+new_record = tuple.__new__  # an ImportRecord built from a tuple, without its Python __new__
 # What `mlevents read --json` prints besides the fields above: accepted and ignored, so an
 # export can be imported elsewhere (the target store assigns its own).
 _EXPORTED = frozenset({"version", "position", "schema_version", "recorded_schema_version",
@@ -92,20 +94,37 @@ def _open(path: Path, mode: str, **options: Any) -> Any:
 
 def read_json_lines(path: Path) -> Iterator[ImportRecord]:
     """One JSON object per line (blank lines are skipped)."""
+    loads, JSONDecodeError, plain = orjson.loads, orjson.JSONDecodeError, _PLAIN
     with _open(path, "rb") as lines:
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
+            text = line.strip()  # (what a record's id derives from)
+            if not text:
                 continue
             where = f"line {number}"
             try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
+                value = loads(line)
+            except JSONDecodeError as exc:
                 raise EventValidationError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(value, dict):
+            if type(value) is not dict:
                 raise EventValidationError(
                     f"{where}: expected a JSON object, got {type(value).__name__}"
                 )
-            yield _record(where, number, value, line.strip())
+            # The usual line names its fields plainly (no alias, nothing exported, a stream
+            # and a type): its record is built straight from it. Any other goes through
+            # _record, which refuses what is wrong.
+            get = value.get
+            if value.keys() <= plain and get("stream_id") is not None and (
+                get("type") is not None
+            ):
+                occurred = get("occurred_at")
+                yield new_record(ImportRecord, (
+                    where, number, value["stream_id"], value["type"], get("payload", {}),
+                    get("id"), get("metadata"), get("stream_type"), get("correlation_id"),
+                    get("causation_id"),
+                    None if occurred is None else _occurred_at(occurred, where), text,
+                ))
+            else:
+                yield _record(where, number, value, text)
 
 
 def _record(
