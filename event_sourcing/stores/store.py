@@ -322,7 +322,9 @@ class EventStore:
         batch_metadata_json, batch_metadata_size, batch_metadata, batch_canonical = (
             encode_marked(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {}, True)
         )
-        fresh_ids = new_event_ids(len(events))  # (one clock reading and urandom call)
+        # fresh ids, made when the first event without one needs them (one clock reading
+        # and urandom call for the batch): an import gives every event its id
+        fresh_ids: list[str] | None = None
         rows: list[EventRow] = []
         payloads: list[dict[str, Any]] = []
         metadatas: list[dict[str, Any]] = []
@@ -359,6 +361,8 @@ class EventStore:
                         dict(raw_payload), what
                     )
                 if event.id is None:
+                    if fresh_ids is None:
+                        fresh_ids = new_event_ids(len(events))
                     event_id = fresh_ids[index]  # fresh ids never collide; given ones may
                 else:
                     event_id = _event_id(event.id)
@@ -385,6 +389,8 @@ class EventStore:
                 payload_json, size, payload, canonical = encode_serialized(payload, what)
                 if "\ufffd" in payload_json:
                     refuse_lone_surrogates(event.model_dump(), what)
+                if fresh_ids is None:
+                    fresh_ids = new_event_ids(len(events))
                 event_id = fresh_ids[index]
             else:
                 raise EventValidationError(
