@@ -1,5 +1,5 @@
 """The JSON lines reader's direct path (a line naming its fields plainly) reads exactly what
-the general path reads."""
+the general path reads, and the import's events are the NewEvents an append would get."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
+import event_sourcing as es
 from event_sourcing.errors import EventValidationError
 from event_sourcing.stores import import_readers
+from event_sourcing.stores.imports import _new_event
 
 LINES = [
     {"stream_id": "run-1", "type": "training_progress", "payload": {"step": 1}},
@@ -56,3 +58,10 @@ def test_a_bad_line_is_refused_naming_it(
     with pytest.raises(EventValidationError, match=message):
         list(import_readers.read_records(path))
 
+
+def test_an_imported_event_is_the_new_event_an_append_gets() -> None:
+    at = datetime(2024, 5, 1, tzinfo=UTC)
+    fields = ("t", {"a": 1}, "0f8fad5b-d9cb-469f-a165-70867728950e", {"m": 1}, at)
+    made = _new_event(*fields)
+    assert type(made) is es.NewEvent and made == es.NewEvent(*fields)
+    assert (made.type, made.payload, made.id, made.metadata, made.occurred_at) == fields

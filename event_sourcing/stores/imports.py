@@ -12,6 +12,7 @@ stored exactly like an appended one.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -21,7 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -40,7 +42,8 @@ DEFAULT_BATCH_SIZE = 5000
 # Ids of records that carry none: uuid5 in this namespace (docs/import.md, "Idempotency").
 IMPORT_NAMESPACE = uuid.UUID("5d1c3b0e-6f0a-4e57-9a55-6d6c6576696d")
 _NAMESPACE_BYTES = IMPORT_NAMESPACE.bytes
-_VARIANT = "89ab" * 4  # a hex digit's low 2 bits -> the RFC 4122 variant digit 10xx
+# a hex digit -> the RFC 4122 variant digit 10xx holding its low 2 bits
+_VARIANT = {digit: "89ab"[int(digit, 16) % 4] for digit in "0123456789abcdef"}
 _sha1 = hashlib.sha1
 
 
@@ -92,13 +95,13 @@ def runs(rows: Sequence[ImportRow]) -> Iterator[Sequence[ImportRow]]:
     """The batch as runs of consecutive rows sharing stream, correlation and causation (what
     one append could write)."""
     start = 0
-    while start < len(rows):
-        key = rows[start][:4]
-        end = start + 1
-        while end < len(rows) and rows[end][:4] == key:
-            end += 1
+    for _, run in groupby(rows, _RUN_KEY):
+        end = start + len(list(run))
         yield rows[start:end]
         start = end
+
+
+_RUN_KEY = itemgetter(0, 1, 2, 3)  # an ImportRow's stream, stream type, correlation, causation
 
 
 def content_hashes(rows: Sequence[ImportRow], created_at: str, canonical: bool) -> list[bytes]:
@@ -155,7 +158,7 @@ def record_id(record: ImportRecord) -> str:
         )
     # uuid.uuid5(IMPORT_NAMESPACE, name), written out (this runs once per record)
     h = _sha1(_NAMESPACE_BYTES + b"%d\x1f" % record.ordinal + source).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}"
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def canonical_bytes(value: Any) -> bytes:
@@ -343,14 +346,38 @@ def _without_recorded(store: EventStore, batch: _Batch) -> _Batch:
     return batch._replace(skipped=skipped, rows=list(rows.values()), looked_up=True)
 
 
+# The setters of NewEvent's slots, one per field in order (unpacking fails, on import, if
+# its fields change: _new_event must fill them all).
+_set_type, _set_payload, _set_id, _set_metadata, _set_occurred_at = (
+    NewEvent.__dict__[field.name].__set__ for field in dataclasses.fields(NewEvent)
+)
+_new_object = object.__new__
+
+
+def _new_event(
+    event_type: Any, payload: Any, event_id: str, metadata: Any, occurred_at: Any
+) -> NewEvent:
+    """NewEvent(event_type, payload, event_id, metadata, occurred_at), its slots filled
+    directly: the frozen dataclass's __init__ (a setattr call per field) cost as much as a
+    third of reading a record. The values are checked when the event is encoded, as
+    NewEvent's own are."""
+    event = _new_object(NewEvent)
+    _set_type(event, event_type)
+    _set_payload(event, payload)
+    _set_id(event, event_id)
+    _set_metadata(event, metadata)
+    _set_occurred_at(event, occurred_at)
+    return event
+
+
 def _encode(store: EventStore, records: dict[str, ImportRecord]) -> list[ImportRow]:
     """The batch checked and encoded as an append would (one encoding call for the batch;
     a failure is found again record by record, to name its line)."""
     from event_sourcing.stores.store import _check_name, _optional_id
 
     events: list[NewEvent | DomainEvent] = [
-        NewEvent(record.event_type, record.payload, event_id, record.metadata,
-                 record.occurred_at)
+        _new_event(record.event_type, record.payload, event_id, record.metadata,
+                   record.occurred_at)
         for event_id, record in records.items()
     ]
     try:
