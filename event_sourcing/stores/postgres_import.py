@@ -31,6 +31,7 @@ _HEADS = """
     ) AS h"""
 ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_BS, _BS2, _NULL = "\\", "\\\\", "\\N"  # a backslash, doubled; COPY's NULL
 
 Append = Callable[
     [str, str | None, int | None, Sequence[EventRow], datetime, str | None, str | None],
@@ -47,9 +48,43 @@ def _copy_text(value: str | None) -> str:
     return value
 
 
-def _copy_json(text: str) -> str:
-    """JSON text in COPY's text format: control characters are escaped in JSON already."""
-    return text.replace("\\", "\\\\") if "\\" in text else text
+def _copy_lines(
+    rows: Sequence[ImportRow],
+    contents: Sequence[bytes],
+    placed: Sequence[tuple[str, int, bytes]],
+    now: str,
+) -> str:
+    """The batch in COPY's text format, a line's values in WRITTEN's order. What a run of
+    rows shares (stream, stream type, correlation and causation ids) and what a type
+    shares (its name and schema version) is written once. JSON text holds no raw tab or
+    newline (control characters are escaped in JSON already): only its backslashes are
+    doubled (str.replace returns the text itself when it holds none)."""
+    lines: list[str] = []
+    add = lines.append
+    types: dict[tuple[str, int], str] = {}
+    start = 0
+    for run in runs(rows):
+        first = run[0]
+        end = start + len(run)
+        stream = f"\t{_copy_text(first.stream_id)}\t{_copy_text(placed[start][0])}\t"
+        shared = (f"\t{now}\t{_copy_text(first.correlation_id)}\t"
+                  f"{_copy_text(first.causation_id)}\t\\\\x")
+        for imported, content, (_, version, chain) in zip(
+            run, contents[start:end], placed[start:end], strict=True
+        ):
+            row = imported.row
+            key = (row.event_type, row.schema_version)
+            kind = types.get(key)
+            if kind is None:
+                kind = types[key] = f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
+            occurred = row.occurred_at
+            add(
+                f"{row.id}{stream}{version}\t{kind}{row.payload_json.replace(_BS, _BS2)}\t"
+                f"{row.metadata_json.replace(_BS, _BS2)}{shared}{content.hex()}\t\\\\x"
+                f"{chain.hex()}\t{_NULL if occurred is None else _copy_text(occurred)}\n"
+            )
+        start = end
+    return "".join(lines)
 
 
 class _Raced(Exception):
@@ -118,19 +153,7 @@ def _import_on(
         for stream_id, kind, version, chain, _ in found
     }
     new = [stream_id for stream_id in streams if stream_id not in heads]
-    # COPY's text format, a line's values in WRITTEN's order (JSON text holds no raw tab
-    # or newline)
-    lines = "".join([
-        f"{row.id}\t{_copy_text(imported.stream_id)}\t{_copy_text(kind)}\t{version}\t"
-        f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
-        f"{_copy_json(row.payload_json)}\t{_copy_json(row.metadata_json)}\t{now}\t"
-        f"{_copy_text(imported.correlation_id)}\t{_copy_text(imported.causation_id)}\t"
-        f"\\\\x{content.hex()}\t\\\\x{chain.hex()}\t{_copy_text(row.occurred_at)}\n"
-        for imported, content, (kind, version, chain) in zip(
-            rows, contents, place_rows(rows, contents, heads), strict=True
-        )
-        for row in (imported.row,)
-    ])
+    lines = _copy_lines(rows, contents, place_rows(rows, contents, heads), now)
     try:
         with connection.cursor().copy(f"COPY event_store ({WRITTEN}) FROM STDIN") as copy:
             copy.write(lines)
