@@ -29,7 +29,7 @@ _FIELDS = ("stream_id", "type", "id", "stream_type", "correlation_id", "causatio
            "occurred_at", "metadata", "payload")
 _ALIASES = {"stream": "stream_id", "event_type": "type"}
 _PLAIN = frozenset(_FIELDS)
-new_record = tuple.__new__  # an ImportRecord built from a tuple, without its Python __new__
+_new_record = tuple.__new__  # an ImportRecord built from a tuple, without its Python __new__
 # What `mlevents read --json` prints besides the fields above: accepted and ignored, so an
 # export can be imported elsewhere (the target store assigns its own).
 _EXPORTED = frozenset({"version", "position", "schema_version", "recorded_schema_version",
@@ -117,7 +117,7 @@ def read_json_lines(path: Path) -> Iterator[ImportRecord]:
                 get("type") is not None
             ):
                 occurred = get("occurred_at")
-                yield new_record(ImportRecord, (
+                yield _new_record(ImportRecord, (
                     where, number, value["stream_id"], value["type"], get("payload", {}),
                     get("id"), get("metadata"), get("stream_type"), get("correlation_id"),
                     get("causation_id"),

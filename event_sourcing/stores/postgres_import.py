@@ -74,12 +74,12 @@ def _copy_lines(
         ):
             row = imported.row
             key = (row.event_type, row.schema_version)
-            kind = types.get(key)
-            if kind is None:
-                kind = types[key] = f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
+            typed = types.get(key)
+            if typed is None:
+                typed = types[key] = f"{_copy_text(row.event_type)}\t{row.schema_version}\t"
             occurred = row.occurred_at
             add(
-                f"{row.id}{stream}{version}\t{kind}{row.payload_json.replace(_BS, _BS2)}\t"
+                f"{row.id}{stream}{version}\t{typed}{row.payload_json.replace(_BS, _BS2)}\t"
                 f"{row.metadata_json.replace(_BS, _BS2)}{shared}{content.hex()}\t\\\\x"
                 f"{chain.hex()}\t{_NULL if occurred is None else _copy_text(occurred)}\n"
             )
