@@ -226,8 +226,7 @@ class _Checker:
             ).fetchone()
         if row and row[0] is not None:
             return (version - 1, bytes(row[0]))
-        archived = getattr(self.store.recorder, "archived_chain", None)  # docs/archive.md
-        chain = archived(stream, version - 1) if archived is not None else None
+        chain = self.store.recorder.archived_chain(stream, version - 1)  # docs/archive.md
         return None if chain is None else (version - 1, chain)
 
     def run(self, through: int) -> list[tuple[int, bytes]]:

@@ -44,10 +44,9 @@ def sealed_events(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]
                 [pattern, pattern],
             )
         ])
-    archived = getattr(store.recorder, "archived_containing", None)
-    if archived is not None and key_ids:
+    if key_ids:
         # Read after the table's scans: a partition archived since is in both (once here).
-        in_files = archived([f'"{key_id}.' for key_id in key_ids])
+        in_files = store.recorder.archived_containing([f'"{key_id}.' for key_id in key_ids])
         by_key = [
             sorted({row[1]: row for row in (*hot, *in_files[f'"{key_id}.'])}.values())
             for key_id, hot in zip(key_ids, by_key, strict=True)

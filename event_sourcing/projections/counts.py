@@ -74,7 +74,7 @@ def _new_counts(
     ]
     lowers = {int(lower) for event_type, lower, _ in rows if event_type is None}
     if lowers:
-        archived = store.recorder.archived_counts(through, head, lowers)  # type: ignore[attr-defined]
+        archived = store.recorder.archived_counts(through, head, lowers)
         found += [(name, events, first) for name, (events, first) in archived.items()]
     return found
 

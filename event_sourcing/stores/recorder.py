@@ -160,6 +160,25 @@ class Recorder(Protocol):
         open transaction if any."""
         ...
 
+    # The archive (PostgreSQL; docs/archive.md). A store without one has nothing archived.
+    def archived_chain(self, stream_id: str, version: int) -> bytes | None:
+        """The chain hash of a stream's archived event (integrity.audit), or None."""
+        ...
+
+    def archived_counts(
+        self, after: int, through: int, lowers: Collection[int]
+    ) -> dict[str, tuple[int, int]]:
+        """Event type -> (events, events of version 1) of the archived positions in
+        (after, through] of the files starting at `lowers` (projections.counts)."""
+        ...
+
+    def archived_containing(
+        self, needles: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, str]]]:
+        """For each needle, (position, id, type) of the archived events whose payload or
+        metadata text holds it (privacy.forget)."""
+        ...
+
     def close(self) -> None: ...
 
 

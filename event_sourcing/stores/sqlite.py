@@ -501,6 +501,20 @@ class SQLiteRecorder:
             ))
         return out
 
+    # -- the archive: SQLite has none (docs/archive.md) ---------------------------------------
+    def archived_chain(self, stream_id: str, version: int) -> bytes | None:
+        return None
+
+    def archived_counts(
+        self, after: int, through: int, lowers: Collection[int]
+    ) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def archived_containing(
+        self, needles: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, str]]]:
+        return {needle: [] for needle in needles}
+
     def restore_triggers(self) -> tuple[list[str], str | None]:
         """Recreate missing append-only triggers: (what was wrong, why it could not be
         fixed or None)."""
