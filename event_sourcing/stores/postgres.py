@@ -45,6 +45,7 @@ from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_archive_files import ArchiveFiles, archived_files, merge
 from event_sourcing.stores.postgres_errors import broken
+from event_sourcing.stores.postgres_heads import ArchivedHead, ClockBehind, archived_heads, refusal
 from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
 from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
@@ -81,14 +82,6 @@ if TYPE_CHECKING:
     from event_sourcing.artifacts import ArtifactStore
 
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
-
-
-class ClockBehind(Exception):
-    """An append wrote nothing: its stream's head was recorded at a later time than its."""
-
-    def __init__(self, latest: datetime) -> None:
-        super().__init__(f"the log holds a time later than the clock's: {latest}")
-        self.latest = latest
 
 
 class PostgresRecorder:
@@ -176,6 +169,7 @@ class PostgresRecorder:
     ) -> Appended:
         head_chain = None
         created_at = max(created_at, self._latest)  # never before this recorder's latest
+        expected, given_type = expected_version, stream_type  # as the caller gave them
         if expected_version:
             known = self._reached.get(stream_id)
             if known is not None and known[1] == expected_version:
@@ -190,6 +184,15 @@ class PostgresRecorder:
             try:
                 appended, last_chain = self._sent(statement, request, rows, expected_version)
                 break
+            except ArchivedHead as archived:  # rare: append again giving the head
+                stream_type, expected_version, head_chain, head_time = archived.head
+                created_at = max(created_at, head_time)  # nor before the stream's head
+            except ConcurrencyError:
+                if expected is not None or expected_version is None:
+                    raise
+                # Expecting nothing, giving the archived head: the stream moved on
+                # meanwhile. Look its head up again.
+                stream_type, expected_version, head_chain = given_type, None, None
             except ClockBehind as behind:  # rare: record at the latest time instead
                 # Again behind: writers with faster clocks keep recording later times, so
                 # add the time that passed meanwhile, as their clocks did (no starving).
@@ -269,25 +272,16 @@ class PostgresRecorder:
             if last_chain is None:
                 last_chain = request["last_chain"]
             return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
-        # Nothing was written: a retry of a recorded batch or a stale expected version.
+        # Nothing was written: a retry of a recorded batch, a stale expected version, a
+        # head recorded later or archived (postgres_heads).
         connection = cursor.connection
         found = self._select_on(connection, BY_IDS, ([row.id for row in rows],))
         if found:
             raise AlreadyRecorded(found)
-        stream_id = request["stream"]
-        latest = connection.execute(
-            "SELECT e.created_at FROM event_keys AS k JOIN event_store AS e "
-            "ON e.position = k.position WHERE k.stream_id = %s "
-            "ORDER BY k.version DESC LIMIT 1",
-            (stream_id,),
-        ).fetchone()
-        if latest and latest[0] > request["now"]:
-            raise ClockBehind(latest[0])
-        if expected_version is None:
-            raise StoreUnavailableError(
-                f"append to {stream_id!r} wrote nothing and no error was reported"
-            )
-        raise ConcurrencyError(stream_id, expected_version, self._version(connection, stream_id))
+        raise refusal(
+            connection, self._archives, request["stream"], expected_version,
+            request["located"], request["now"],
+        )
 
     def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
         """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction,
@@ -297,7 +291,12 @@ class PostgresRecorder:
         for attempt in range(1, 4):
             self._add_partitions(len(rows) * IMPORT_ATTEMPTS)
             try:
-                return import_rows(self._connections, self.append, rows, created_at)
+                return import_rows(
+                    self._connections, self.append, rows, created_at,
+                    lambda connection, positions: archived_heads(
+                        connection, self._archives, positions
+                    ),
+                )
             except EventStoreError as exc:
                 past = isinstance(exc.__cause__, pg_errors.CheckViolation) and (
                     NO_PARTITION in str(exc.__cause__)

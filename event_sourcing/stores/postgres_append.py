@@ -14,24 +14,29 @@ from event_sourcing.integrity.hashing import GENESIS, append_hashes, timestamp_t
 from event_sourcing.stores.recorder import EventRow
 
 # The stream's head before an append, as (stream type, version, chain hash, time recorded;
-# NULL when the caller gives the head, knowing its time). Expecting n >= 1:
-# no row unless the stream has an event n, so a stale expectation inserts nothing and a
-# moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream, or a version the
-# stream is known to have reached: as given, and the unique index alone decides. No
-# expectation: the latest event, if any.
+# NULL when the caller gives the head, knowing its time; whether its row is in the tables).
+# Expecting n >= 1: no row unless the stream has an event n, so a stale expectation inserts
+# nothing and a moved-on stream hits UNIQUE (stream_id, version). Expecting a new stream,
+# or a version the stream is known to have reached: as given, and the unique index alone
+# decides. No expectation: the latest event, if any.
 # (Found through event_keys, which knows where a stream's events are: runtime pruning
-# leaves one partition's primary key to look in.)
+# leaves one partition's primary key to look in.) A head whose partition was archived has
+# a key but no row: nothing is inserted, and the caller reads the head from the archive
+# and appends again giving it (postgres_heads).
 _HEAD_AT = """
-        SELECT e.stream_type, e.version, e.chain_hash, e.created_at
-        FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+        SELECT e.stream_type, k.version, e.chain_hash, e.created_at, e.position IS NOT NULL
+        FROM event_keys AS k LEFT JOIN event_store AS e ON e.position = k.position
         WHERE k.stream_id = %(stream)s AND k.version = %(expected)s::bigint"""
-_HEAD_GIVEN = "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea, NULL::timestamptz"
+_HEAD_GIVEN = (
+    "SELECT %(kind)s::text, %(expected)s::bigint, NULL::bytea, NULL::timestamptz, true"
+)
 _HEAD_LATEST = """
         SELECT coalesce(h.stream_type, %(kind)s), coalesce(h.version, 0),
-            coalesce(h.chain_hash, %(genesis)s::bytea), h.created_at
+            coalesce(h.chain_hash, %(genesis)s::bytea), h.created_at, coalesce(h.hot, true)
         FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-            SELECT e.stream_type, e.version, e.chain_hash, e.created_at
-            FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+            SELECT e.stream_type, k.version, e.chain_hash, e.created_at,
+                e.position IS NOT NULL AS hot
+            FROM event_keys AS k LEFT JOIN event_store AS e ON e.position = k.position
             WHERE k.stream_id = %(stream)s ORDER BY k.version DESC LIMIT 1
         ) AS h ON true"""
 
@@ -80,14 +85,15 @@ _INSERT = """
     SELECT u.id, %(stream)s, head.stream_type, head.version + u.i, u.type, u.schema_version,
         u.payload, u.metadata, %(now)s, %(correlation)s, %(causation)s, u.content, {chain},
         u.occurred
-    FROM ({head}) AS head (stream_type, version, chain, created_at)
+    FROM ({head}) AS head (stream_type, version, chain, created_at, hot)
     CROSS JOIN LATERAL (""" + MARKER + """ OFFSET 0) AS marker
     CROSS JOIN LATERAL ({events}) AS u (id, type, schema_version, payload, metadata, i,
         content, chain, occurred)
     -- A stream's time never goes back: nothing is inserted when its head (the row read
     -- above; given by the caller, who knows its time) was recorded later than this
     -- append's time; the caller then appends again at that time (docs/temporal.md).
-    WHERE coalesce(head.created_at <= %(now)s, true)
+    -- Nor when the head is archived (its row is gone): the caller gives it instead.
+    WHERE coalesce(head.created_at <= %(now)s, true) AND head.hot
     RETURNING e.stream_type, e.version, e.position, {returned}"""
 
 
@@ -150,7 +156,9 @@ def append_query(
 ) -> tuple[str, dict[str, Any]]:
     """The one statement that appends a batch, and its parameters. It returns (stream
     type, version, position, chain hash) per event, or no row when the stream is not at
-    `expected_version`; it raises UniqueViolation when the version or an id is taken.
+    `expected_version`, its head was recorded after `created_at`, or the head it looked up
+    is archived (postgres_heads); it raises UniqueViolation when the version or an id is
+    taken.
 
     `head_chain`: the caller knows the stream's event at `expected_version` (>= 1) has this
     chain hash and that `stream_type` is the stream's type, so the statement skips looking
@@ -176,6 +184,7 @@ def append_query(
     )
     if chains is not None:
         request["last_chain"] = chains[-1]  # (not in the statement: for the caller)
+    request["located"] = head in {"at", "latest"}  # (for the caller: the head looked up)
     if len(rows) == 1:
         row = rows[0]
         request.update(

@@ -3,10 +3,9 @@ written to Parquet files (zstd) of the artifact store, checked, recorded by an
 `archive_created` event and the `mlevents_archives` manifest, then detached and dropped.
 The reads of those files are postgres_archive_files'.
 
-A partition is archived only when every position of it is covered by a seal, its newest
-event is older than the cut-off, and it holds no stream's head: an append to a stream reads
-its head's chain hash and time from event_store (postgres_append), and a stream's head only
-moves forward, so a partition without heads never gets one again.
+A partition is archived only when every position of it is covered by a seal and its
+newest event is older than the cut-off. It may hold streams' heads: an append to a stream
+whose head is archived reads the head from its file (postgres_heads).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class ArchiveResult:
 
 def candidates(store: EventStore, before: datetime) -> list[tuple[str, int, int]]:
     """The partitions that may be archived: (name, lower, upper), every position sealed,
-    every event recorded before `before`, no stream's head among them."""
+    every event recorded before `before` (streams' heads among them or not)."""
     from event_sourcing.integrity.audit import seals
 
     sealed = seals(store)
@@ -79,11 +78,7 @@ def candidates(store: EventStore, before: datetime) -> list[tuple[str, int, int]
         "SELECT p.name, coalesce(p.lower_bound, 0), p.upper_bound "
         "FROM mlevents_partitions() AS p WHERE p.upper_bound - 1 <= ? "
         "AND EXISTS (SELECT FROM event_keys AS k WHERE k.position >= coalesce(p.lower_bound, 0) "
-        "AND k.position < p.upper_bound) "
-        "AND NOT EXISTS (SELECT FROM event_keys AS k WHERE k.position >= "
-        "coalesce(p.lower_bound, 0) AND k.position < p.upper_bound AND NOT EXISTS ("
-        "SELECT FROM event_keys AS n WHERE n.stream_id = k.stream_id "
-        "AND n.version = k.version + 1)) ORDER BY 3",
+        "AND k.position < p.upper_bound) ORDER BY 3",
         (through,),
     )
     found = []

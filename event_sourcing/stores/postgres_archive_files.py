@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,6 +43,16 @@ SCHEMA = pa.schema([
 
 class ArchiveError(EventStoreError):
     """An archive could not be written, checked or read."""
+
+
+class Head(NamedTuple):
+    """A stream's event an append continues from: its stream type, version, chain hash
+    and the time it was recorded."""
+
+    stream_type: str
+    version: int
+    chain_hash: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -235,6 +245,24 @@ class ArchiveFiles:
                 ))
                 found[needle] += zip(
                     *(held.column(i).to_pylist() for i in range(3)), strict=True
+                )
+        return found
+
+    def heads(self, positions: Sequence[int]) -> dict[int, Head]:
+        """Position -> (stream type, version, chain hash, time recorded) of the archived
+        events at these positions (a stream's head whose partition was archived: an append
+        or import continues from it, postgres_heads); only those columns of the row groups
+        holding them read."""
+        found: dict[int, Head] = {}
+        if not positions:
+            return found
+        wanted = pa.array(positions, pa.int64())
+        columns = ["position", "stream_type", "version", "chain_hash", "created_at"]
+        for table in self.tables(min(positions), max(positions), columns):
+            held = table.filter(pc.is_in(table.column(0), value_set=wanted))
+            for position, kind, version, chain, created in zip(*_columns(held), strict=True):
+                found[position] = Head(
+                    kind, version, bytes(chain), _EPOCH + timedelta(microseconds=created)
                 )
         return found
 

@@ -1,6 +1,7 @@
 """The PostgreSQL bulk import (event_sourcing.stores.imports): a batch written with COPY in
 one transaction, after the in-flight marker (docs/ordering.md) and the batch's streams'
-heads; versions and hash chains computed in Python, exactly as an append computes them.
+heads (an archived one read from its file, postgres_heads); versions and hash chains
+computed in Python, exactly as an append computes them.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from event_sourcing.errors import DuplicateEventError
 from event_sourcing.integrity.hashing import timestamp_text
 from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows, runs
 from event_sourcing.stores.postgres_append import MARKER, WRITTEN
+from event_sourcing.stores.postgres_archive_files import Head
 from event_sourcing.stores.postgres_pool import APPEND_LOCK_TIMEOUT, Connections
 from event_sourcing.stores.postgres_schema import STREAM_VERSION_KEY
 from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 
-# An import batch's streams' heads (no row for a new stream).
+# An import batch's streams' heads (no row for a new stream; no type, chain or time for a
+# head whose partition was archived: read from its file, postgres_heads).
 _HEADS = """
-    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash, h.created_at
+    SELECT s.stream_id, h.stream_type, h.version, h.chain_hash, h.created_at, h.position
     FROM unnest(%s::text[]) AS s (stream_id)
     CROSS JOIN LATERAL (
-        SELECT e.stream_type, e.version, e.chain_hash, e.created_at
-        FROM event_keys AS k JOIN event_store AS e ON e.position = k.position
+        SELECT e.stream_type, k.version, e.chain_hash, e.created_at, k.position
+        FROM event_keys AS k LEFT JOIN event_store AS e ON e.position = k.position
         WHERE k.stream_id = s.stream_id ORDER BY k.version DESC LIMIT 1
     ) AS h"""
 ATTEMPTS = 3  # an import batch raced by appends to its streams starts again
@@ -37,6 +40,8 @@ Append = Callable[
     [str, str | None, int | None, Sequence[EventRow], datetime, str | None, str | None],
     Appended,
 ]
+# The archived heads at these positions (postgres_heads.archived_heads).
+ArchivedHeads = Callable[[psycopg.Connection[Any], Sequence[int]], dict[int, Head]]
 
 
 def _copy_text(value: str | None) -> str:
@@ -100,7 +105,8 @@ class _Behind(Exception):
 
 
 def import_rows(
-    connections: Connections, append: Append, rows: Sequence[ImportRow], created_at: datetime
+    connections: Connections, append: Append, rows: Sequence[ImportRow], created_at: datetime,
+    archived: ArchivedHeads,
 ) -> None:
     """Write a bulk-import batch in one transaction, with COPY: the in-flight marker first
     (so the no-skip order holds), then the streams' heads. An append to one of the batch's
@@ -112,7 +118,7 @@ def import_rows(
     for _ in range(ATTEMPTS):
         try:
             with connections.transaction("import") as connection:
-                _import_on(connection, rows, contents, streams, now, created_at)
+                _import_on(connection, rows, contents, streams, now, created_at, archived)
             return
         except _Raced:
             continue
@@ -141,17 +147,22 @@ def _import_on(
     streams: list[str],
     now: str,
     created_at: datetime,
+    archived: ArchivedHeads,
 ) -> None:
     connection.execute(f"SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'")
     connection.execute(MARKER, {})
     found = connection.execute(_HEADS, (streams,)).fetchall()
-    latest = max((row[4] for row in found), default=created_at)
+    gone = [row[5] for row in found if row[1] is None]  # archived heads
+    from_files = archived(connection, gone) if gone else {}
+    recorded = {
+        stream_id: Head(kind, version, bytes(chain), time) if kind is not None
+        else from_files[position]
+        for stream_id, kind, version, chain, time, position in found
+    }
+    latest = max((head.created_at for head in recorded.values()), default=created_at)
     if latest > created_at:
         raise _Behind(latest)
-    heads = {
-        stream_id: (kind, version, bytes(chain))
-        for stream_id, kind, version, chain, _ in found
-    }
+    heads = {stream_id: head[:3] for stream_id, head in recorded.items()}
     new = [stream_id for stream_id in streams if stream_id not in heads]
     lines = _copy_lines(rows, contents, place_rows(rows, contents, heads), now)
     try:
