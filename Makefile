@@ -15,7 +15,7 @@ MLEVENTS_CHROMIUM ?= /usr/bin/chromium
 export MLEVENTS_CHROMIUM
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run demo batch test lint bench bench-scale bench-storage bench-archive bench-import schema clean
+.PHONY: run demo batch test lint bench bench-scale bench-storage bench-archive bench-archive-heads bench-import schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-storage: $(STAMP)
 # What each read of archived history reads: buffers and client CPU (docs/archive.md).
 bench-archive: $(STAMP)
 	$(PY) bench/bench_archive.py
+
+# What an append to a stream whose head is archived costs, against a hot head (docs/archive.md).
+bench-archive-heads: $(STAMP)
+	$(PY) bench/bench_archive_heads.py
 
 # Bulk import against a raw COPY (PostgreSQL) / raw batched INSERTs (SQLite) of the same rows.
 IMPORT_EVENTS ?= 100000

@@ -13,9 +13,10 @@ given, nothing at or below it can appear later. Writers never wait for one anoth
 Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets exactly one
 of two racing appends have a version.
 See docs/ordering.md for the argument and the measurements. The schema and its
-migrations are in postgres_schema, the append statement in postgres_append, the page
-queries and decoding of reads in postgres_read, archiving in postgres_archive and the
-reads of its files in postgres_archive_files, the bulk import in postgres_import.
+migrations are in postgres_schema, the append statement in postgres_append (why one wrote
+nothing, and a head read from the archive, in postgres_heads), the page queries and
+decoding of reads in postgres_read, archiving in postgres_archive and the reads of its
+files in postgres_archive_files, the bulk import in postgres_import.
 """
 
 from __future__ import annotations
