@@ -5,6 +5,7 @@ stale expectations, retries and races fail or return as they do on a hot head.""
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 
 import event_sourcing as es
 from event_sourcing.errors import ConcurrencyError, EventStoreError
-from event_sourcing.stores import postgres_archive_files
+from event_sourcing.stores import postgres_archive_files, postgres_heads
 from event_sourcing.stores.imports import ImportRecord
 from event_sourcing.stores.postgres_archive import archive
 
@@ -186,35 +187,58 @@ def test_an_import_into_streams_whose_heads_are_archived(
     records = [
         ImportRecord(f"line {n}", n, RUNS[n % 3], "thing_happened", {"n": n})
         for n in range(1, 7)
-    ] + [ImportRecord("line 7", 7, "fresh", "thing_happened", {"n": 7})]
+    ] + [
+        ImportRecord("line 7", 7, "fresh", "thing_happened", {"n": 7}),
+        ImportRecord("line 8", 8, "busy", "thing_happened", {"n": 8}),  # its head is hot
+    ]
     report = store.import_events(records)
-    assert (report.written, report.skipped) == (7, 0)
+    assert (report.written, report.skipped) == (8, 0)
     for run in RUNS[:3]:
         check(store, before[run], run, 4)
     assert [e.version for e in store.read_stream("fresh")] == [1]
+    assert [e.version for e in store.read_stream("busy")] == list(range(1, 10))
+    assert store.import_events(records).skipped == 8  # run again: every record is there
     # Appends carry on after the imported events.
     store.append("run1", [ev(9)], expected_version=4)
     check(store, before["run1"], "run1", 5)
 
 
 @pytest.mark.parametrize("expected", [None, 2])
+@pytest.mark.parametrize("when", ["head lookup", "file read"])
 def test_an_append_racing_the_archived_head_lookup(
     tiny: es.EventStore, cold: es.EventStore, monkeypatch: pytest.MonkeyPatch,
-    expected: int | None,
+    expected: int | None, when: str,
 ) -> None:
-    """Another writer appends between the read of the archived head and the append that
-    continues from it: no expectation appends after it, a stale one is refused."""
+    """Another writer appends after the statement met the archived head, before the head
+    is looked up again or before it is read from the file (then the append continuing from
+    it meets the new version): no expectation appends after it, a stale one is refused."""
     before = archive_heads(tiny)
-    read = postgres_archive_files.ArchiveFiles.heads
     raced: list[Any] = []
+    # The other writer's clock is behind: its event is not recorded after this append's
+    # time (else the append would be sent again for that reason: ClockBehind).
+    monkeypatch.setattr(tiny, "clock", lambda: datetime(2000, 1, 1, tzinfo=UTC))
 
-    def heads_then_append(self: Any, positions: Any) -> Any:
-        found = read(self, positions)
+    def race() -> None:
         if not raced:
             raced.append(tiny.append("run0", [ev(50)], expected_version=2))
-        return found
 
-    monkeypatch.setattr(postgres_archive_files.ArchiveFiles, "heads", heads_then_append)
+    if when == "head lookup":
+        lookup = postgres_heads.stream_head
+
+        def append_then_look(*args: Any) -> Any:
+            race()
+            return lookup(*args)
+
+        monkeypatch.setattr(postgres_heads, "stream_head", append_then_look)
+    else:
+        read = postgres_archive_files.ArchiveFiles.heads
+
+        def read_then_append(self: Any, positions: Any) -> Any:
+            found = read(self, positions)
+            race()
+            return found
+
+        monkeypatch.setattr(postgres_archive_files.ArchiveFiles, "heads", read_then_append)
     if expected is None:
         assert [e.version for e in cold.append("run0", [ev(51)])] == [4]
         check(cold, before["run0"], "run0", 4)
@@ -224,3 +248,30 @@ def test_an_append_racing_the_archived_head_lookup(
         assert (raised.value.expected, raised.value.actual) == (2, 3)
         check(cold, before["run0"], "run0", 3)
     assert raced
+
+def test_concurrent_appends_to_an_archived_head(
+    tiny: es.EventStore, cold: es.EventStore
+) -> None:
+    """Writers (two store objects, several threads each) appending with no expectation to
+    streams whose heads are archived: every event once, versions contiguous, chains whole."""
+    before = archive_heads(tiny)
+    errors: list[BaseException] = []
+
+    def write(store: es.EventStore, n: int) -> None:
+        try:
+            for k in range(6):  # three appends to each of run0 and run1
+                store.append(RUNS[k % 2], [ev(1000 * n + k)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(store, n))
+        for n, store in enumerate([tiny, cold, tiny, cold])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for run in RUNS[:2]:
+        check(cold, before[run], run, 2 + 4 * 3)

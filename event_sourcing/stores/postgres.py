@@ -22,6 +22,7 @@ files in postgres_archive_files, the bulk import in postgres_import.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import threading
 import time
@@ -41,12 +42,13 @@ from event_sourcing.errors import (
     StoreUnavailableError,
 )
 from event_sourcing.events import RecordedEvent
+from event_sourcing.stores import postgres_heads
 from event_sourcing.stores.business_time import dated_page_query
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_archive_files import ArchiveFiles, archived_files, merge
 from event_sourcing.stores.postgres_errors import broken
-from event_sourcing.stores.postgres_heads import ArchivedHead, ClockBehind, archived_heads, refusal
+from event_sourcing.stores.postgres_heads import ClockBehind
 from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
 from event_sourcing.stores.postgres_import import import_rows
 from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
@@ -185,14 +187,13 @@ class PostgresRecorder:
             try:
                 appended, last_chain = self._sent(statement, request, rows, expected_version)
                 break
-            except ArchivedHead as archived:  # rare: append again giving the head
+            except postgres_heads.ArchivedHead as archived:  # rare: append again giving the head
                 stream_type, expected_version, head_chain, head_time = archived.head
                 created_at = max(created_at, head_time)  # nor before the stream's head
-            except ConcurrencyError:
-                if expected is not None or expected_version is None:
+            except (ConcurrencyError, postgres_heads.HeadMoved):
+                if expected is not None:
                     raise
-                # Expecting nothing, giving the archived head: the stream moved on
-                # meanwhile. Look its head up again.
+                # Expecting none: an archived head was passed meanwhile. Look again.
                 stream_type, expected_version, head_chain = given_type, None, None
             except ClockBehind as behind:  # rare: record at the latest time instead
                 # Again behind: writers with faster clocks keep recording later times, so
@@ -279,7 +280,7 @@ class PostgresRecorder:
         found = self._select_on(connection, BY_IDS, ([row.id for row in rows],))
         if found:
             raise AlreadyRecorded(found)
-        raise refusal(
+        raise postgres_heads.refusal(
             connection, self._archives, request["stream"], expected_version,
             request["located"], request["now"],
         )
@@ -292,12 +293,8 @@ class PostgresRecorder:
         for attempt in range(1, 4):
             self._add_partitions(len(rows) * IMPORT_ATTEMPTS)
             try:
-                return import_rows(
-                    self._connections, self.append, rows, created_at,
-                    lambda connection, positions: archived_heads(
-                        connection, self._archives, positions
-                    ),
-                )
+                heads = functools.partial(postgres_heads.archived_heads, self._archives)
+                return import_rows(self._connections, self.append, rows, created_at, heads)
             except EventStoreError as exc:
                 past = isinstance(exc.__cause__, pg_errors.CheckViolation) and (
                     NO_PARTITION in str(exc.__cause__)

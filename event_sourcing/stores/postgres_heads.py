@@ -47,8 +47,13 @@ class ArchivedHead(Exception):
         self.head = head
 
 
+class HeadMoved(Exception):
+    """An append with no expectation wrote nothing, its stream's head having moved on since
+    its statement looked it up (an archived head passed by another writer): send it again."""
+
+
 def archived_heads(
-    connection: psycopg.Connection[Any], files: ArchiveFiles, positions: Sequence[int]
+    files: ArchiveFiles, connection: psycopg.Connection[Any], positions: Sequence[int]
 ) -> dict[int, Head]:
     """Position -> head of the archived events at these positions (their rows gone from
     event_store: the manifest naming their file is committed with the drop)."""
@@ -74,7 +79,7 @@ def stream_head(
     position, version, kind, chain, created_at = row
     if kind is not None:
         return Head(kind, int(version), bytes(chain), created_at), False
-    return archived_heads(connection, files, [int(position)])[int(position)], True
+    return archived_heads(files, connection, [int(position)])[int(position)], True
 
 
 def refusal(
@@ -89,7 +94,8 @@ def refusal(
     raise. `located`: its statement looked the head up (no expectation, or an expected
     version without the head's chain), so an archived head made it write nothing
     (ArchivedHead: append again giving it) when it is the version expected. Else a head
-    recorded after `now` (ClockBehind), or the stream is not at `expected_version`."""
+    recorded after `now` (ClockBehind), a head that moved on since the statement read it
+    (HeadMoved, expecting none), or the stream is not at `expected_version`."""
     found = stream_head(connection, files, stream_id)
     current = 0
     if found is not None:
@@ -98,6 +104,8 @@ def refusal(
             return ArchivedHead(head)
         if not archived and head.created_at > now:
             return ClockBehind(head.created_at)
+        if expected_version is None:
+            return HeadMoved()
         current = head.version
     if expected_version is None:
         return StoreUnavailableError(
