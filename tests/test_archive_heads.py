@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 import event_sourcing as es
 from event_sourcing.errors import ConcurrencyError, EventStoreError
-from event_sourcing.stores import postgres_archive_files, postgres_heads
+from event_sourcing.stores import postgres_archive, postgres_archive_files, postgres_heads
 from event_sourcing.stores.imports import ImportRecord
 from event_sourcing.stores.postgres_archive import archive
 
@@ -275,3 +276,33 @@ def test_concurrent_appends_to_an_archived_head(
     assert errors == []
     for run in RUNS[:2]:
         check(cold, before[run], run, 2 + 4 * 3)
+
+
+def test_an_import_reads_only_the_row_groups_holding_its_heads(
+    tiny: es.EventStore, cold: es.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_archive, "ROW_GROUP", 1)  # a row group per event
+    tiny.append("first", [ev(1)], stream_type="training")
+    for n in range(12):
+        tiny.append("middle", [ev(n)])
+    tiny.append("last", [ev(2)], stream_type="training")
+    before = {stream: tiny.read_stream(stream) for stream in ("first", "last")}
+    tiny.seal()
+    done = archive(tiny, LATER)
+    assert done[-1].to_position >= before["last"][0].position
+    groups: list[int] = []
+    read = pq.ParquetFile.read_row_group
+
+    def counted(self: Any, group: int, *args: Any, **kwargs: Any) -> Any:
+        groups.append(group)
+        return read(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    cold.import_events([
+        ImportRecord("line 1", 1, "first", "thing_happened", {"n": 3}),
+        ImportRecord("line 2", 2, "last", "thing_happened", {"n": 4}),
+    ])
+    assert len(groups) == 2  # the two heads' groups, not the twelve between
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", read)
+    for stream in ("first", "last"):
+        check(cold, before[stream], stream, 2)

@@ -252,18 +252,21 @@ class ArchiveFiles:
         """Position -> (stream type, version, chain hash, time recorded) of the archived
         events at these positions (a stream's head whose partition was archived: an append
         or import continues from it, postgres_heads); only those columns of the row groups
-        holding them read."""
+        holding them read, each once (not those between)."""
         found: dict[int, Head] = {}
-        if not positions:
-            return found
         wanted = pa.array(positions, pa.int64())
         columns = ["position", "stream_type", "version", "chain_hash", "created_at"]
-        for table in self.tables(min(positions), max(positions), columns):
-            held = table.filter(pc.is_in(table.column(0), value_set=wanted))
-            for position, kind, version, chain, created in zip(*_columns(held), strict=True):
-                found[position] = Head(
-                    kind, version, bytes(chain), _EPOCH + timedelta(microseconds=created)
-                )
+        for wanted_position in sorted(set(positions)):
+            if wanted_position in found:  # read with an earlier one's row group
+                continue
+            for table in self.tables(wanted_position, wanted_position, columns):
+                held = table.filter(pc.is_in(table.column(0), value_set=wanted))
+                for position, kind, version, chain, created in zip(
+                    *_columns(held), strict=True
+                ):
+                    found[position] = Head(
+                        kind, version, bytes(chain), _EPOCH + timedelta(microseconds=created)
+                    )
         return found
 
     def chain_at(self, position: int) -> bytes | None:
