@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -99,3 +100,24 @@ def make_store(store_url: str) -> Iterator[Callable[..., es.EventStore]]:
 @pytest.fixture
 def store(make_store: Callable[..., es.EventStore]) -> es.EventStore:
     return make_store()
+
+
+# -- the archive (PostgreSQL; docs/archive.md) ----------------------------------------------
+@pytest.fixture
+def archive_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The artifact store's folder ($MLEVENTS_ARTIFACTS), where archives are written."""
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("MLEVENTS_ARTIFACTS", str(root))
+    return root
+
+
+@pytest.fixture
+def tiny(
+    pg_schema_url: str, archive_artifacts: Path, request: pytest.FixtureRequest
+) -> Iterator[es.EventStore]:
+    """A PostgreSQL store of partitions of the test module's SIZE positions, not validating
+    payloads, archiving into `archive_artifacts`."""
+    with es.connect(
+        pg_schema_url, partition_size=request.module.SIZE, validate=False
+    ) as store:
+        yield store

@@ -29,19 +29,6 @@ def ev(n: int, occurred: datetime | None = None) -> es.NewEvent:
                        metadata={"m": n} if n % 3 else None, occurred_at=occurred)
 
 
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "artifacts"
-    monkeypatch.setenv("MLEVENTS_ARTIFACTS", str(root))
-    return root
-
-
-@pytest.fixture
-def tiny(pg_schema_url: str, artifacts: Path) -> Iterator[es.EventStore]:
-    with es.connect(pg_schema_url, partition_size=SIZE, validate=False) as store:
-        yield store
-
-
 def _fill(store: es.EventStore) -> None:
     # Streams a.. end early (their heads are in old partitions until moved on); "hot" goes on.
     for n in range(1, 31):
@@ -75,7 +62,7 @@ def _everything(store: es.EventStore) -> dict[str, object]:
 
 @pytest.mark.parametrize("row_group", [50_000, 2])
 def test_archived_history_reads_exactly_as_before(
-    tiny: es.EventStore, artifacts: Path, row_group: int, monkeypatch: pytest.MonkeyPatch
+    tiny: es.EventStore, archive_artifacts: Path, row_group: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postgres_archive, "ROW_GROUP", row_group)  # many groups per file
     monkeypatch.setattr(postgres_archive_files, "_SLICE", max(1, row_group // 2))
@@ -130,7 +117,7 @@ def test_unsealed_or_recent_partitions_are_kept(tiny: es.EventStore) -> None:
     assert archive(tiny, datetime(2000, 1, 1, tzinfo=UTC)) == []  # nothing that old
 
 
-def test_pandas_reads_the_archive_files(tiny: es.EventStore, artifacts: Path) -> None:
+def test_pandas_reads_the_archive_files(tiny: es.EventStore, archive_artifacts: Path) -> None:
     _fill(tiny)
     tiny.seal()
     done = archive(tiny, LATER)
@@ -147,7 +134,7 @@ def test_pandas_reads_the_archive_files(tiny: es.EventStore, artifacts: Path) ->
     assert frame["payload"].iloc[0]["n"] >= 1
 
 
-def test_archive_cli(pg_schema_url: str, artifacts: Path,
+def test_archive_cli(pg_schema_url: str, archive_artifacts: Path,
                      capsys: pytest.CaptureFixture[str]) -> None:
     with es.connect(pg_schema_url, partition_size=SIZE, validate=False) as store:
         _fill(store)
@@ -159,7 +146,7 @@ def test_archive_cli(pg_schema_url: str, artifacts: Path,
     assert "not an ISO 8601 date" in capsys.readouterr().err
 
 
-def test_sqlite_refuses_to_archive(tmp_path: Path, artifacts: Path) -> None:
+def test_sqlite_refuses_to_archive(tmp_path: Path, archive_artifacts: Path) -> None:
     with es.connect(f"sqlite:///{tmp_path / 's.db'}", validate=False) as store:
         store.append("a", [ev(1)])
         store.seal()
@@ -185,7 +172,7 @@ def test_a_file_that_does_not_read_back_drops_nothing(
     assert list(tiny.read_all()) == before
 
 
-def test_a_changed_archive_file_is_refused(tiny: es.EventStore, artifacts: Path) -> None:
+def test_a_changed_archive_file_is_refused(tiny: es.EventStore, archive_artifacts: Path) -> None:
     _fill(tiny)
     tiny.seal()
     done = archive(tiny, LATER)

@@ -32,19 +32,6 @@ def ev(n: int, id: str | None = None) -> es.NewEvent:
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "artifacts"
-    monkeypatch.setenv("MLEVENTS_ARTIFACTS", str(root))
-    return root
-
-
-@pytest.fixture
-def tiny(pg_schema_url: str, artifacts: Path) -> Iterator[es.EventStore]:
-    with es.connect(pg_schema_url, partition_size=SIZE, validate=False) as store:
-        yield store
-
-
-@pytest.fixture
 def cold(tiny: es.EventStore) -> Iterator[es.EventStore]:
     """Another store object on the same schema: no head of any stream cached."""
     with es.connect(tiny.recorder.url, schema=tiny.recorder.schema, validate=False) as other:
@@ -162,7 +149,7 @@ def test_a_retry_of_an_archived_batch_returns_it(
     check(store, before["run3"], "run3", 4)
 
 
-def test_the_archived_heads_time_counts(pg_schema_url: str, artifacts: Path) -> None:
+def test_the_archived_heads_time_counts(pg_schema_url: str, archive_artifacts: Path) -> None:
     ahead = datetime.now(UTC) + timedelta(hours=2)  # a writer whose clock runs ahead
     with es.connect(pg_schema_url, partition_size=SIZE, validate=False,
                     clock=lambda: ahead) as fast:

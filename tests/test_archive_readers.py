@@ -33,19 +33,6 @@ def ev(n: int) -> es.NewEvent:
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "artifacts"
-    monkeypatch.setenv("MLEVENTS_ARTIFACTS", str(root))
-    return root
-
-
-@pytest.fixture
-def tiny(pg_schema_url: str, artifacts: Path) -> Iterator[es.EventStore]:
-    with es.connect(pg_schema_url, partition_size=SIZE, validate=False) as store:
-        yield store
-
-
-@pytest.fixture
 def reader(tiny: es.EventStore) -> Iterator[es.EventStore]:
     """Another process's store on the same schema (its own connections and manifest)."""
     with es.connect(tiny.recorder.url, schema=tiny.recorder.schema, validate=False) as other:
