@@ -2,10 +2,11 @@
 
 Grows the realistic ML log of bench_scale.py (training runs of 1,200 progress steps, dataset
 versions, deployments, predictions with feedback) on each backend, then prints, per backend,
-the bytes per event of the log (event_store with its indexes, plus streams), the payload and
-payload+metadata bytes per event (compact JSON of what read_all returns: the same on both
-backends), their ratios, and each index's size with the query that needs it. Every append
-carries the metadata a Dagster asset's `emit` adds (run id, job, asset key, partition).
+the bytes per event of the log (event_store with its indexes, plus streams and, on SQLite,
+event_texts), the payload and payload+metadata bytes per event (compact JSON of what
+read_all returns: the same on both backends), their ratios, and each index's size with the
+query that needs it. Every append carries the metadata a Dagster asset's `emit` adds (run
+id, job, asset key, partition).
 
 SQLite: every b-tree's pages from the `dbstat` table after a WAL checkpoint (the file is
 the sum of them plus the schema page). PostgreSQL: pg_total_relation_size (heap, TOAST,
@@ -52,6 +53,8 @@ INDEX_QUERIES = {
     "idx_event_store_time_range": "PostgreSQL's read_all(until=...): a block range index, a "
     "few pages for any size of log (SQLite filters the positions it scans)",
     "streams": "the stream's type on its first append, `mlevents status`",
+    "event_texts": "SQLite: each stream type, event type and metadata text once (with its "
+    "unique index), numbered in the rows (stores.sqlite_texts)",
     "event_keys": "PostgreSQL: each event's id, stream, version and position, one table "
     "across all partitions (its indexes are `id` and `stream_version`; docs/partitions.md)",
 }
@@ -106,11 +109,10 @@ def sqlite_sizes(path: Path, store: es.EventStore) -> Sizes:
         parts: dict[str, int] = {}
         for name, table, size in connection.execute(
             "SELECT name, tbl_name, sum(pgsize) FROM dbstat JOIN sqlite_master USING (name) "
-            "WHERE tbl_name IN ('event_store', 'streams') GROUP BY name"
+            "WHERE tbl_name IN ('event_store', 'streams', 'event_texts') GROUP BY name"
         ):
-            parts["streams" if table == "streams" else _sqlite_name(name)] = (
-                parts.get("streams", 0) + size if table == "streams" else size
-            )
+            part = table if table in {"streams", "event_texts"} else _sqlite_name(name)
+            parts[part] = parts.get(part, 0) + size
         plans = {}
         for index, query in SQLITE_PLANS.items():
             marks = query.count("?")

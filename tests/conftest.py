@@ -53,6 +53,29 @@ def latest_schema_version(dialect: str) -> int:
     return sqlite.SCHEMA_VERSION if dialect == "sqlite" else postgres_schema.SCHEMA_VERSION
 
 
+def sqlite_texts_inline(tx: Any) -> None:
+    """Put a SQLite store's event_store back into its v6 form, before `event_texts`: each
+    row holding its stream type, event type and metadata as text (where tests that fake an
+    older schema start from)."""
+    from event_sourcing.stores.sqlite_schema import _EVENT_STORE_V5, SCHEMA, statements
+    from event_sourcing.stores.sqlite_texts import text_of
+
+    tx.execute("ALTER TABLE event_store RENAME TO event_store_v7")  # (its triggers go along)
+    tx.execute(_EVENT_STORE_V5)
+    tx.execute("ALTER TABLE event_store ADD COLUMN occurred_at INTEGER")
+    tx.execute(
+        "INSERT INTO event_store SELECT position, id, stream_id, "
+        f"{text_of('stream_type')}, version, {text_of('event_type')}, schema_version, "
+        f"payload, {text_of('metadata')}, created_at, correlation_id, causation_id, "
+        "content_hash, chain_hash, occurred_at FROM event_store_v7"
+    )
+    tx.execute("DROP TABLE event_store_v7")
+    tx.execute("DROP TABLE event_texts")
+    for statement in statements(SCHEMA):  # v6's indexes and triggers
+        if "event_texts" not in statement:
+            tx.execute(statement)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _pg_state.get("skipped"):
         terminalreporter.write_line(

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PG_URL, latest_schema_version
+from conftest import PG_URL, latest_schema_version, sqlite_texts_inline
 
 import event_sourcing as es
 from event_sourcing import serving as es_serving
@@ -330,6 +330,7 @@ def _back_to_v5(store_url: str) -> None:
     if store_url.startswith("sqlite"):
         connection = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
         try:
+            sqlite_texts_inline(connection)
             connection.execute("DROP INDEX idx_event_store_occurred")
             connection.execute("ALTER TABLE event_store DROP COLUMN occurred_at")
             connection.execute("DELETE FROM mlevents_schema")

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PG_URL, latest_schema_version
+from conftest import PG_URL, latest_schema_version, sqlite_texts_inline
 
 import event_sourcing as es
 from event_sourcing.cli import main
@@ -594,6 +594,8 @@ def test_a_version_2_store_gets_its_chains_on_connect(
     compute them."""
     expected = [row[12:14] for row in history.recorder.hashed_rows(0, 10**9, 1000)]
     with history.transaction() as tx:  # put the database back into its v2 shape
+        if history.dialect == "sqlite":
+            sqlite_texts_inline(tx)
         tx.execute("ALTER TABLE event_store DROP COLUMN content_hash")
         tx.execute("ALTER TABLE event_store DROP COLUMN chain_hash")
         if history.dialect == "sqlite":

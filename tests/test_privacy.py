@@ -40,6 +40,7 @@ from event_sourcing.privacy.keys import TABLE
 from event_sourcing.projections import ProjectionRunner, builtin_projections, list_trainings
 from event_sourcing.projections.temporal import as_of
 from event_sourcing.provenance.lineage import build_graph
+from event_sourcing.stores.sqlite_texts import text_of
 from event_sourcing.training import log_feedback, log_prediction
 
 MakeStore = Callable[..., es.EventStore]
@@ -95,8 +96,11 @@ def register(store: es.EventStore, patient: str, email: str) -> es.RecordedEvent
 
 def raw_texts(store: es.EventStore) -> str:
     """Every payload and metadata as stored, one text."""
-    cast = "" if store.dialect == "sqlite" else "::text"
-    rows = store.recorder.query(f"SELECT payload{cast}, metadata{cast} FROM event_store")
+    columns = (  # (SQLite stores a metadata text once, in event_texts)
+        f"payload, {text_of('metadata')}" if store.dialect == "sqlite"
+        else "payload::text, metadata::text"
+    )
+    rows = store.recorder.query(f"SELECT {columns} FROM event_store")
     return "\n".join(f"{payload}\n{metadata}" for payload, metadata in rows)
 
 

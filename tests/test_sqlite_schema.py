@@ -1,6 +1,6 @@
-"""The SQLite schema v5: ids and times in compact form, decoded exactly, and the migration of
-a real version 4 database (text ids and times, a created_at index) that keeps every event
-and leaves `verify` passing."""
+"""The SQLite schema: ids and times in compact form (v5) and shared texts stored once (v7),
+decoded exactly, and the migration of a real version 4 database (text ids, times, types and
+metadata, a created_at index) that keeps every event and leaves `verify` passing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import event_sourcing as es
+from event_sourcing.integrity.audit import IntegrityWarning
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
 from event_sourcing.stores import sqlite, sqlite_schema
 from event_sourcing.stores.sqlite_schema import id_text, id_value, time_of, time_text, time_value
@@ -130,6 +131,15 @@ def test_a_version_4_database_is_compacted_on_connect(tmp_path: Path) -> None:
         ).fetchall() == [("blob", "integer", "null"), ("blob", "integer", "null"),
                          ("text", "integer", "null"), ("blob", "integer", "null"),
                          ("blob", "integer", "null"), ("blob", "integer", "integer")]
+        # v7: stream type, event type and metadata as numbers of texts stored once
+        assert connection.execute(
+            "SELECT DISTINCT typeof(stream_type), typeof(event_type), typeof(metadata) "
+            "FROM event_store"
+        ).fetchall() == [("integer", "integer", "integer")]
+        assert sorted(row[0] for row in connection.execute("SELECT text FROM event_texts")) == (
+            sorted({"training_run", "training_started", "training_progress", "{}",
+                    '{"user":"ada"}'})
+        )
         indexes = {row[0] for row in connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_store'"
         )}
@@ -138,7 +148,7 @@ def test_a_version_4_database_is_compacted_on_connect(tmp_path: Path) -> None:
             "idx_event_store_type", "idx_event_store_correlation", "idx_event_store_occurred"
         } <= indexes
         assert connection.execute(
-            "SELECT name FROM sqlite_master WHERE name = 'event_store_v4'"
+            "SELECT name FROM sqlite_master WHERE name IN ('event_store_v4', 'event_store_v6')"
         ).fetchone() is None
         for statement in ("UPDATE event_store SET payload = '{}'", "DELETE FROM event_store"):
             with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -216,3 +226,90 @@ def test_occurred_at_is_stored_as_microseconds_and_text_is_still_read(tmp_path: 
         assert backfilled.occurred_at == dated and undated.occurred_at == undated.created_at
         report = store.verify()
         assert report.ok, report.problems
+
+
+# -- shared texts (v7) -----------------------------------------------------------------------
+def _texts(path: Path) -> list[tuple[int, str]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute("SELECT id, text FROM event_texts ORDER BY id").fetchall()
+    finally:
+        connection.close()
+
+
+def test_shared_texts_are_stored_once_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    metadata = {"dagster_run_id": "r-1", "asset_key": "model"}
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        written = [
+            *store.append("a", [es.NewEvent("thing_happened", {"n": n}) for n in range(3)],
+                          metadata=metadata),
+            *store.append("b", [es.NewEvent("other_thing", {"n": 9})], stream_type="kind",
+                          metadata=metadata),
+            *store.append("a", [es.NewEvent("thing_happened", {"n": 4})]),
+        ]
+        assert list(store.read_all()) == written
+        assert [e.event_type for e in store.read_all(event_types=["other_thing"])] == [
+            "other_thing"
+        ]
+        assert list(store.read_all(event_types=["never_appended"])) == []
+        assert store.counts_by_type() == {"other_thing": 1, "thing_happened": 4}
+        assert store.verify().ok
+    texts = [text for _, text in _texts(path)]
+    assert len(texts) == len(set(texts)) == 6  # default, kind, the two types, two metadata
+    assert sum(text.startswith('{"asset_key"') for text in texts) == 1
+    with es.connect(f"sqlite:///{path}", validate=False) as store:  # a fresh cache
+        assert list(store.read_all()) == written
+
+
+def test_a_rolled_back_append_leaves_no_number_behind(tmp_path: Path) -> None:
+    """Numbers given in a transaction that rolls back are not remembered: another
+    connection may give the same number to another text."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    with es.connect(url, validate=False) as first, es.connect(url, validate=False) as second:
+        [taken] = first.append("s", [es.NewEvent("thing_happened", {"n": 1})])
+        with pytest.raises(es.EventStoreError):  # numbers the new type, then collides
+            first.append("t", [es.NewEvent("rolled_back_type", {"n": 2}),
+                               es.NewEvent("thing_happened", {"n": 3}, id=taken.id)],
+                         metadata={"rolled": "back"})
+        [other] = second.append("u", [es.NewEvent("second_type", {"n": 4})],
+                                metadata={"second": True})
+        [again] = first.append("t", [es.NewEvent("rolled_back_type", {"n": 5})],
+                               metadata={"rolled": "back"})
+        for store in (first, second):
+            assert [(e.event_type, e.metadata) for e in store.read_all()] == [
+                ("thing_happened", {}), ("second_type", {"second": True}),
+                ("rolled_back_type", {"rolled": "back"}),
+            ]
+            assert store.get_event(other.id) == other and store.get_event(again.id) == again
+            assert store.verify().ok
+
+
+def test_event_texts_are_append_only_and_an_edited_text_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        store.append("s", [es.NewEvent("thing_happened", {"n": 1})])
+        [second] = store.append("s", [es.NewEvent("thing_happened", {"n": 2})],
+                                metadata={"who": "ada"})
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (
+            "UPDATE event_texts SET text = 'x'", "DELETE FROM event_texts",
+            "REPLACE INTO event_texts (id, text) VALUES (1, 'x')",
+            "INSERT INTO event_texts (text) SELECT text FROM event_texts LIMIT 1",
+        ):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                connection.execute(statement)
+        connection.execute("DROP TRIGGER event_texts_no_update")
+        connection.execute(
+            "UPDATE event_texts SET text = ? WHERE text = ?",
+            ('{"who":"eve"}', '{"who":"ada"}'),
+        )
+    finally:
+        connection.close()
+    with pytest.warns(IntegrityWarning, match="event_texts_no_update was missing"), \
+            es.connect(f"sqlite:///{path}", validate=False) as store:
+        assert store.get_event(second.id).metadata == {"who": "eve"}  # what is there now
+        report = store.verify()
+        assert not report.ok
+        assert report.problems[0].position == second.position, report.problems

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import pytest
-from conftest import latest_schema_version
+from conftest import latest_schema_version, sqlite_texts_inline
 
 import event_sourcing as es
 from event_sourcing.catalog import TrainingProgress, TrainingStarted
@@ -225,6 +225,8 @@ def test_a_version_1_database_is_migrated_on_connect(
                 "CREATE FUNCTION mlevents_append(jsonb) RETURNS integer LANGUAGE sql "
                 "AS 'SELECT 1'"
             )
+        else:  # SQLite v1 stored types and metadata as text in each row
+            sqlite_texts_inline(tx)
     assert "version" in _stream_columns(old)
     old.close()
 

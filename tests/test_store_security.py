@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import latest_schema_version
+from conftest import latest_schema_version, sqlite_texts_inline
 from psycopg import sql
 
 import event_sourcing as es
@@ -178,6 +178,7 @@ def test_an_existing_store_gets_the_protection_when_migrated(
     first = next(iter(old.read_all()))
     with old.transaction() as tx:  # back to the version 2 shape
         if old.dialect == "sqlite":
+            sqlite_texts_inline(tx)
             tx.execute("DROP TRIGGER event_store_no_replace")
         else:
             tx.execute("DROP TRIGGER event_store_assign_position ON event_store")

@@ -14,6 +14,7 @@ from event_sourcing.privacy.consequences import erasure_consequences
 from event_sourcing.privacy.impact import datasets_of, downstream
 from event_sourcing.privacy.keys import TABLE, check_subject_id
 from event_sourcing.stores.sqlite_schema import id_text
+from event_sourcing.stores.sqlite_texts import text_of
 
 if TYPE_CHECKING:
     from event_sourcing.stores.store import EventStore
@@ -30,16 +31,18 @@ def sealed_events(store: EventStore, key_ids: list[str]) -> list[tuple[str, str]
     """(event id, type) of every event sealed under one of `key_ids` (one scan of the log;
     on PostgreSQL, also of the archive's files: docs/archive.md), for each key in position
     order."""
-    text = "payload" if store.dialect == "sqlite" else "payload::text"
-    meta = "metadata" if store.dialect == "sqlite" else "metadata::text"
-    id_ = "id" if store.dialect == "sqlite" else "id::text"  # SQLite: the UUID's bytes
+    sqlite = store.dialect == "sqlite"  # (ids as the UUID's bytes, shared texts numbered)
+    text = "payload" if sqlite else "payload::text"
+    meta = text_of("metadata") if sqlite else "metadata::text"
+    id_ = "id" if sqlite else "id::text"
+    type_ = text_of("event_type") if sqlite else "event_type"
     by_key: list[list[tuple[int, str, str]]] = []
     for key_id in key_ids:
         pattern = f'%"{key_id}.%'  # the envelope's text begins with its key id
         by_key.append([
             (int(position), id_text(event_id), event_type)
             for position, event_id, event_type in store.recorder.query(
-                f"SELECT position, {id_}, event_type FROM event_store WHERE {text} LIKE ? "
+                f"SELECT position, {id_}, {type_} FROM event_store WHERE {text} LIKE ? "
                 f"OR {meta} LIKE ? ORDER BY position",
                 [pattern, pattern],
             )

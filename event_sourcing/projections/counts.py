@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from event_sourcing.errors import AccessDeniedError
 from event_sourcing.projections.projection import table_exists
 from event_sourcing.stores.recorder import SqlTransaction
+from event_sourcing.stores.sqlite_texts import text_of
 from event_sourcing.stores.store import EventStore
 
 __all__ = ["LogCounts", "log_counts"]
@@ -59,8 +60,10 @@ def _new_counts(
     rows of a partition dropped after it are counted from the table, those dropped before
     from the files), and those files' rows in the range are counted. Past the archive (the
     usual case) that is one look at the manifest's few rows, and no file is read."""
+    # (SQLite stores a type's number: sqlite_texts)
+    name = text_of("event_type") if store.dialect == "sqlite" else "event_type"
     query = (
-        "SELECT event_type, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
+        f"SELECT {name}, count(*), sum(CASE WHEN version = 1 THEN 1 ELSE 0 END) "
         "FROM event_store WHERE position > ? AND position <= ? GROUP BY event_type"
     )
     if store.dialect == "postgresql":

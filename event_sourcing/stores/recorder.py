@@ -182,16 +182,27 @@ class Recorder(Protocol):
     def close(self) -> None: ...
 
 
+class PageColumns(NamedTuple):
+    """The columns of a page of rows a backend stores in its own form, decoded: ids as
+    text, stream and event types as text, metadata as UTF-8 JSON text, created_at and
+    occurred_at as datetimes."""
+
+    ids: list[str]
+    stream_types: list[str]
+    event_types: list[str]
+    metadata: list[bytes]
+    times: list[datetime]
+    occurred: list[datetime]
+
+
 def fetch_events(
     fetch: Callable[[], Sequence[Sequence[Any]]],
-    decode_ids_and_times: Callable[
-        [Sequence[Sequence[Any]]], tuple[list[str], list[datetime], list[datetime]]
-    ] | None = None,
+    decode_columns: Callable[[Sequence[Sequence[Any]]], PageColumns] | None = None,
 ) -> list[RecordedEvent]:
     """The events of the rows `fetch` returns: RecordedEvent's 14 fields, payload and
     metadata as JSON text, the id as text, created_at and occurred_at as datetimes, a NULL
     occurred_at meaning the event's created_at (or, where the backend stores them
-    otherwise, as `decode_ids_and_times` decodes a page's ids, times and occurred_ats).
+    otherwise, as `decode_columns` decodes a page's ids, types, metadata and times).
 
     A page is decoded a column at a time, with no Python call per row, and with the cyclic
     garbage collector paused: it allocates thousands of containers, none in a cycle, and the
@@ -202,10 +213,10 @@ def fetch_events(
     try:
         rows = fetch()
         payloads = decode_all([row[7] for row in rows])
-        metadatas = decode_all([row[8] for row in rows])
         new = tuple.__new__
         events: list[RecordedEvent]
-        if decode_ids_and_times is None:
+        if decode_columns is None:
+            metadatas = decode_all([row[8] for row in rows])
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
@@ -214,14 +225,19 @@ def fetch_events(
                 for row, payload, metadata in zip(rows, payloads, metadatas, strict=True)
             ]
         else:
-            ids, times, occurred = decode_ids_and_times(rows)
+            columns = decode_columns(rows)
+            metadatas = decode_all(columns.metadata)
             events = [
                 new(RecordedEvent, (
-                    event_id, row[1], row[2], row[3], row[4], row[5], row[6], payload,
-                    metadata, created_at, row[10], row[11], row[12], occurred_at,
+                    event_id, row[1], stream_type, row[3], row[4], event_type, row[6],
+                    payload, metadata, created_at, row[10], row[11], row[12], occurred_at,
                 ))
-                for row, event_id, created_at, occurred_at, payload, metadata in zip(
-                    rows, ids, times, occurred, payloads, metadatas, strict=True
+                for (
+                    row, event_id, stream_type, event_type, created_at, occurred_at, payload,
+                    metadata,
+                ) in zip(
+                    rows, columns.ids, columns.stream_types, columns.event_types, columns.times,
+                    columns.occurred, payloads, metadatas, strict=True,
                 )
             ]
         return events

@@ -14,14 +14,19 @@ from event_sourcing.errors import DuplicateEventError
 from event_sourcing.integrity.hashing import timestamp_text
 from event_sourcing.stores.imports import ImportRow, content_hashes, place_rows
 from event_sourcing.stores.sqlite_schema import INSERT, id_value, time_of, time_value
+from event_sourcing.stores.sqlite_texts import SharedTexts
 
 
 def import_rows(
-    connection: sqlite3.Connection, rows: Sequence[ImportRow], created_at: datetime
+    connection: sqlite3.Connection,
+    texts: SharedTexts,
+    fresh: dict[str, int],
+    rows: Sequence[ImportRow],
+    created_at: datetime,
 ) -> None:
     """Write one import batch on `connection`, inside its write transaction, recorded at
     `created_at` or, if the store holds a later time, at that (the clock never goes back,
-    as for appends)."""
+    as for appends). Texts it numbers go to `fresh` (SharedTexts.numbers)."""
     head, latest = connection.execute(
         "SELECT coalesce(max(position), 0), "
         "(SELECT created_at FROM event_store ORDER BY position DESC LIMIT 1) FROM event_store"
@@ -42,7 +47,7 @@ def import_rows(
             (stream_id,),
         ).fetchone()
         if version:
-            heads[stream_id] = (kind, version, chain)
+            heads[stream_id] = (texts.text(connection, kind), version, chain)
     new = [stream_id for stream_id in streams if stream_id not in heads]
     # Which of correlation id, causation id and occurred_at each row gives (its INSERT);
     # the values of a row are extended by those it gives.
@@ -51,13 +56,19 @@ def import_rows(
          imported.row.occurred_at is not None)
         for imported in rows
     ]
+    placed = place_rows(rows, contents, heads)
+    number = texts.numbers(connection, dict.fromkeys((
+        *(kind for kind, _, _ in placed),
+        *(imported.row.event_type for imported in rows),
+        *(imported.row.metadata_json for imported in rows),
+    )), fresh)
     values = [
-        (position, id_value(row.id), imported.stream_id, kind, version, row.event_type,
-         row.schema_version, row.payload_json, row.metadata_json, now, bytearray(content),
-         bytearray(chain))
+        (position, id_value(row.id), imported.stream_id, number(kind), version,
+         number(row.event_type), row.schema_version, row.payload_json,
+         number(row.metadata_json), now, bytearray(content), bytearray(chain))
         for position, imported, row, content, (kind, version, chain) in zip(
             range(head + 1, head + 1 + len(rows)), rows, [imported.row for imported in rows],
-            contents, place_rows(rows, contents, heads), strict=True,
+            contents, placed, strict=True,
         )
     ]
     if given.count((False, False, False)) != len(given):

@@ -1,8 +1,9 @@
-"""The SQLite store's schema (v6), its migrations from every older version, and how ids and
+"""The SQLite store's schema (v7), its migrations from every older version, and how ids and
 times are stored: an event id as its UUID's 16 bytes, a time (created_at, and occurred_at
-when given) as INTEGER microseconds since 1970-01-01 UTC. Both decode back to the same
-values (a str UUID, a tz-aware datetime), and to the exact text the hashes cover
-(docs/integrity.md), so the hash definition is unchanged.
+when given) as INTEGER microseconds since 1970-01-01 UTC, and a stream type, event type or
+metadata as the number of its text in `event_texts` (event_sourcing.stores.sqlite_texts).
+All decode back to the same values (a str UUID, a tz-aware datetime, the text), and to the
+exact text the hashes cover (docs/integrity.md), so the hash definition is unchanged.
 
 A value the migration could not turn into its compact form exactly (an id that is not
 canonical UUID text, a time that is not the store's ISO text) stays text; every decoder
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
 from event_sourcing.privacy.keys import DDL as KEY_TABLE_DDL
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # The table as v5 made it (the v5 migration rebuilds into it; v6 adds occurred_at).
 _EVENT_STORE_V5 = """
@@ -45,9 +46,35 @@ CREATE TABLE IF NOT EXISTS event_store (
 _OCCURRED_AT = (
     "occurred_at    INTEGER"  # business time if given; NULL: created_at (docs/temporal.md)
 )
-_EVENT_STORE = _EVENT_STORE_V5.replace(
-    "    chain_hash     BLOB,\n", f"    chain_hash     BLOB,\n    {_OCCURRED_AT},\n"
-)
+# v7: stream type, event type and metadata are numbers of texts in event_texts.
+_EVENT_STORE = """
+CREATE TABLE IF NOT EXISTS event_store (
+    position       INTEGER PRIMARY KEY,
+    id             BLOB NOT NULL UNIQUE,  -- the UUID's 16 bytes
+    stream_id      TEXT NOT NULL,
+    stream_type    INTEGER NOT NULL,  -- event_texts.id
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    event_type     INTEGER NOT NULL,  -- event_texts.id
+    schema_version INTEGER NOT NULL,
+    payload        TEXT NOT NULL,
+    metadata       INTEGER NOT NULL,  -- event_texts.id
+    created_at     INTEGER NOT NULL,  -- microseconds since 1970-01-01T00:00:00Z
+    correlation_id TEXT,
+    causation_id   TEXT,
+    content_hash   BLOB,  -- integrity: docs/integrity.md
+    chain_hash     BLOB,
+    """ + _OCCURRED_AT + """,
+    UNIQUE (stream_id, version)
+);
+"""
+# Texts events share (stream types, event types, metadata), each stored once; an event
+# row holds their numbers (event_sourcing.stores.sqlite_texts). Append-only like the log.
+_EVENT_TEXTS = """
+CREATE TABLE IF NOT EXISTS event_texts (
+    id   INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE
+);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mlevents_schema (
@@ -60,7 +87,7 @@ CREATE TABLE IF NOT EXISTS streams (
     stream_id   TEXT PRIMARY KEY CHECK (length(stream_id) BETWEEN 1 AND 255),
     stream_type TEXT NOT NULL,
     created_at  TEXT NOT NULL
-);""" + _EVENT_STORE + """
+);""" + _EVENT_TEXTS + _EVENT_STORE + """
 -- Every index has a query that needs it (bench/bench_storage.py prints them); reads by
 -- time filter the position range they scan, so created_at has none.
 CREATE INDEX IF NOT EXISTS idx_event_store_type ON event_store (event_type, position);
@@ -88,6 +115,20 @@ CREATE TRIGGER IF NOT EXISTS event_store_no_delete BEFORE DELETE ON event_store
 BEGIN
     SELECT RAISE(ABORT, 'event_store is append-only: events cannot be deleted');
 END;
+CREATE TRIGGER IF NOT EXISTS event_texts_no_update BEFORE UPDATE ON event_texts
+BEGIN
+    SELECT RAISE(ABORT, 'event_texts is append-only: texts cannot be updated');
+END;
+CREATE TRIGGER IF NOT EXISTS event_texts_no_delete BEFORE DELETE ON event_texts
+BEGIN
+    SELECT RAISE(ABORT, 'event_texts is append-only: texts cannot be deleted');
+END;
+CREATE TRIGGER IF NOT EXISTS event_texts_no_replace BEFORE INSERT ON event_texts
+WHEN EXISTS (SELECT 1 FROM event_texts WHERE id = NEW.id)
+    OR EXISTS (SELECT 1 FROM event_texts WHERE text = NEW.text)
+BEGIN
+    SELECT RAISE(ABORT, 'event_texts is append-only: an insert may not replace a text');
+END;
 -- REPLACE (INSERT OR REPLACE, REPLACE INTO, an upsert) deletes the rows an insert collides
 -- with and fires no DELETE trigger: refuse any insert that collides, or that would slip an
 -- event in below the head (positions only grow). Three index seeks per event.
@@ -111,7 +152,39 @@ DESCRIPTIONS = {
     4: "per-stream hash chains (content_hash, chain_hash)",
     5: "ids as 16-byte UUIDs, times as integer microseconds, no created_at index",
     6: "business time (occurred_at)",
+    7: "stream types, event types and metadata stored once (event_texts)",
 }
+
+
+def statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (so they can run in our transaction:
+    executescript would commit it first)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+
+
+def holds_a_store(path: str) -> bool:
+    """Whether the file at `path` exists and holds a store, looked at read-only (so a file
+    that is not a store is left exactly as it was). Unreadable: let the real open say why."""
+    if not Path(path).is_file():
+        return False
+    try:
+        probe = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return True
+    try:
+        return probe.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mlevents_schema'"
+        ).fetchone() is not None
+    except sqlite3.Error:
+        return True
+    finally:
+        probe.close()
+
 
 # -- ids and times -------------------------------------------------------------------------------
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,30 +211,6 @@ def id_text(value: bytes | str) -> str:
         return str(value)
     h = value.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def ids_and_times(
-    rows: Sequence[Sequence[Any]],
-) -> tuple[list[str], list[datetime], list[datetime]]:
-    """The ids (column 0), times (column 9) and occurred_at (column 13; NULL: the time) of
-    a page of rows, decoded with no Python call per row; each distinct time once (a batch's
-    events share theirs)."""
-    ids = [
-        f"{(h := value.hex())[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        if type(value := row[0]) is bytes else str(value)
-        for row in rows
-    ]
-    seen: dict[Any, datetime] = {}
-    times = [
-        seen[value] if (value := row[9]) in seen else seen.setdefault(value, time_of(value))
-        for row in rows
-    ]
-    occurred = [
-        created if (value := row[13]) is None
-        else seen[value] if value in seen else seen.setdefault(value, time_of(value))
-        for row, created in zip(rows, times, strict=True)
-    ]
-    return ids, times, occurred
 
 
 def time_value(value: datetime) -> int:
@@ -225,6 +274,16 @@ MIGRATIONS = {
     """,
     # v6: business time; _add_occurred_at adds the column (its partial index: SCHEMA).
     5: "",
+    # v7: the table is rebuilt (_share_texts) with its shared texts in event_texts.
+    6: """
+    DROP TRIGGER IF EXISTS event_store_no_update;
+    DROP TRIGGER IF EXISTS event_store_no_delete;
+    DROP TRIGGER IF EXISTS event_store_no_replace;
+    DROP INDEX IF EXISTS idx_event_store_type;
+    DROP INDEX IF EXISTS idx_event_store_correlation;
+    DROP INDEX IF EXISTS idx_event_store_occurred;
+    ALTER TABLE event_store RENAME TO event_store_v6;
+    """,
 }
 _COPIED = (
     "position, id, stream_id, stream_type, version, event_type, schema_version, payload, "
@@ -281,8 +340,36 @@ def _add_occurred_at(connection: sqlite3.Connection) -> None:
         connection.execute(f"ALTER TABLE event_store ADD COLUMN {_OCCURRED_AT}")
 
 
+def _share_texts(connection: sqlite3.Connection) -> None:
+    """Migration to v7: each distinct stream type, event type and metadata text stored once
+    in event_texts, and every event copied, in position order, with their numbers. (A
+    value no text matches, which the v6 table could not hold, would be kept as it was.)"""
+    connection.execute(_EVENT_TEXTS)
+    connection.execute(
+        "INSERT INTO event_texts (text) SELECT stream_type FROM event_store_v6 "
+        "UNION SELECT event_type FROM event_store_v6 UNION SELECT metadata FROM event_store_v6"
+    )
+    connection.execute(_EVENT_STORE)
+    connection.execute(
+        f"INSERT INTO event_store ({_COPIED}, occurred_at) SELECT o.position, o.id, "
+        "o.stream_id, coalesce(s.id, o.stream_type), o.version, coalesce(t.id, o.event_type), "
+        "o.schema_version, o.payload, coalesce(m.id, o.metadata), o.created_at, "
+        "o.correlation_id, o.causation_id, o.content_hash, o.chain_hash, o.occurred_at "
+        "FROM event_store_v6 AS o "
+        "LEFT JOIN event_texts AS s ON s.text = o.stream_type "
+        "LEFT JOIN event_texts AS t ON t.text = o.event_type "
+        "LEFT JOIN event_texts AS m ON m.text = o.metadata ORDER BY o.position"
+    )
+    copied, kept = connection.execute(
+        "SELECT (SELECT count(*) FROM event_store), (SELECT count(*) FROM event_store_v6)"
+    ).fetchone()
+    if copied != kept:  # (cannot happen: every row is copied; never drop one unnoticed)
+        raise sqlite3.DatabaseError(f"migration to v7 copied {copied} of {kept} events")
+    connection.execute("DROP TABLE event_store_v6")
+
+
 # Python run after a version's SQL
-MIGRATION_STEPS = {3: _add_hashes, 4: _compact, 5: _add_occurred_at}
+MIGRATION_STEPS = {3: _add_hashes, 4: _compact, 5: _add_occurred_at, 6: _share_texts}
 
 
 # sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
