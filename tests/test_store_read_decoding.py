@@ -95,3 +95,16 @@ def test_decode_all_reads_as_the_exact_decoder_does() -> None:
     for page in pages:
         raw = [text.encode() for text in page]
         assert same(values.decode_all(raw), [values.decode(text) for text in page]), page
+
+
+def test_repeated_metadata_is_decoded_once_into_objects_of_their_own() -> None:
+    texts = ['{"run":"r1","step":null,"n":1,"x":1.5,"ok":true}', '{"nested":{"a":[1]}}', "{}",
+             '{"big":123456789012345678901234}']
+    page = [texts[n].encode() for n in (0, 0, 1, 2, 0, 1, 3, 2, 3)]
+    decoded = values.decode_repeated(page)
+    assert same(decoded, [values.decode(text.decode()) for text in page])
+    assert len({id(value) for value in decoded}) == len(page)  # no object shared
+    decoded[2]["nested"]["a"].append(2)  # nested values are not shared either
+    assert decoded[5] == {"nested": {"a": [1]}}
+    assert type(decoded[6]["big"]) is int
+    assert same(values.decode_repeated(page[:1]), [values.decode(texts[0])])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores.values import decode_all
+from event_sourcing.stores.values import decode_all, decode_repeated
 
 if TYPE_CHECKING:
     from event_sourcing.stores.imports import ImportRow
@@ -216,7 +216,7 @@ def fetch_events(
         new = tuple.__new__
         events: list[RecordedEvent]
         if decode_columns is None:
-            metadatas = decode_all([row[8] for row in rows])
+            metadatas = decode_repeated([row[8] for row in rows])
             events = [
                 new(RecordedEvent, (
                     row[0], row[1], row[2], row[3], row[4], row[5], row[6], payload, metadata,
@@ -226,7 +226,7 @@ def fetch_events(
             ]
         else:
             columns = decode_columns(rows)
-            metadatas = decode_all(columns.metadata)
+            metadatas = decode_repeated(columns.metadata)
             events = [
                 new(RecordedEvent, (
                     event_id, row[1], stream_type, row[3], row[4], event_type, row[6],

@@ -69,6 +69,29 @@ def decode_all(texts: Sequence[bytes]) -> list[Any]:
         return [decode(text.decode()) for text in texts]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def decode_repeated(texts: Sequence[bytes]) -> list[Any]:
+    """`decode_all` of a column whose texts repeat (metadata: a batch's, or a run's, is the
+    same for each of its events): each distinct text decoded once; an object holding only
+    scalars is copied for each event (a fresh object, as decoding gives), any other value
+    decoded for each."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) == len(texts):
+        return decode_all(texts)
+    shared = {
+        text: value for text, value in zip(distinct, decode_all(distinct), strict=True)
+        if type(value) is dict and _SCALARS.issuperset(map(type, value.values()))
+    }
+    if len(shared) == len(distinct):  # (the usual case)
+        copy = dict.copy
+        return [copy(shared[text]) for text in texts]
+    others = [text for text in texts if text not in shared]
+    decoded = iter(decode_all(others))
+    return [shared[text].copy() if text in shared else next(decoded) for text in texts]
+
+
 def _depth(text: str) -> int:
     """How deep the objects and arrays of `text` nest (strings skipped)."""
     brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
