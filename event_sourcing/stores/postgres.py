@@ -12,46 +12,36 @@ given, nothing at or below it can appear later. Writers never wait for one anoth
 (except for overlapping appends to one stream); readers wait only for appends in flight.
 Optimistic concurrency needs no lock either: UNIQUE (stream_id, version) lets exactly one
 of two racing appends have a version.
-See docs/ordering.md for the argument and the measurements. The schema and its
-migrations are in postgres_schema, the append statement in postgres_append (why one wrote
-nothing, and a head read from the archive, in postgres_heads), the page queries and
-decoding of reads in postgres_read, archiving in postgres_archive and the reads of its
-files in postgres_archive_files, the bulk import in postgres_import.
+See docs/ordering.md for the argument and the measurements.
+
+This module owns the recorder's set-up and its reads: of streams and pages of the global
+log (merged with the archive's files), of the rows the integrity checks hash, of counts,
+and the transactions handed to read models. Its writes are in postgres_write (running
+an append and sending it again, imports, partitions ahead), the append statement in
+postgres_append (why one wrote nothing, and a head read from the archive, in
+postgres_heads), the bulk import's COPY in postgres_import. The schema and its migrations
+are in postgres_schema, the page queries and decoding of reads in postgres_read, archiving
+in postgres_archive and the reads of its files in postgres_archive_files.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
-import itertools
 import threading
-import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from event_sourcing.errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    EventStoreError,
-    StoreUnavailableError,
-)
+from event_sourcing.errors import ConfigurationError, EventStoreError, StoreUnavailableError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.stores import postgres_heads
 from event_sourcing.stores.business_time import dated_page_query
-from event_sourcing.stores.imports import ImportRow
-from event_sourcing.stores.postgres_append import append_query
 from event_sourcing.stores.postgres_archive_files import ArchiveFiles, archived_files, merge
-from event_sourcing.stores.postgres_errors import broken
-from event_sourcing.stores.postgres_heads import ClockBehind
-from event_sourcing.stores.postgres_import import ATTEMPTS as IMPORT_ATTEMPTS
-from event_sourcing.stores.postgres_import import import_rows
-from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, NO_PARTITION, add_partitions
+from event_sourcing.stores.postgres_heads import ClockBehind as ClockBehind  # (re-exported)
+from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, add_partitions
 from event_sourcing.stores.postgres_pool import Connections, session_options
 from event_sourcing.stores.postgres_read import (
     ARCHIVED,
@@ -60,34 +50,25 @@ from event_sourcing.stores.postgres_read import (
     KEYED,
     Transaction,
     configure,
-    event_cursor,
     page_query,
+    select_on,
     stream_on,
 )
 from event_sourcing.stores.postgres_schema import (
     HASHED_V6,
-    STREAM_VERSION_KEY,
     create_schema,
     hashed_row,
     restore_triggers,
 )
-from event_sourcing.stores.recorder import (
-    AlreadyRecorded,
-    Appended,
-    EventRow,
-    fetch_events,
-    redact_text,
-    redact_url,
-)
-from event_sourcing.stores.times import MAX_TIME, MIN_TIME
+from event_sourcing.stores.postgres_write import PostgresWrites
+from event_sourcing.stores.recorder import redact_text, redact_url
+from event_sourcing.stores.times import MIN_TIME
 
 if TYPE_CHECKING:
     from event_sourcing.artifacts import ArtifactStore
 
-_REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
 
-
-class PostgresRecorder:
+class PostgresRecorder(PostgresWrites):
     """Events in a PostgreSQL schema (default `mlevents`), through a connection pool."""
 
     dialect = "postgresql"
@@ -120,8 +101,7 @@ class PostgresRecorder:
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
             ) as connection:
                 create_schema(connection, schema, self.description, create, partition_size)
-                # Partitions ahead (postgres_partitions): from here on, an append that
-                # lands at or past this position adds more.
+                # Partitions ahead (postgres_write).
                 self._extend_at = add_partitions(connection)
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
@@ -129,12 +109,8 @@ class PostgresRecorder:
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
-        # Stream id -> (its type, the version it reached, that event's chain hash and time).
-        # Events are never deleted or changed, so an append expecting that version needs no
-        # lookup (~30 us of server CPU) and can compute its chain hashes itself. This
-        # holds unless the schema is dropped and recreated under a running store.
-        self._reached: dict[str, tuple[str, int, bytes, datetime]] = {}
-        # The latest time this recorder recorded: its appends never record an earlier one.
+        # What its appends remember (postgres_write).
+        self._reached = {}
         self._latest = MIN_TIME
         self._latest_lock = threading.Lock()
         # The archive (docs/archive.md): the manifest as last read, and its files.
@@ -155,161 +131,6 @@ class PostgresRecorder:
         from event_sourcing.artifacts import ArtifactStore
 
         return ArtifactStore(self.artifacts_root)
-
-    def _append_cursor(self) -> psycopg.Cursor[Any]:
-        return self._connections.append_cursor()
-
-    # -- writing ------------------------------------------------------------------------
-    def append(
-        self,
-        stream_id: str,
-        stream_type: str | None,
-        expected_version: int | None,
-        rows: Sequence[EventRow],
-        created_at: datetime,
-        correlation_id: str | None,
-        causation_id: str | None,
-    ) -> Appended:
-        head_chain = None
-        created_at = max(created_at, self._latest)  # never before this recorder's latest
-        expected, given_type = expected_version, stream_type  # as the caller gave them
-        if expected_version:
-            known = self._reached.get(stream_id)
-            if known is not None and known[1] == expected_version:
-                stream_type, head_chain = known[0], known[2]
-                created_at = max(created_at, known[3])  # nor before the stream's head
-        for attempt in itertools.count():
-            statement, request = append_query(
-                stream_id, stream_type, expected_version, rows, created_at, correlation_id,
-                causation_id, head_chain=head_chain,
-            )
-            sent = time.monotonic()
-            try:
-                appended, last_chain = self._sent(statement, request, rows, expected_version)
-                break
-            except postgres_heads.ArchivedHead as archived:  # rare: append again giving the head
-                stream_type, expected_version, head_chain, head_time = archived.head
-                created_at = max(created_at, head_time)  # nor before the stream's head
-            except (ConcurrencyError, postgres_heads.HeadMoved):
-                if expected is not None:
-                    raise
-                # Expecting none: an archived head was passed meanwhile. Look again.
-                stream_type, expected_version, head_chain = given_type, None, None
-            except ClockBehind as behind:  # rare: record at the latest time instead
-                # Again behind: writers with faster clocks keep recording later times, so
-                # add the time that passed meanwhile, as their clocks did (no starving).
-                waited = timedelta(seconds=time.monotonic() - sent) if attempt else timedelta(0)
-                created_at = behind.latest if MAX_TIME - waited < behind.latest else (
-                    behind.latest + waited
-                )
-        if self._extend_at is not None and appended.positions[-1] >= self._extend_at:
-            self._add_partitions()
-        if len(self._reached) >= _REACHED_STREAMS:
-            self._reached.clear()
-        self._reached[stream_id] = (
-            appended.stream_type, appended.first_version + len(rows) - 1, last_chain,
-            appended.created_at,
-        )
-        with self._latest_lock:
-            self._latest = max(self._latest, appended.created_at)
-        return appended
-
-    def _sent(
-        self,
-        statement: str,
-        request: dict[str, Any],
-        rows: Sequence[EventRow],
-        expected_version: int | None,
-    ) -> tuple[Appended, bytes]:
-        """The append statement run, sent again once if the connection broke."""
-        what = f"append to {request['stream']!r}"
-        cursor = self._append_cursor()
-        try:
-            return self._append_on(cursor, statement, request, rows, expected_version)
-        except psycopg.Error as exc:
-            if not broken(cursor.connection):
-                raise self._connections.error(exc, what) from exc
-            # The connection broke (a server restart, an idle timeout): the batch may or may
-            # not have been committed. Sending it again is safe: its event ids make it
-            # idempotent.
-            try:
-                return self._append_on(
-                    self._append_cursor(), statement, request, rows, expected_version
-                )
-            except psycopg.Error as again:
-                again_what = f"{what} (sent twice: the connection was lost)"
-                raise self._connections.error(again, again_what) from exc
-
-    def _append_on(
-        self,
-        cursor: psycopg.Cursor[Any],
-        statement: str,
-        request: dict[str, Any],
-        rows: Sequence[EventRow],
-        expected_version: int | None,
-    ) -> tuple[Appended, bytes]:
-        """Run the append statement: where the batch landed, and its last chain hash."""
-        while True:
-            try:
-                claimed = cursor.execute(statement, request).fetchall()
-            except pg_errors.UniqueViolation as exc:
-                if (
-                    expected_version is None
-                    and exc.diag.constraint_name == STREAM_VERSION_KEY
-                ):
-                    continue  # an overlapping append took the version: read the head again
-                claimed = []
-            except pg_errors.CheckViolation as exc:
-                # Past the last partition (none was added in time): add some, send again.
-                if NO_PARTITION in str(exc) and self._add_partitions(len(rows)):
-                    continue
-                raise
-            break
-        if claimed:
-            if len(claimed) > 1:
-                claimed.sort(key=lambda row: row[1])  # by version
-            kind, first_version, _, _ = claimed[0]
-            positions = [row[2] for row in claimed]
-            last_chain = claimed[-1][3]
-            if last_chain is None:
-                last_chain = request["last_chain"]
-            return Appended(kind, first_version, positions, request["now"]), bytes(last_chain)
-        # Nothing was written: a retry of a recorded batch, a stale expected version, a
-        # head recorded later or archived (postgres_heads).
-        connection = cursor.connection
-        found = self._select_on(connection, BY_IDS, ([row.id for row in rows],))
-        if found:
-            raise AlreadyRecorded(found)
-        raise postgres_heads.refusal(
-            connection, self._archives, request["stream"], expected_version,
-            request["located"], request["now"],
-        )
-
-    def import_rows(self, rows: Sequence[ImportRow], created_at: datetime) -> None:
-        """Write a bulk-import batch (event_sourcing.stores.imports) in one transaction,
-        with COPY (postgres_import), after making sure partitions lie ahead of every
-        attempt of it (an attempt raced by an append burns its positions), and again if
-        appenders took the positions meanwhile."""
-        for attempt in range(1, 4):
-            self._add_partitions(len(rows) * IMPORT_ATTEMPTS)
-            try:
-                heads = functools.partial(postgres_heads.archived_heads, self._archives)
-                return import_rows(self._connections, self.append, rows, created_at, heads)
-            except EventStoreError as exc:
-                past = isinstance(exc.__cause__, pg_errors.CheckViolation) and (
-                    NO_PARTITION in str(exc.__cause__)
-                )
-                if not past or attempt == 3:
-                    raise
-
-    def _add_partitions(self, needed: int = 0) -> bool:
-        """Add partitions ahead (postgres_partitions), in a transaction of their own on
-        this thread's append connection: whether it could (this role may, and no lock
-        timed out)."""
-        extend_at = add_partitions(self._append_cursor().connection, needed)
-        if extend_at is not None:
-            self._extend_at = extend_at
-        return extend_at is not None
 
     @staticmethod
     def _version(connection: psycopg.Connection[Any], stream_id: str) -> int:
@@ -362,29 +183,9 @@ class PostgresRecorder:
         )
 
     # -- reading ------------------------------------------------------------------------
-    def _select_on(
-        self,
-        connection: psycopg.Connection[Any],
-        query: str,
-        params: Sequence[Any],
-        prepare: bool | None = None,
-    ) -> list[RecordedEvent]:
-        """The events of a query; through event_keys (KEYED), those archived are read
-        from the archive's files."""
-        rows = event_cursor(connection).execute(query, params, prepare=prepare).fetchall()
-        archived = [row[14] for row in rows if row[0] is None]
-        events = fetch_events(
-            (lambda: [row for row in rows if row[0] is not None]) if archived else lambda: rows
-        )
-        if not archived:
-            return events
-        if not self._archives.covers(archived):
-            self._archives.load(connection)
-        return sorted(events + self._archives.at(archived), key=lambda e: e.position)
-
     def _select(self, what: str, query: str, params: Sequence[Any]) -> list[RecordedEvent]:
         return self._connections.read(
-            what, lambda connection: self._select_on(connection, query, params)
+            what, lambda connection: select_on(connection, self._archives, query, params)
         )
 
     def read_stream(

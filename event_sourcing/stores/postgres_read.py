@@ -1,14 +1,14 @@
 """How the PostgreSQL store's rows come back: the columns of an event, the keyset page
-query of the global log, events found through event_keys, pages streamed in chunks and
-decoded a page at a time, and the transaction handed to read models (one statement per
-call)."""
+query of the global log, events found through event_keys (those archived read from the
+archive's files), pages streamed in chunks and decoded a page at a time, and the
+transaction handed to read models (one statement per call)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.json import set_json_loads
@@ -18,6 +18,9 @@ from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import UNDATED
 from event_sourcing.stores.recorder import MAX_SEEK_BRANCHES, fetch_events
 from event_sourcing.stores.values import decode
+
+if TYPE_CHECKING:
+    from event_sourcing.stores.postgres_archive_files import ArchiveFiles
 
 # In RecordedEvent's field order; schema_version twice: as returned and as recorded.
 # Payload and metadata as their UTF-8 text, decoded a page at a time (recorder.fetch_events):
@@ -57,6 +60,26 @@ def event_cursor(connection: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     cursor = connection.cursor(binary=True)
     cursor.adapters.register_loader("varchar", _AS_BYTES)
     return cursor
+
+
+def select_on(
+    connection: psycopg.Connection[Any],
+    archives: ArchiveFiles,
+    query: str,
+    params: Sequence[Any],
+) -> list[RecordedEvent]:
+    """The events of a query; through event_keys (KEYED), those archived are read from
+    the archive's files."""
+    rows = event_cursor(connection).execute(query, params).fetchall()
+    archived = [row[14] for row in rows if row[0] is None]
+    events = fetch_events(
+        (lambda: [row for row in rows if row[0] is not None]) if archived else lambda: rows
+    )
+    if not archived:
+        return events
+    if not archives.covers(archived):
+        archives.load(connection)
+    return sorted(events + archives.at(archived), key=lambda e: e.position)
 
 
 def _load_json(data: str | bytes) -> Any:
