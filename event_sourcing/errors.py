@@ -49,7 +49,8 @@ class StoreUnavailableError(EventStoreError, ConnectionError):
 
 class StoreTimeoutError(StoreUnavailableError, TimeoutError):
     """An operation ran out of time (statement_timeout, lock_timeout, or no pooled
-    connection became free) and was cancelled; an append that times out writes nothing."""
+    connection became free) or an append out of attempts (raced again and again) and was
+    cancelled; an append that times out writes nothing."""
 
 
 class ConfigurationError(EventStoreError, ValueError):

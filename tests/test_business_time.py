@@ -19,12 +19,14 @@ import event_sourcing as es
 from event_sourcing import serving as es_serving
 from event_sourcing.catalog import ModelDeployed
 from event_sourcing.cli import main
+from event_sourcing.events import new_event_id
 from event_sourcing.projections import (
     as_of,
     deployed_model_at,
     list_deployments,
 )
 from event_sourcing.projections.projection import iso
+from event_sourcing.stores import postgres_write
 from event_sourcing.stores.imports import ImportRecord
 from event_sourcing.stores.postgres import ClockBehind, PostgresRecorder
 
@@ -319,6 +321,40 @@ def test_a_postgresql_append_behind_again_moves_past_the_latest(
     assert utc(2025, 6, 1) < sent[2] < utc(2025, 6, 1) + timedelta(minutes=1)
     assert event.created_at == sent[2] == store.read_stream("s")[0].created_at
     assert store.verify().ok
+    store.close()
+
+
+def test_a_postgresql_append_behind_every_time_gives_up_having_written_nothing(
+    pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose clock runs ahead records a later time to the stream before every
+    attempt of an append behind it: after a bound of attempts the append gives up with a
+    StoreTimeoutError, having written nothing."""
+    monkeypatch.setattr(postgres_write, "APPEND_ATTEMPTS", 2)
+    store = es.connect(pg_schema_url, clock=Clock(utc(2025, 1, 1)))
+    ahead_clock = Clock(utc(2030, 1, 1))
+    ahead = es.connect(pg_schema_url, clock=ahead_clock)
+    recorder = store.recorder
+    assert isinstance(recorder, PostgresRecorder)
+    send, ahead_ids = recorder._sent, []
+
+    def overtaken(*args: Any) -> Any:
+        ahead_clock.now += timedelta(days=1)
+        step = {"step": len(ahead_ids), "loss": 1.0}
+        ahead_ids.extend(e.id for e in ahead.append("s", [es.NewEvent("training_progress", step)]))
+        return send(*args)
+
+    monkeypatch.setattr(recorder, "_sent", overtaken)
+    mine = es.NewEvent("training_progress", {"step": 9, "loss": 0.5}, id=new_event_id())
+    with pytest.raises(es.StoreTimeoutError, match="later time") as raised:
+        store.append("s", [mine])
+    assert "gave up after 2 attempts" in str(raised.value)
+    assert "nothing was written" in str(raised.value)
+    assert len(ahead_ids) == 2
+    assert [e.id for e in store.read_stream("s")] == ahead_ids
+    assert store.get_event(mine.id) is None
+    assert store.verify().ok
+    ahead.close()
     store.close()
 
 

@@ -15,7 +15,11 @@ import psycopg
 import pytest
 
 import event_sourcing as es
+from event_sourcing.events import new_event_id
 from event_sourcing.projections import Projection, ProjectionRunner
+from event_sourcing.stores import postgres_write
+from event_sourcing.stores.postgres_append import append_query
+from event_sourcing.stores.recorder import EventRow
 
 
 def ev(**payload: Any) -> es.NewEvent:
@@ -316,6 +320,64 @@ def test_an_append_stuck_on_a_lock_holds_readers_back_only_for_a_bound(pg_url: s
     finally:
         blocker.close()
         thread.join()
+    store.close()
+
+
+def test_an_append_beaten_to_its_version_every_time_gives_up_having_written_nothing(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expecting no version, an append that an overlapping append beats to the stream's
+    next version reads the head again and is sent again. Beaten every time (a rival's
+    uncommitted append of that version, committed while the append waits on it), it gives
+    up after a bound of attempts with a StoreTimeoutError, having written nothing."""
+    monkeypatch.setattr(postgres_write, "STATEMENT_ATTEMPTS", 2)
+    store = es.connect(pg_url, validate=False)
+    rivals: list[str] = []
+    failures: list[BaseException] = []
+    cursor = store.recorder._append_cursor()
+
+    class Beaten:
+        """The store's append cursor; each statement is raced by a rival append."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(cursor, name)
+
+        def execute(self, statement: str, request: Any) -> Any:
+            rival = _raw(pg_url)  # not autocommit: its append stays uncommitted
+            row = EventRow(new_event_id(), "t", 1, "{}", "{}")
+            # (Recorded before the store's time: the append is beaten, never behind.)
+            then = datetime(2020, 1, 1, tzinfo=UTC)
+            rival.execute(*append_query("s", None, None, [row], then, None, None))
+            rivals.append(row.id)
+
+            def commit_once_waited_on() -> None:
+                try:
+                    _wait_until_waiting_on_a_lock(pg_url)
+                    rival.commit()
+                except BaseException as exc:
+                    failures.append(exc)
+                finally:
+                    rival.close()
+
+            thread = threading.Thread(target=commit_once_waited_on)
+            thread.start()
+            try:
+                return cursor.execute(statement, request)
+            finally:
+                thread.join()
+
+    monkeypatch.setattr(store.recorder, "_append_cursor", Beaten)
+    mine = es.NewEvent("t", {}, id=new_event_id())
+    with pytest.raises(es.StoreTimeoutError, match="took the version") as raised:
+        store.append("s", [mine])
+    assert not failures, failures
+    assert "gave up after 2 attempts" in str(raised.value)
+    assert "nothing was written" in str(raised.value)
+    monkeypatch.undo()
+    assert len(rivals) == 2
+    assert [e.id for e in store.read_stream("s")] == rivals
+    assert store.get_event(mine.id) is None
+    assert store.verify().ok
     store.close()
 
 

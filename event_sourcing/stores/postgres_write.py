@@ -6,15 +6,16 @@ connection, once more if that connection broke, and again when it wrote nothing 
 reason that a later attempt overcomes: an overlapping append to its stream took the
 version it was to write (no version expected), its positions were past the last
 partition, its stream's head is archived or moved on (postgres_heads), or that head was
-recorded at a later time than its own. The recorder remembers the heads it appended
-(so that an append expecting one needs no lookup) and the latest time it recorded.
-PostgresRecorder (postgres) sets up the state declared here.
+recorded at a later time than its own. Each of these is sent again a bounded number of
+times: an append that keeps losing raises StoreTimeoutError, having written nothing. The
+recorder remembers the heads it appended (so that an append expecting one needs no
+lookup) and the latest time it recorded. PostgresRecorder (postgres) sets up the state
+declared here.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from event_sourcing.errors import ConcurrencyError, EventStoreError
+from event_sourcing.errors import ConcurrencyError, EventStoreError, StoreTimeoutError
 from event_sourcing.stores import postgres_heads
 from event_sourcing.stores.imports import ImportRow
 from event_sourcing.stores.postgres_append import append_query
@@ -41,6 +42,21 @@ from event_sourcing.stores.recorder import AlreadyRecorded, Appended, EventRow
 from event_sourcing.stores.times import MAX_TIME
 
 _REACHED_STREAMS = 10_000  # streams whose reached version a recorder remembers
+# How many times an append is sent before it gives up (StoreTimeoutError), having written
+# nothing each time: because its stream's head was archived, moved on or recorded later
+# (each rare, and overcome at the next attempt unless other writers keep racing it)...
+APPEND_ATTEMPTS = 100
+# ... or because an overlapping append took the version it was to write (expecting no
+# version: it reads the head again; a hot stream's writers may take turns at losing), or
+# its positions were past the last partition although partitions were added.
+STATEMENT_ATTEMPTS = 1_000
+
+
+def _gave_up(stream_id: str, attempts: int, why: str) -> StoreTimeoutError:
+    return StoreTimeoutError(
+        f"append to {stream_id!r} gave up after {attempts:,} attempts, each of which wrote "
+        f"nothing (the last because {why}): nothing was written, so retrying it is safe."
+    )
 
 
 class PostgresWrites:
@@ -81,7 +97,7 @@ class PostgresWrites:
             if known is not None and known[1] == expected_version:
                 stream_type, head_chain = known[0], known[2]
                 created_at = max(created_at, known[3])  # nor before the stream's head
-        for attempt in itertools.count():
+        for attempt in range(APPEND_ATTEMPTS):
             statement, request = append_query(
                 stream_id, stream_type, expected_version, rows, created_at, correlation_id,
                 causation_id, head_chain=head_chain,
@@ -91,20 +107,25 @@ class PostgresWrites:
                 appended, last_chain = self._sent(statement, request, rows, expected_version)
                 break
             except postgres_heads.ArchivedHead as archived:  # rare: append again giving the head
+                why = "its stream's head was archived"
                 stream_type, expected_version, head_chain, head_time = archived.head
                 created_at = max(created_at, head_time)  # nor before the stream's head
             except (ConcurrencyError, postgres_heads.HeadMoved):
                 if expected is not None:
                     raise
                 # Expecting none: an archived head was passed meanwhile. Look again.
+                why = "its stream's head moved on between being looked up and appended to"
                 stream_type, expected_version, head_chain = given_type, None, None
             except ClockBehind as behind:  # rare: record at the latest time instead
+                why = "its stream's head was recorded at a later time than its own"
                 # Again behind: writers with faster clocks keep recording later times, so
                 # add the time that passed meanwhile, as their clocks did (no starving).
                 waited = timedelta(seconds=time.monotonic() - sent) if attempt else timedelta(0)
                 created_at = behind.latest if MAX_TIME - waited < behind.latest else (
                     behind.latest + waited
                 )
+        else:
+            raise _gave_up(stream_id, APPEND_ATTEMPTS, why)
         if self._extend_at is not None and appended.positions[-1] >= self._extend_at:
             self._add_partitions()
         if len(self._reached) >= _REACHED_STREAMS:
@@ -152,7 +173,7 @@ class PostgresWrites:
         expected_version: int | None,
     ) -> tuple[Appended, bytes]:
         """Run the append statement: where the batch landed, and its last chain hash."""
-        while True:
+        for _ in range(STATEMENT_ATTEMPTS):
             try:
                 claimed = cursor.execute(statement, request).fetchall()
             except pg_errors.UniqueViolation as exc:
@@ -160,14 +181,19 @@ class PostgresWrites:
                     expected_version is None
                     and exc.diag.constraint_name == STREAM_VERSION_KEY
                 ):
-                    continue  # an overlapping append took the version: read the head again
+                    # An overlapping append took the version: read the head again.
+                    why = "another append to the stream took the version it was to write"
+                    continue
                 claimed = []
             except pg_errors.CheckViolation as exc:
                 # Past the last partition (none was added in time): add some, send again.
                 if NO_PARTITION in str(exc) and self._add_partitions(len(rows)):
+                    why = "its positions were past the last partition"
                     continue
                 raise
             break
+        else:
+            raise _gave_up(request["stream"], STATEMENT_ATTEMPTS, why)
         if claimed:
             if len(claimed) > 1:
                 claimed.sort(key=lambda row: row[1])  # by version
