@@ -13,15 +13,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from event_sourcing.catalog import EventRegistry
 from event_sourcing.errors import ConfigurationError, StoreNotFoundError
 from event_sourcing.privacy.crypto import KeyProvider
+from event_sourcing.stores.arguments import DEFAULT_MAX_PAYLOAD_BYTES, check_max_payload_bytes
 from event_sourcing.stores.identifiers import check_schema_name
 from event_sourcing.stores.recorder import Recorder, redact_url
-from event_sourcing.stores.store import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    Clock,
-    EventStore,
-    check_max_payload_bytes,
-    utc_now,
-)
+from event_sourcing.stores.store import Clock, EventStore, utc_now
 
 DEFAULT_SQLITE_PATH = Path(".mlevents") / "events.db"
 DEFAULT_SCHEMA = "mlevents"

@@ -31,6 +31,8 @@ import orjson
 from event_sourcing.errors import DuplicateEventError, EventStoreError, EventValidationError
 from event_sourcing.events import NewEvent
 from event_sourcing.integrity.hashing import GENESIS, append_hashes, fold_chain
+from event_sourcing.stores.arguments import MAX_BATCH_EVENTS, check_int, check_name, optional_id
+from event_sourcing.stores.batches import encode_batch, new_row
 from event_sourcing.stores.recorder import EventRow
 from event_sourcing.stores.times import utc_time
 
@@ -186,9 +188,7 @@ def import_events(
 ) -> ImportReport:
     """See EventStore.import_events. On PostgreSQL, while one batch is written (on a thread
     of its own: the server works while Python encodes) the next is read and encoded."""
-    from event_sourcing.stores.store import MAX_BATCH_EVENTS, _check_int
-
-    if _check_int(batch_size, "batch_size", 1) > MAX_BATCH_EVENTS:
+    if check_int(batch_size, "batch_size", 1) > MAX_BATCH_EVENTS:
         raise EventValidationError(
             f"batch_size is at most {MAX_BATCH_EVENTS:,} (as for an append), got {batch_size:,}"
         )
@@ -373,39 +373,36 @@ def _new_event(
 def _encode(store: EventStore, records: dict[str, ImportRecord]) -> list[ImportRow]:
     """The batch checked and encoded as an append would (one encoding call for the batch;
     a failure is found again record by record, to name its line)."""
-    from event_sourcing.stores.store import _check_name, _optional_id
-
     events: list[NewEvent | DomainEvent] = [
         _new_event(record.event_type, record.payload, event_id, record.metadata,
                    record.occurred_at)
         for event_id, record in records.items()
     ]
     try:
-        rows = store._encode(events, None)[0]
+        rows = encode_batch(store, events, None)[0]
     except EventStoreError:
         rows = []
         for event, record in zip(events, records.values(), strict=True):
             try:
-                rows += store._encode([event], None)[0]
+                rows += encode_batch(store, [event], None)[0]
             except EventStoreError as exc:
                 raise _at(record.where, exc) from None
     out = []
     checked: set[str] = set()  # stream ids (and types) checked already: a batch repeats them
-    new_row = tuple.__new__
     for row, record in zip(rows, records.values(), strict=True):
         stream_id, stream_type = record.stream_id, record.stream_type
         correlation, causation = record.correlation_id, record.causation_id
         try:
             if type(stream_id) is not str or stream_id not in checked:
-                checked.add(_check_name(stream_id, "stream_id"))
+                checked.add(check_name(stream_id, "stream_id"))
             if stream_type is not None and (
                 type(stream_type) is not str or stream_type not in checked
             ):
-                checked.add(_check_name(stream_type, "stream_type"))
+                checked.add(check_name(stream_type, "stream_type"))
             if correlation is not None:
-                correlation = _optional_id(correlation, "correlation_id")
+                correlation = optional_id(correlation, "correlation_id")
             if causation is not None:
-                causation = _optional_id(causation, "causation_id")
+                causation = optional_id(causation, "causation_id")
         except EventStoreError as exc:
             raise _at(record.where, exc) from None
         out.append(new_row(ImportRow, (stream_id, stream_type, correlation, causation, row,

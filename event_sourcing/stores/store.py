@@ -1,14 +1,13 @@
-"""EventStore: the backend-independent front of the log (validation, encoding, upcasting).
+"""EventStore: the backend-independent front of the log (appends, upcasting reads, and
+the entry points to imports, erasure and integrity).
 
-It checks every argument before any I/O, so bad input never half-writes, then delegates
-to a Recorder (SQLite or PostgreSQL) that owns the SQL.
+It checks every argument before any I/O (event_sourcing.stores.arguments), so bad input
+never half-writes, encodes a batch (event_sourcing.stores.batches), then delegates to a
+Recorder (SQLite or PostgreSQL) that owns the SQL.
 """
 
 from __future__ import annotations
 
-import gc
-import re
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -18,44 +17,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from event_sourcing.catalog import DomainEvent, EventRegistry, default_registry
-from event_sourcing.errors import (
-    ConfigurationError,
-    DuplicateEventError,
-    EventValidationError,
-    PayloadTooLargeError,
-)
-from event_sourcing.events import NewEvent, RecordedEvent, new_event_id, new_event_ids
+from event_sourcing.errors import EventValidationError
+from event_sourcing.events import NewEvent, RecordedEvent
 from event_sourcing.privacy.crypto import KeyProvider
-from event_sourcing.privacy.marking import SUBJECT_METADATA_KEY
 from event_sourcing.privacy.vault import Vault
-from event_sourcing.stores.recorder import (
-    AlreadyRecorded,
-    EventRow,
-    Recorder,
-    SqlTransaction,
-    iter_pages,
+from event_sourcing.stores.arguments import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_INT64,
+    check_event_id,
+    check_event_types,
+    check_int,
+    check_max_payload_bytes,
+    check_name,
+    check_until,
+    optional_id,
+    optional_int,
 )
+from event_sourcing.stores.arguments import (  # importable from here, as before the split
+    MAX_BATCH_BYTES as MAX_BATCH_BYTES,
+)
+from event_sourcing.stores.batches import encode_batch, idempotent_result, new_row
+from event_sourcing.stores.recorder import AlreadyRecorded, Recorder, SqlTransaction, iter_pages
 from event_sourcing.stores.times import occurred_text, parse_time, utc_time
-from event_sourcing.stores.values import (
-    decode,
-    encode_marked,
-    encode_serialized,
-    refuse_lone_surrogates,
-    same,
-)
 
-MAX_NAME_LENGTH = 255
-MAX_INT64 = 2**63 - 1  # versions, positions and limits are 64-bit on both backends
-DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # per event: payload and metadata together
-MAX_BATCH_EVENTS = 10_000
-# Per append, payloads and metadata together. PostgreSQL receives a batch as one jsonb
-# array, which must stay under 256 MB in its binary form (up to 4x the text).
-MAX_BATCH_BYTES = 32 * 1024 * 1024
-MAX_EVENT_TYPES = 1_000  # names in one read_all(event_types=...) filter
 READ_PAGE_SIZE = 2000
-new_row = tuple.__new__  # a NamedTuple built from a tuple, without its Python __new__
 _TYPE_AND_VERSION = itemgetter(5, 6)  # a RecordedEvent's event_type and schema_version
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}").fullmatch
 
 if TYPE_CHECKING:
     from event_sourcing.integrity.audit import Seal, VerifyReport
@@ -66,103 +53,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def check_max_payload_bytes(value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_BATCH_BYTES:
-        raise ConfigurationError(
-            f"max_payload_bytes must be an int from 1 to {MAX_BATCH_BYTES:,} (32 MiB), "
-            f"got {value!r}"
-        )
-
-
-def _too_large(what: str, size: int, max_bytes: int, scope: str) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"{what} is {size:,} bytes, over the store's limit of {max_bytes:,} bytes {scope}. "
-        "Events must stay small: put the data in the artifact store "
-        "(event_sourcing.artifacts.ArtifactStore.put_bytes) and record its URI and "
-        "sha256 in the event instead."
-    )
-
-
-def _check_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise EventValidationError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_NAME_LENGTH:
-        raise EventValidationError(
-            f"{what} is {len(value)} characters; at most {MAX_NAME_LENGTH} are allowed"
-        )
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise EventValidationError(
-                f"{what} {value!r} contains a lone surrogate, which is not Unicode text; "
-                "use a valid string"
-            ) from None
-    if "\x00" in value:
-        raise EventValidationError(
-            f"{what} {value!r} contains a NUL character, which PostgreSQL cannot store; "
-            "remove it"
-        )
-    return value
-
-
-def _check_int(value: Any, what: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not (
-        minimum <= value <= MAX_INT64
-    ):
-        raise EventValidationError(
-            f"{what} must be an int from {minimum} to 2**63 - 1, got {value!r}"
-        )
-    return int(value)
-
-
-def _optional_int(value: Any, what: str, minimum: int) -> int | None:
-    return None if value is None else _check_int(value, what, minimum)
-
-
-def _optional_id(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return _check_name(value, what)
-
-
-def _event_id(value: Any) -> str:
-    if value is None:
-        return new_event_id()
-    if type(value) is str and _CANONICAL_UUID(value):
-        return value  # what str(uuid.UUID(value)) would give, without building one
-    try:
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-    except ValueError:
-        raise EventValidationError(
-            f"event id {value!r} is not a UUID; pass a UUID (uuid.uuid5 gives deterministic "
-            "ids for idempotent retries) or leave id=None"
-        ) from None
-
-
-def _event_types(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    names = [value] if isinstance(value, str) else value
-    if isinstance(names, Mapping) or not isinstance(names, Iterable):
-        raise EventValidationError(
-            f"event_types must be None, a type name or a collection of them, got {value!r}"
-        )
-    types = list(dict.fromkeys(_check_name(name, "event_types item") for name in names))
-    if len(types) > MAX_EVENT_TYPES:
-        raise EventValidationError(
-            f"event_types names {len(types):,} types; at most {MAX_EVENT_TYPES:,} are "
-            "allowed: read without the filter and select the types yourself"
-        )
-    return types
-
-
-def _until(value: Any) -> datetime | None:
-    return None if value is None else utc_time(value, "until")
 
 
 class EventStore:
@@ -237,12 +127,12 @@ class EventStore:
             raise EventValidationError(
                 f"on_duplicate must be 'compare' or 'return_existing', got {on_duplicate!r}"
             )
-        _check_name(stream_id, "stream_id")
-        _optional_int(expected_version, "expected_version", 0)
+        check_name(stream_id, "stream_id")
+        optional_int(expected_version, "expected_version", 0)
         if stream_type is not None:
-            _check_name(stream_type, "stream_type")
-        correlation = _optional_id(correlation_id, "correlation_id")
-        causation = _optional_id(causation_id, "causation_id")
+            check_name(stream_type, "stream_type")
+        correlation = optional_id(correlation_id, "correlation_id")
+        causation = optional_id(causation_id, "causation_id")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise EventValidationError(
                 f"metadata must be a mapping, got {type(metadata).__name__}"
@@ -261,7 +151,7 @@ class EventStore:
                 "events per append; append it in several batches"
             )
         batch_occurred = None if occurred_at is None else occurred_text(occurred_at, "occurred_at")
-        rows, payloads, metadatas = self._encode(events, metadata, batch_occurred)
+        rows, payloads, metadatas = encode_batch(self, events, metadata, batch_occurred)
         created_at = utc_time(self.clock(), "the time the store's clock returned")
         try:
             kind, version, positions, created_at = self.recorder.append(
@@ -269,7 +159,7 @@ class EventStore:
                 causation,
             )
         except AlreadyRecorded as recorded:
-            return self._idempotent_result(
+            return idempotent_result(
                 stream_id, rows, payloads, self.privacy.open(recorded.events),
                 on_duplicate == "compare",
             )
@@ -285,180 +175,6 @@ class EventStore:
             )
         ]
 
-    def _encode(
-        self,
-        events: list[NewEvent | DomainEvent],
-        metadata: Mapping[str, Any] | None,
-        batch_occurred: str | None = None,
-    ) -> tuple[list[EventRow], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Validate and encode a batch: rows to write, plus the payloads and metadata as a
-        reader will decode them (JSON-normalized, so append returns what read_all returns).
-        """
-        if not events:
-            raise EventValidationError("append needs at least one event")
-        # The cyclic garbage collector paused: a batch allocates a few containers per event
-        # (payload trees, rows), none in a cycle, and the collections they would trigger
-        # (a fifth of the time of an import batch) could free nothing.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._encode_batch(events, metadata, batch_occurred)
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _encode_batch(
-        self,
-        events: list[NewEvent | DomainEvent],
-        metadata: Mapping[str, Any] | None,
-        batch_occurred: str | None,
-    ) -> tuple[list[EventRow], list[dict[str, Any]], list[dict[str, Any]]]:
-        registry = self.registry
-        vault = self.privacy
-        batch_keys: dict[str, Any] = {}  # subjects' keys, read once per append
-        specs: dict[str, Any] = {}  # event type -> its personal fields, looked up once
-        limit = self.max_payload_bytes
-        batch_metadata = dict(metadata) if metadata else {}
-        batch_metadata_json, batch_metadata_size, batch_metadata, batch_canonical = (
-            encode_marked(batch_metadata, "metadata") if batch_metadata else ("{}", 2, {}, True)
-        )
-        # fresh ids, made when the first event without one needs them (one clock reading
-        # and urandom call for the batch): an import gives every event its id
-        fresh_ids: list[str] | None = None
-        rows: list[EventRow] = []
-        payloads: list[dict[str, Any]] = []
-        metadatas: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        total = 0
-        for index, event in enumerate(events):
-            event_metadata: Mapping[str, Any] | None = None
-            occurred = batch_occurred
-            if type(event) is NewEvent or isinstance(event, NewEvent):
-                event_type = event.type
-                if type(event_type) is not str:
-                    _check_name(event_type, f"events[{index}].type")
-                registered = registry.is_registered(event_type)
-                if not registered:
-                    _check_name(event_type, f"events[{index}].type")
-                    if self.validate:
-                        raise registry.unknown_type_error(event_type)
-                raw_payload = event.payload
-                # `type(...) is dict` first: an ABC isinstance check costs more than the rest
-                if type(raw_payload) is not dict and not isinstance(raw_payload, Mapping):
-                    raise EventValidationError(
-                        f"events[{index}].payload must be a mapping, "
-                        f"got {type(raw_payload).__name__}"
-                    )
-                what = f"payload of events[{index}] ({event_type})"
-                if registered:
-                    schema_version, payload = registry.encode(event_type, raw_payload)
-                    payload_json, size, payload, canonical = encode_serialized(payload, what)
-                    if "\ufffd" in payload_json:
-                        refuse_lone_surrogates(raw_payload, what)
-                else:
-                    schema_version = 1
-                    payload_json, size, payload, canonical = encode_marked(
-                        dict(raw_payload), what
-                    )
-                if event.id is None:
-                    if fresh_ids is None:
-                        fresh_ids = new_event_ids(len(events))
-                    event_id = fresh_ids[index]  # fresh ids never collide; given ones may
-                else:
-                    event_id = _event_id(event.id)
-                    if event_id in seen:
-                        raise EventValidationError(
-                            f"event id {event_id} appears twice in one batch"
-                        )
-                    seen.add(event_id)
-                event_metadata = event.metadata
-                if (
-                    event_metadata is not None
-                    and type(event_metadata) is not dict
-                    and not isinstance(event_metadata, Mapping)
-                ):
-                    raise EventValidationError(
-                        f"events[{index}].metadata must be a mapping, "
-                        f"got {type(event_metadata).__name__}"
-                    )
-                if event.occurred_at is not None:
-                    occurred = occurred_text(event.occurred_at, f"events[{index}].occurred_at")
-            elif isinstance(event, DomainEvent):
-                event_type, schema_version, payload = registry.encode_model(event)
-                what = f"payload of events[{index}] ({event_type})"
-                payload_json, size, payload, canonical = encode_serialized(payload, what)
-                if "\ufffd" in payload_json:
-                    refuse_lone_surrogates(event.model_dump(), what)
-                if fresh_ids is None:
-                    fresh_ids = new_event_ids(len(events))
-                event_id = fresh_ids[index]
-            else:
-                raise EventValidationError(
-                    f"events[{index}] is a {type(event).__name__}; expected es.NewEvent or a "
-                    "typed catalog event"
-                )
-            merged: dict[str, Any]
-            if event_metadata:
-                metadata_json, metadata_size, merged, metadata_canonical = encode_marked(
-                    {**batch_metadata, **event_metadata}, f"metadata of events[{index}]"
-                )
-            else:
-                metadata_json, metadata_size = batch_metadata_json, batch_metadata_size
-                metadata_canonical = batch_canonical
-                merged = decode(metadata_json) if batch_metadata else {}
-            metadatas.append(merged)
-            size += metadata_size
-            stored = payload  # the value payload_json holds (hashed on PostgreSQL)
-            spec = specs[event_type] if event_type in specs else specs.setdefault(
-                event_type, vault.spec(event_type)
-            )
-            if spec is not None or SUBJECT_METADATA_KEY in merged:
-                sealed = vault.seal(event_id, spec, payload, merged, what, batch_keys)
-                if sealed is not None:
-                    payload_json, metadata_json, size = sealed
-                    stored = None  # ciphertext: the hash is over what is stored, not plaintext
-                    canonical = False
-            if size > limit:
-                raise _too_large(f"{what} with its metadata", size, limit, "per event")
-            total += size
-            payloads.append(payload)
-            rows.append(new_row(EventRow, (
-                event_id, event_type, schema_version, payload_json, metadata_json, stored,
-                canonical and metadata_canonical, occurred,
-            )))
-        if total > MAX_BATCH_BYTES:
-            raise _too_large(
-                f"this batch of {len(rows):,} events", total, MAX_BATCH_BYTES, "per append"
-            )
-        return rows, payloads, metadatas
-
-    def _idempotent_result(
-        self,
-        stream_id: str,
-        rows: list[EventRow],
-        payloads: list[dict[str, Any]],
-        existing: list[RecordedEvent],
-        compare: bool,
-    ) -> list[RecordedEvent]:
-        by_id = {event.id: event for event in existing}
-        for row, payload in zip(rows, payloads, strict=True):
-            old = by_id.get(row.id)
-            if old is None:
-                raise DuplicateEventError(
-                    f"part of this batch is already recorded (e.g. {existing[0].id}) but event "
-                    f"{row.id} is not: a retry must resend exactly the same batch"
-                )
-            changed = compare and (
-                old.event_type != row.event_type
-                or not same(old.payload, payload)
-            )
-            if old.stream_id != stream_id or changed:
-                raise DuplicateEventError(
-                    f"event id {row.id} is already recorded with different content "
-                    f"(stream {old.stream_id!r}, type {old.event_type!r}); "
-                    "use a fresh id for a new event"
-                )
-        return [by_id[row.id] for row in rows]
 
     def import_events(
         self,
@@ -517,9 +233,9 @@ class EventStore:
         self, stream_id: str, from_version: int = 1, to_version: int | None = None
     ) -> Iterator[RecordedEvent]:
         """`read_stream` as an iterator that reads READ_PAGE_SIZE events at a time."""
-        _check_name(stream_id, "stream_id")
-        first = _check_int(from_version, "from_version", 1)
-        last = _optional_int(to_version, "to_version", 0)
+        check_name(stream_id, "stream_id")
+        first = check_int(from_version, "from_version", 1)
+        last = optional_int(to_version, "to_version", 0)
         return self._iter_stream(stream_id, first, MAX_INT64 if last is None else last)
 
     def _iter_stream(self, stream_id: str, first: int, last: int) -> Iterator[RecordedEvent]:
@@ -548,10 +264,10 @@ class EventStore:
         are read page by page as they are iterated. For business time, see `read_as_of`.
         """
         return self._iter_all(
-            _check_int(after, "after", 0),
-            _event_types(event_types),
-            _until(until),
-            _optional_int(limit, "limit", 0),
+            check_int(after, "after", 0),
+            check_event_types(event_types),
+            check_until(until),
+            optional_int(limit, "limit", 0),
         )
 
     def _iter_all(
@@ -573,11 +289,11 @@ class EventStore:
         when it stood at `known_at`. See docs/temporal.md."""
         from event_sourcing.stores.business_time import iter_as_of
 
-        return iter_as_of(self, at, known_at, _event_types(event_types))
+        return iter_as_of(self, at, known_at, check_event_types(event_types))
 
     def read_correlated(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event sharing a correlation id, in position order."""
-        correlation = _optional_id(correlation_id, "correlation_id")
+        correlation = optional_id(correlation_id, "correlation_id")
         if correlation is None:
             raise EventValidationError("correlation_id must be a non-empty string, got None")
         return self._upcaster()(self.recorder.read_correlated(correlation))
@@ -586,11 +302,11 @@ class EventStore:
         """One event by id, or None."""
         if event_id is None:
             raise EventValidationError("event_id must be a UUID, got None")
-        found = self._upcaster()(self.recorder.read_ids([_event_id(event_id)]))
+        found = self._upcaster()(self.recorder.read_ids([check_event_id(event_id)]))
         return found[0] if found else None
 
     def stream_version(self, stream_id: str) -> int:
-        _check_name(stream_id, "stream_id")
+        check_name(stream_id, "stream_id")
         return self.recorder.stream_version(stream_id)
 
     def head_position(self) -> int:
