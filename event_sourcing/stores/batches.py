@@ -186,6 +186,9 @@ def idempotent_result(
     existing: list[RecordedEvent],
     compare: bool,
 ) -> list[RecordedEvent]:
+    """What append returns for a batch recorded already (`existing`: its events as read
+    back): those events, if the retry matches them (same stream; with `compare`, same type
+    and payload too), else DuplicateEventError."""
     by_id = {event.id: event for event in existing}
     for row, payload in zip(rows, payloads, strict=True):
         old = by_id.get(row.id)
