@@ -77,6 +77,8 @@ def decode_repeated(texts: Sequence[bytes]) -> list[Any]:
     same for each of its events): each distinct text decoded once; an object holding only
     scalars is copied for each event (a fresh object, as decoding gives), any other value
     decoded for each."""
+    if texts.count(b"{}") == len(texts):  # a page of events without metadata
+        return [{} for _ in texts]
     distinct = list(dict.fromkeys(texts))
     if len(distinct) == len(texts):
         return decode_all(texts)
