@@ -19,6 +19,7 @@ from event_sourcing.events import new_event_id
 from event_sourcing.projections import Projection, ProjectionRunner
 from event_sourcing.stores import postgres_write
 from event_sourcing.stores.postgres_append import append_query
+from event_sourcing.stores.postgres_schema import SCHEMA_LOCK
 from event_sourcing.stores.recorder import EventRow
 
 
@@ -235,6 +236,7 @@ def test_the_urls_timeouts_are_merged_and_give_a_clear_error(
     pg_url: str, setting: str, message: str
 ) -> None:
     url = f"{pg_url}&options=-c%20{setting}%20-c%20search_path%3Dpublic"
+    es.connect(pg_url, validate=False).close()  # (created without the short timeout)
     store = es.connect(url, validate=False)
     store.append("s", [ev()])
     name = setting.partition("%3D")[0]
@@ -256,6 +258,28 @@ def test_the_urls_timeouts_are_merged_and_give_a_clear_error(
         locker.close()
     assert store.stream_version("s") == 1  # the timed-out append wrote nothing
     assert store.append("s", [ev()], expected_version=1)[0].version == 2
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("statement_timeout%3D300", "statement_timeout"), ("lock_timeout%3D300", "lock_timeout")],
+)
+def test_opening_a_store_past_the_urls_timeout_says_so(
+    pg_url: str, setting: str, message: str
+) -> None:
+    """A store being created while another connect holds the schema lock: the URL's
+    timeout ends the wait with StoreTimeoutError naming it, not "cannot connect"."""
+    holder = _raw(pg_url)
+    holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+    holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+    try:
+        with pytest.raises(es.StoreTimeoutError, match=message):
+            es.connect(f"{pg_url}&options=-c%20{setting}", validate=False)
+    finally:
+        holder.close()
+    store = es.connect(f"{pg_url}&options=-c%20{setting}", validate=False)  # lock free
+    assert store.append("s", [ev()])[0].version == 1
     store.close()
 
 

@@ -40,6 +40,7 @@ from event_sourcing.errors import ConfigurationError, EventStoreError, StoreUnav
 from event_sourcing.events import RecordedEvent
 from event_sourcing.stores.business_time import dated_page_query
 from event_sourcing.stores.postgres_archive_files import ArchiveFiles, archived_files, merge
+from event_sourcing.stores.postgres_errors import store_error
 from event_sourcing.stores.postgres_heads import ClockBehind as ClockBehind  # (re-exported)
 from event_sourcing.stores.postgres_partitions import DEFAULT_SIZE, add_partitions
 from event_sourcing.stores.postgres_pool import Connections, session_options
@@ -97,18 +98,22 @@ class PostgresRecorder(PostgresWrites):
         options = f'-c search_path="{schema}" -c timezone=UTC'
         kwargs: dict[str, Any] = {"autocommit": True, "options": session_options(url, options)}
         try:
-            with psycopg.connect(
+            connection = psycopg.connect(
                 url, connect_timeout=max(1, int(connect_timeout)), **kwargs
-            ) as connection:
-                create_schema(connection, schema, self.description, create, partition_size)
-                # Partitions ahead (postgres_write).
-                self._extend_at = add_partitions(connection)
+            )
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: "
                 f"{redact_text(str(exc).strip().splitlines()[0], url)}. Check that the server "
                 "is running and the URL (host, port, user, database) is right."
             ) from None
+        with connection:
+            try:
+                create_schema(connection, schema, self.description, create, partition_size)
+                # Partitions ahead (postgres_write).
+                self._extend_at = add_partitions(connection)
+            except psycopg.Error as exc:  # connected: say what failed (e.g. a timeout)
+                raise store_error(exc, "opening the store", self.description) from exc
         # What its appends remember (postgres_write).
         self._reached = {}
         self._latest = MIN_TIME
