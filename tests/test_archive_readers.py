@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import event_sourcing as es
-from event_sourcing.integrity.audit import _Checker
+from event_sourcing.integrity.checker import HashChecker
 from event_sourcing.privacy import LocalKeyProvider
 from event_sourcing.privacy.forget import erasure_report
 from event_sourcing.projections.counts import _read_counts, log_counts
@@ -151,7 +151,7 @@ def test_seal_and_verify_link_to_an_archived_previous_event(tiny: es.EventStore)
     done = archive(tiny, LATER)
     assert done
     # Each stream's event after the seal links to its previous event, archived or not.
-    checker = _Checker(tiny, sealed.to_position, incremental=True)
+    checker = HashChecker(tiny, sealed.to_position, incremental=True)
     archived = 0
     for n in range(4):
         version = tiny.stream_version(f"s{n}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from event_sourcing.catalog import default_registry
 from event_sourcing.catalog.ml_events import IntegritySealed, IntegrityTriggersRestored
 from event_sourcing.errors import ConcurrencyError, IntegrityError
-from event_sourcing.integrity.checker import SEAL_STREAM, Problem, _Checker, leaves
+from event_sourcing.integrity.checker import SEAL_STREAM, HashChecker, Problem, leaves
 from event_sourcing.integrity.hashing import GENESIS, merkle_root, seal_chain
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def check_triggers(store: EventStore) -> list[str]:
     )
     logger.warning(message)
     warnings.warn(message, IntegrityWarning, stacklevel=3)
-    _front(store).append(
+    with_builtin_catalog(store).append(
         ALERT_STREAM,
         [
             IntegrityTriggersRestored(
@@ -113,7 +113,7 @@ def check_triggers(store: EventStore) -> list[str]:
     return problems
 
 
-def _front(store: EventStore) -> EventStore:
+def with_builtin_catalog(store: EventStore) -> EventStore:
     """The store with the built-in catalog (the integrity events), whatever its registry."""
     if store.registry is default_registry and store.validate:
         return store
@@ -140,7 +140,7 @@ def seal(store: EventStore) -> Seal:
     """Verify every settled event since the last seal, then append an `integrity_sealed`
     event with their Merkle root chained to the previous seal's. Raises IntegrityError
     (and seals nothing) if the range does not verify."""
-    front = _front(store)
+    front = with_builtin_catalog(store)
     while True:
         number = store.recorder.stream_version(SEAL_STREAM)
         last = (
@@ -149,7 +149,7 @@ def seal(store: EventStore) -> Seal:
         start = last.to_position if last else 0
         previous = bytes.fromhex(last.chain) if last else GENESIS
         through = store.head_position()
-        checker = _Checker(store, start, incremental=start > 0)
+        checker = HashChecker(store, start, incremental=start > 0)
         sealed = leaves(checker.run(through))
         if checker.problems:
             raise IntegrityError(
@@ -244,7 +244,7 @@ def verify(
     report.from_position = start
     through = store.head_position()
     report.to_position = through
-    checker = _Checker(store, start, incremental=start > 0)
+    checker = HashChecker(store, start, incremental=start > 0)
     pairs = checker.run(through)
     report.events = checker.events
     report.problems.extend(checker.problems)

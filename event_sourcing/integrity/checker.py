@@ -41,7 +41,7 @@ class Problem:
         return f"{where}{self.kind}: {self.detail}"
 
 
-class _Checker:
+class HashChecker:
     """Recomputes content and chain hashes from `after` on; yields (position, leaf)."""
 
     def __init__(self, store: EventStore, after: int, incremental: bool) -> None:

@@ -181,9 +181,9 @@ def _archive_one(
         uri=ref.uri, sha256=ref.sha256, from_position=lower, to_position=upper - 1,
         count=count, seal_roots=roots, file_bytes=size, payload_bytes=payload_bytes,
     )
-    from event_sourcing.integrity.audit import _front
+    from event_sourcing.integrity.audit import with_builtin_catalog
 
-    front = _front(store)
+    front = with_builtin_catalog(store)
     kind, _, payload = front.registry.encode_model(event)
     front.append(ARCHIVE_STREAM, [NewEvent(
         kind, payload, id=str(uuid.uuid5(_NAMESPACE, f"{ref.sha256}:{lower}:{upper}")),
@@ -230,7 +230,8 @@ def _check(
     (content and chain hashes recomputed, Merkle roots compared). The seals' roots.
     A seal `verified` already in this run (with another file's rows, each equal to the
     table's) is not walked again: a seal over many partitions is walked once."""
-    from event_sourcing.integrity.audit import _Checker, leaves, seals
+    from event_sourcing.integrity.audit import seals
+    from event_sourcing.integrity.checker import HashChecker, leaves
     from event_sourcing.integrity.hashing import merkle_root
 
     recorder: Any = store.recorder
@@ -251,7 +252,7 @@ def _check(
         if seal.number in verified:
             roots.append(verified[seal.number])
             continue
-        checker = _Checker(proxy, seal.from_position, incremental=True)  # type: ignore[arg-type]
+        checker = HashChecker(proxy, seal.from_position, incremental=True)  # type: ignore[arg-type]
         root = merkle_root(leaves(checker.run(seal.to_position))).hex()
         if checker.problems or root != seal.root:
             raise IntegrityError(
