@@ -21,29 +21,6 @@ from typing import Any
 from event_sourcing.stores.recorder import PageColumns
 from event_sourcing.stores.sqlite_schema import time_of
 
-DDL = """
--- Texts events share (stream types, event types, metadata), each stored once; an event
--- row holds their numbers (event_sourcing.stores.sqlite_texts). Append-only like the log.
-CREATE TABLE IF NOT EXISTS event_texts (
-    id   INTEGER PRIMARY KEY,
-    text TEXT NOT NULL UNIQUE
-);
-CREATE TRIGGER IF NOT EXISTS event_texts_no_update BEFORE UPDATE ON event_texts
-BEGIN
-    SELECT RAISE(ABORT, 'event_texts is append-only: texts cannot be updated');
-END;
-CREATE TRIGGER IF NOT EXISTS event_texts_no_delete BEFORE DELETE ON event_texts
-BEGIN
-    SELECT RAISE(ABORT, 'event_texts is append-only: texts cannot be deleted');
-END;
-CREATE TRIGGER IF NOT EXISTS event_texts_no_replace BEFORE INSERT ON event_texts
-WHEN EXISTS (SELECT 1 FROM event_texts WHERE id = NEW.id)
-    OR EXISTS (SELECT 1 FROM event_texts WHERE text = NEW.text)
-BEGIN
-    SELECT RAISE(ABORT, 'event_texts is append-only: an insert may not replace a text');
-END;
-"""
-
 
 def text_of(column: str) -> str:
     """SQL reading a shared-text column as its text (for the few statements that need the
