@@ -313,3 +313,24 @@ def test_event_texts_are_append_only_and_an_edited_text_is_caught(tmp_path: Path
         report = store.verify()
         assert not report.ok
         assert report.problems[0].position == second.position, report.problems
+
+
+def test_verify_reads_the_texts_as_stored_not_as_a_recorder_cached_them(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with es.connect(f"sqlite:///{path}", validate=False) as store:
+        [event] = store.append("s", [es.NewEvent("thing_happened", {"n": 1})],
+                               metadata={"who": "ada"})
+        assert store.get_event(event.id) == event  # every text of it now cached
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:  # another process edits the text under the running store
+            connection.execute("DROP TRIGGER event_texts_no_update")
+            connection.execute(
+                "UPDATE event_texts SET text = ? WHERE text = ?",
+                ('{"who":"eve"}', '{"who":"ada"}'),
+            )
+        finally:
+            connection.close()
+        with pytest.warns(IntegrityWarning, match="event_texts_no_update was missing"):
+            report = store.verify()  # (which also puts the trigger back, saying so)
+        assert not report.ok
+        assert report.problems[0].position == event.position, report.problems

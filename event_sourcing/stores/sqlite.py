@@ -326,9 +326,12 @@ class SQLiteRecorder:
                 "AND position <= ? ORDER BY position LIMIT ?",
                 (after, through, limit),
             ).fetchall()
-            stream_types = self._texts.texts(connection, [row[3] for row in rows])
-            event_types = self._texts.texts(connection, [row[5] for row in rows])
-            metadatas = self._texts.utf8(connection, [row[8] for row in rows])
+            # The texts as stored now, not as this recorder cached them: an edit of
+            # event_texts made since must show in what verify recomputes.
+            stored = SharedTexts()
+            stream_types = stored.texts(connection, [row[3] for row in rows])
+            event_types = stored.texts(connection, [row[5] for row in rows])
+            metadatas = stored.utf8(connection, [row[8] for row in rows])
         texts: dict[Any, str] = {}  # a batch's events share their time
         out = []
         for row, stream_type, event_type, metadata in zip(
