@@ -14,7 +14,7 @@ import pytest
 import event_sourcing as es
 from event_sourcing.integrity.audit import IntegrityWarning
 from event_sourcing.integrity.hashing import GENESIS, chain_hash, content_hash, timestamp_text
-from event_sourcing.stores import sqlite, sqlite_schema
+from event_sourcing.stores import sqlite, sqlite_schema, sqlite_texts
 from event_sourcing.stores.sqlite_schema import id_text, id_value, time_of, time_text, time_value
 
 # The version 4 DDL as it shipped (event_store and its indexes; the rest is unchanged).
@@ -334,3 +334,26 @@ def test_verify_reads_the_texts_as_stored_not_as_a_recorder_cached_them(tmp_path
             report = store.verify()  # (which also puts the trigger back, saying so)
         assert not report.ok
         assert report.problems[0].position == event.position, report.problems
+
+
+def test_a_recorders_cache_of_texts_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every append bringing new metadata: the cache starts again empty when full, and what
+    is read and appended stays right."""
+    monkeypatch.setattr(sqlite_texts, "MAX_CACHED", 3)
+    with es.connect(f"sqlite:///{tmp_path / 'events.db'}", validate=False) as store:
+        written = [
+            event
+            for n in range(12)
+            for event in store.append(f"s-{n % 2}", [es.NewEvent(f"type_{n % 5}", {"n": n})],
+                                      metadata={"request": n})
+        ]
+        assert list(store.read_all()) == written
+        assert [e.event_type for e in store.read_all(event_types=["type_4"])] == [
+            "type_4", "type_4"
+        ]
+        assert store.verify().ok
+        stored = len(_texts(tmp_path / "events.db"))  # 18: a stream type, 5 types, 12 metadata
+        cache = store.recorder._texts  # each way, it was emptied when full: holds few
+        assert stored == 18 and max(len(cache._numbers), len(cache._texts)) < 8

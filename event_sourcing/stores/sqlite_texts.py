@@ -38,14 +38,25 @@ COLUMNS = (
 )
 
 
+# Texts a recorder keeps at most, each way: past this it starts again empty (a log whose
+# every append brings new metadata would otherwise grow a long-lived process without end).
+MAX_CACHED = 100_000
+
+
 class SharedTexts:
-    """The numbers and texts of one store's `event_texts`, as committed (thread-safe: the
-    dictionaries are only ever added to, each addition one atomic update)."""
+    """The numbers and texts of one store's `event_texts`, as committed. Thread-safe: a
+    dictionary is only added to, each addition one atomic update, or replaced by an empty
+    one when full; each call works on the dictionaries it started with."""
 
     def __init__(self) -> None:
         self._numbers: dict[str, int] = {}
         self._texts: dict[int, str] = {}
         self._bytes: dict[int, bytes] = {}
+
+    def _known(self) -> dict[str, int]:
+        if len(self._numbers) >= MAX_CACHED:
+            self._numbers = {}
+        return self._numbers
 
     # -- writing: inside a write transaction ----------------------------------------------
     def numbers(
@@ -53,7 +64,7 @@ class SharedTexts:
     ) -> Callable[[str], int]:
         """Text -> its number, for each of `texts`; one stored now if it has none (in this
         transaction: the new ones go to `fresh`, to be `learn`ed once it commits)."""
-        known = self._numbers
+        known = self._known()
         missing = [text for text in texts if text not in known]
         if not missing:  # (the usual case)
             return known.__getitem__
@@ -73,28 +84,32 @@ class SharedTexts:
 
     def learn(self, fresh: dict[str, int]) -> None:
         """The numbers a write transaction gave, now that it committed."""
-        self._numbers.update(fresh)
+        self._known().update(fresh)
 
     # -- reading ------------------------------------------------------------------------
     def known_numbers(
         self, connection: sqlite3.Connection, texts: Collection[str]
     ) -> dict[str, int]:
         """The number of each of `texts` that has one (a text without one is in no event)."""
-        missing = [text for text in texts if text not in self._numbers]
-        if missing:
-            for start in range(0, len(missing), 500):
-                part = missing[start:start + 500]
-                self._numbers.update(connection.execute(
-                    f"SELECT text, id FROM event_texts WHERE text IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchall())
-        return {text: self._numbers[text] for text in texts if text in self._numbers}
+        known = self._known()
+        missing = [text for text in texts if text not in known]
+        for start in range(0, len(missing), 500):
+            part = missing[start:start + 500]
+            known.update(connection.execute(
+                f"SELECT text, id FROM event_texts WHERE text IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall())
+        return {text: known[text] for text in texts if text in known}
 
     def _resolved(
-        self, connection: sqlite3.Connection, values: Sequence[Any], table: dict[int, Any]
+        self, connection: sqlite3.Connection, values: Sequence[Any], utf8: bool
     ) -> list[Any]:
-        """`values` (a page's column) through `table` (self._texts or self._bytes), the
+        """`values` (a page's column) as their texts (`utf8`: their UTF-8 bytes), the
         numbers not cached yet read first."""
+        if len(self._texts) >= MAX_CACHED:
+            self._texts, self._bytes = {}, {}
+        texts, raw_texts = self._texts, self._bytes
+        table: dict[int, Any] = raw_texts if utf8 else texts
         distinct = set(values)
         missing = [v for v in distinct if type(v) is int and v not in table]
         for start in range(0, len(missing), 500):
@@ -104,13 +119,13 @@ class SharedTexts:
                 f"WHERE id IN ({','.join('?' * len(part))})",
                 part,
             ):
-                self._texts[number] = raw.decode("utf-8", "surrogatepass")
-                self._bytes[number] = raw
+                texts[number] = raw.decode("utf-8", "surrogatepass")
+                raw_texts[number] = raw
         if all(type(v) is int and v in table for v in distinct):  # (the usual case: in C)
             return list(map(table.__getitem__, values))
         # Text written in place of a number reads as itself, a number without a text as
         # its digits: what verify then finds differs from what was hashed.
-        if table is self._bytes:
+        if utf8:
             return [
                 table[value] if value in table else (
                     value.encode("utf-8", "surrogatepass") if type(value) is str
@@ -132,11 +147,11 @@ class SharedTexts:
 
     def texts(self, connection: sqlite3.Connection, values: Sequence[Any]) -> list[Any]:
         """Stored column values as their texts."""
-        return self._resolved(connection, values, self._texts)
+        return self._resolved(connection, values, utf8=False)
 
     def utf8(self, connection: sqlite3.Connection, values: Sequence[Any]) -> list[Any]:
         """Stored column values as their texts' UTF-8 bytes."""
-        return self._resolved(connection, values, self._bytes)
+        return self._resolved(connection, values, utf8=True)
 
     def page(
         self, connection: sqlite3.Connection
