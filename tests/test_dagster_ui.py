@@ -29,6 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ASSET_NAMES = [key.to_user_string() for key in FULL_PIPELINE_ASSETS]
+UI_TIMEOUT_MS = 30_000
 SCREENSHOT_ENV = "MLEVENTS_SCREENSHOT"
 """Set to a path (e.g. docs/asset-graph.png) to keep the screenshot there too."""
 
@@ -70,7 +71,11 @@ def test_asset_graph_page_shows_the_pipeline(tmp_path: Path) -> None:
                     "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
                 )
                 page = context.new_page()
-                page.set_default_timeout(30_000)
+                # One patience for actions and assertions: `expect` has its own 5 s default,
+                # which a loaded 2-core machine can spend before the graph's layout and the
+                # cards' live data arrive.
+                page.set_default_timeout(UI_TIMEOUT_MS)
+                expect.set_options(timeout=UI_TIMEOUT_MS)
                 # The page `make run` prints: every group expanded, no key pressed.
                 page.goto(f"{dagster.url}{asset_graph_path()}")
                 expect(page.get_by_text("Global asset lineage")).to_be_visible()
@@ -98,6 +103,12 @@ def test_asset_graph_page_shows_the_pipeline(tmp_path: Path) -> None:
                 expect(page.get_by_text("Passed", exact=False).first).to_be_visible()
                 health_shot = tmp_path / "health-checks.png"
                 page.screenshot(path=str(health_shot))
+            except Exception:
+                # What the browser showed when an expectation failed, kept in tmp_path.
+                shown = [page for context in browser.contexts for page in context.pages]
+                for index, page in enumerate(shown):
+                    page.screenshot(path=str(tmp_path / f"failure-{index}.png"))
+                raise
             finally:
                 browser.close()
     assert shot.stat().st_size > 10_000 and lineage_shot.stat().st_size > 10_000
