@@ -13,7 +13,7 @@ import pytest
 import event_sourcing as es
 from event_sourcing.catalog import TrainingStarted
 from event_sourcing.stores import store as store_module
-from event_sourcing.stores.store import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
+from event_sourcing.stores.arguments import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from event_sourcing.stores.values import MAX_NESTING_DEPTH
 
 SHA = "a" * 64

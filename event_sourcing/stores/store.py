@@ -34,9 +34,6 @@ from event_sourcing.stores.arguments import (
     optional_id,
     optional_int,
 )
-from event_sourcing.stores.arguments import (  # importable from here, as before the split
-    MAX_BATCH_BYTES as MAX_BATCH_BYTES,
-)
 from event_sourcing.stores.batches import encode_batch, idempotent_result, new_row
 from event_sourcing.stores.recorder import AlreadyRecorded, Recorder, SqlTransaction, iter_pages
 from event_sourcing.stores.times import occurred_text, parse_time, utc_time
