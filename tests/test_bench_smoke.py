@@ -1,4 +1,4 @@
-"""Smoke test of bench/bench_store.py: every case runs on both backends at tiny sizes.
+"""Smoke tests of the benchmarks in bench/: every case runs on both backends at tiny sizes.
 
 No timing assertions: it proves the benchmark works and reports a row per case/impl.
 """
@@ -118,3 +118,4 @@ def test_the_storage_bench_accounts_for_every_btree(
     lines = bench_storage.format_sizes(backend, sizes)
     assert sum(line.startswith("| ") for line in lines) == 3 + len(sizes.parts)  # + headers
     assert all(bench_storage.INDEX_QUERIES.get(name) for name in sizes.parts)
+

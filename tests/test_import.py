@@ -476,4 +476,5 @@ def test_the_benchmark_runs(backend: str, request: pytest.FixtureRequest, capsys
     bench_import.main(["--events", "300", "--repeats", "1", "--backend", backend,
                        "--pg-url", PG_URL])
     table = capsys.readouterr().out
-    assert table.count(backend) == 5 and "raw load of the same rows" in table
+    assert table.count(backend) == 6 and "raw load of the same rows" in table
+    assert "floor: raw load + validate, encode, hash" in table
