@@ -5,6 +5,7 @@ SQLite and on PostgreSQL (the `store_url` fixture).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -383,7 +384,7 @@ def _back_to_v5(store_url: str) -> None:
 
 
 def test_a_v5_store_migrates_keeps_its_events_and_verifies(
-    make_store: MakeStore, store_url: str
+    make_store: MakeStore, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store()
     store.append("s", [es.NewEvent("training_progress", {"step": n, "loss": 1.0})
@@ -393,7 +394,20 @@ def test_a_v5_store_migrates_keeps_its_events_and_verifies(
     before = list(store.read_all())
     store.close()
     _back_to_v5(store_url)
-    migrated = make_store()
+    with caplog.at_level(logging.WARNING, logger="event_sourcing.stores"):
+        migrated = make_store()
+    # The migration is announced (it may take minutes, with other connections waiting),
+    # and its end; a connect to the migrated store says nothing.
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 2, said
+    latest, head = latest_schema_version(store.dialect), before[-1].position
+    assert f"from schema v5 to v{latest} (events up to position {head})" in said[0]
+    assert said[1].startswith("migrated the event store")
+    assert f" to schema v{latest} in " in said[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="event_sourcing.stores"):
+        make_store().close()
+    assert not caplog.records
     with migrated.transaction() as tx:
         found = tx.execute("SELECT max(version) FROM mlevents_schema").fetchone()[0]
         assert found == latest_schema_version(migrated.dialect)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import psycopg
@@ -35,6 +36,7 @@ from event_sourcing.stores.postgres_partitions import (
     partition_triggers,
     retire_v6_table,
 )
+from event_sourcing.stores.recorder import migrating
 
 SCHEMA_VERSION = 7
 # Advisory lock keys (arbitrary constants, scoped by the schema name's hash in SQL).
@@ -364,24 +366,19 @@ def create_schema(
                     sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema))
                 )
                 found = None
-            for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
-                if statement := _MIGRATIONS[version]:
-                    connection.execute(statement)
-                if version in _MIGRATION_STEPS:
-                    _MIGRATION_STEPS[version](connection)
-            connection.execute(schema_sql(schema))
-            connection.execute(
-                "INSERT INTO mlevents_partitioning (id, size) VALUES (1, %s) "
-                "ON CONFLICT DO NOTHING",
-                (partition_size,),
-            )
-            adopt_v6_table(connection, partition_size)
-            connection.execute("SELECT mlevents_add_partitions(0)")
-            connection.execute(
-                "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
-            )
+            migration: AbstractContextManager[None] = nullcontext()
+            if found:
+                head = connection.execute(
+                    "SELECT coalesce(max(position), 0) FROM event_store"
+                ).fetchone()
+                migration = migrating(description, found, SCHEMA_VERSION, head[0] if head else 0)
+            with migration:
+                for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
+                    if statement := _MIGRATIONS[version]:
+                        connection.execute(statement)
+                    if version in _MIGRATION_STEPS:
+                        _MIGRATION_STEPS[version](connection)
+                _create_objects(connection, schema, partition_size)
     except pg_errors.InsufficientPrivilege as exc:
         what = (
             "create" if found is None or found < 0
@@ -393,6 +390,25 @@ def create_schema(
             "that may (the database owner, or the schema's owner), then grant this role "
             "what it needs with `mlevents grant`"
         ) from None
+
+
+def _create_objects(
+    connection: psycopg.Connection[Any], schema: str, partition_size: int
+) -> None:
+    """The current schema's objects (those missing), partitions ahead, its version row."""
+    connection.execute(schema_sql(schema))
+    connection.execute(
+        "INSERT INTO mlevents_partitioning (id, size) VALUES (1, %s) "
+        "ON CONFLICT DO NOTHING",
+        (partition_size,),
+    )
+    adopt_v6_table(connection, partition_size)
+    connection.execute("SELECT mlevents_add_partitions(0)")
+    connection.execute(
+        "INSERT INTO mlevents_schema (version, description) VALUES (%s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (SCHEMA_VERSION, _DESCRIPTIONS[SCHEMA_VERSION]),
+    )
 
 
 def restore_triggers(

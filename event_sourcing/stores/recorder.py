@@ -6,9 +6,11 @@ Domain code never sees SQL; the EventStore talks only to this contract.
 from __future__ import annotations
 
 import gc
+import logging
 import re
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote
@@ -18,6 +20,8 @@ from event_sourcing.stores.values import decode_all, decode_repeated
 
 if TYPE_CHECKING:
     from event_sourcing.stores.imports import ImportRow
+
+_log = logging.getLogger("event_sourcing.stores")
 
 # A read_all type filter of more types than this is one IN (...) scan of the page instead
 # of an ordered index seek per type, merged (SQLite allows 500 terms in a compound SELECT).
@@ -328,3 +332,21 @@ def redact_text(text: str, url: str) -> str:
     for secret in sorted(_secret_values(url), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+@contextmanager
+def migrating(description: str, found: int, latest: int, head: int) -> Iterator[None]:
+    """Say (a warning: seen with no logging set up) that the store at `description` is
+    being migrated from schema v`found` to v`latest` with events up to position `head`, and
+    when that is done: a migration may rewrite every event while other connections wait."""
+    _log.warning(
+        "migrating the event store %s from schema v%d to v%d (events up to position %s); "
+        "other connections wait until it is done",
+        description, found, latest, f"{head:,}",
+    )
+    started = time.monotonic()
+    yield
+    _log.warning(
+        "migrated the event store %s to schema v%d in %.1f s",
+        description, latest, time.monotonic() - started,
+    )

@@ -30,6 +30,7 @@ from event_sourcing.stores.recorder import (
     Appended,
     EventRow,
     fetch_events,
+    migrating,
 )
 from event_sourcing.stores.sqlite_append import append_rows
 from event_sourcing.stores.sqlite_errors import store_error
@@ -237,25 +238,39 @@ class SQLiteRecorder:
                     f"database {self.description} has schema version {found}, newer than this "
                     f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
                 )
-            if found != SCHEMA_VERSION:
-                for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
-                    for statement in statements(MIGRATIONS[version]):
-                        connection.execute(statement)
-                    if version in MIGRATION_STEPS:
-                        MIGRATION_STEPS[version](connection)
-                for statement in statements(SCHEMA):
-                    connection.execute(statement)
-                connection.execute(
-                    "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
-                    (SCHEMA_VERSION, DESCRIPTIONS[SCHEMA_VERSION]),
-                )
-            connection.execute("COMMIT")
+            if not found:
+                self._write_schema(connection)
+                connection.execute("COMMIT")
+            elif found == SCHEMA_VERSION:  # migrated meanwhile, by another connection
+                connection.execute("COMMIT")
+            else:
+                head = connection.execute(
+                    "SELECT coalesce(max(position), 0) FROM event_store"
+                ).fetchone()[0]
+                with migrating(self.description, found, SCHEMA_VERSION, head):
+                    for version in range(found, SCHEMA_VERSION):
+                        for statement in statements(MIGRATIONS[version]):
+                            connection.execute(statement)
+                        if version in MIGRATION_STEPS:
+                            MIGRATION_STEPS[version](connection)
+                    self._write_schema(connection)
+                    connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise StoreUnavailableError(
                 f"cannot create the event store schema in {self.description}: {exc}"
             ) from exc
+
+    @staticmethod
+    def _write_schema(connection: sqlite3.Connection) -> None:
+        """The current schema's objects (if not there) and its row in mlevents_schema."""
+        for statement in statements(SCHEMA):
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
+            (SCHEMA_VERSION, DESCRIPTIONS[SCHEMA_VERSION]),
+        )
 
     def close(self) -> None:
         self._closed = True
