@@ -1,12 +1,15 @@
 """Archive benchmark (docs/archive.md, "Cost"): what each read of archived history reads.
 
 Appends 20,000 bench payloads (bench_store.make_payloads) in 50 streams to a PostgreSQL
-store with partitions of 5,000, moves every stream's head on, seals, archives, then prints
+store with partitions of 5,000 (every other event given an occurred_at in 2024, as imported
+history is), ends each stream with a correlated `run_done`, seals, archives, then prints
 the shared buffers the page statement of `read_all` and the count statement of
 `log_counts` touch (EXPLAIN (ANALYZE, BUFFERS)), with and without their look at the
 archive's manifest, before and after the archive; and the client CPU
-(`time.process_time()`, median and range of --runs runs) of `log_counts` computed for the
-first time after the archive and on the usual path, `counts_by_type`, `forget`'s search of
+(`time.process_time()`, median and range of --runs runs), before and after the archive, of
+reads: `read_all` of every event, and the reads no position range serves (`read_as_of` of
+every event, `read_correlated`, `read_all` of a rare type); after it, of `log_counts`
+computed for the first time and on the usual path, `counts_by_type`, `forget`'s search of
 the log for a key id (`sealed_events`) and the part of it that searches the files.
 
 Run: `make bench-archive` or `.venv/bin/python bench/bench_archive.py [--runs 5]`.
@@ -38,6 +41,9 @@ from event_sourcing.stores.postgres_archive_files import archived_files
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import DEFAULT_PG_URL
 from bench_store import make_payloads
+
+DATED = datetime(2024, 1, 1, tzinfo=UTC)
+LATER = datetime.now(UTC) + timedelta(days=1)
 
 BOUND_ONLY = "(SELECT coalesce(max(upper_bound), 0) FROM mlevents_archives)"
 COUNT = (
@@ -82,6 +88,18 @@ def cpu(run: Callable[[], object], runs: int) -> str:
     return f"{statistics.median(spent):.1f} ms ({min(spent):.1f}-{max(spent):.1f})"
 
 
+def reads(store: es.EventStore, runs: int) -> None:
+    """The reads that no position range serves, through the archive once it is there."""
+    print(f"  read_all (every event): "
+          f"{cpu(lambda: sum(1 for _ in store.read_all()), runs)}")
+    print(f"  read_as_of (every event, 10,000 of them dated): "
+          f"{cpu(lambda: sum(1 for _ in store.read_as_of(LATER)), runs)}")
+    print(f"  read_correlated (one event): "
+          f"{cpu(lambda: store.read_correlated('corr-7'), runs)}")
+    print(f"  read_all of one type (50 of 20,050 events): "
+          f"{cpu(lambda: list(store.read_all(event_types=['run_done'])), runs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
@@ -94,16 +112,21 @@ def main() -> None:
         store = es.connect(f"{args.pg_url}?schema={schema}", partition_size=5000,
                            validate=False)
         try:
-            for s in range(50):
+            for s in range(50):  # every other event imported history, dated in 2024
                 store.append(f"run-{s}", [
-                    es.NewEvent("training_progress", p) for p in payloads[s * 400:(s + 1) * 400]
+                    es.NewEvent("training_progress", p, occurred_at=None if n % 2 else (
+                        DATED + timedelta(minutes=s * 400 + n)
+                    ))
+                    for n, p in enumerate(payloads[s * 400:(s + 1) * 400])
                 ])
             for s in range(50):
-                store.append(f"run-{s}", [es.NewEvent("run_done", {"s": s})])
+                store.append(f"run-{s}", [es.NewEvent("run_done", {"s": s})],
+                             correlation_id=f"corr-{s}")
             store.seal()
             print("not archived")
             statements(args.pg_url, schema, store.head_position())
-            done = archive(store, datetime.now(UTC) + timedelta(days=1))
+            reads(store, args.runs)
+            done = archive(store, LATER)
             print(f"archived: {sum(r.count for r in done)} events in {len(done)} files")
             statements(args.pg_url, schema, store.head_position())
 
@@ -121,6 +144,7 @@ def main() -> None:
             print(f"  log_counts first after the archive: {cpu(first_counts, args.runs)}")
             print(f"  log_counts, one new event: {cpu(usual_counts, args.runs)}")
             print(f"  counts_by_type: {cpu(store.counts_by_type, args.runs)}")
+            reads(store, args.runs)
             print(f"  sealed_events (forget), one key id: "
                   f"{cpu(lambda: sealed_events(store, ['k-none']), args.runs)}, of which "
                   f"the files: {cpu(lambda: find.archived_containing(['k-none']), args.runs)}")

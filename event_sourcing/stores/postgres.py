@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -261,12 +261,8 @@ class PostgresRecorder(PostgresWrites):
         page = self._select("a bitemporal read", *dated_page_query(
             COLUMNS, "%s", lambda when: when, after, occurred_until, recorded_until, limit,
         ))
-        archived = self._scan_archive(
-            lambda e: e.occurred_at <= occurred_until
-            and (recorded_until is None or e.created_at <= recorded_until)
-            and (after is None or (e.occurred_at, e.position) > after),
-            dated=True,
-        )
+        self._load_manifest()
+        archived = self._archives.dated(after, occurred_until, recorded_until, limit)
         if not archived:
             return page
         return sorted(merge(page, archived), key=lambda e: (e.occurred_at, e.position))[:limit]
@@ -277,15 +273,13 @@ class PostgresRecorder(PostgresWrites):
             f"SELECT {COLUMNS} FROM event_store WHERE correlation_id = %s ORDER BY position",
             (correlation_id,),
         )
-        archived = self._scan_archive(lambda e: e.correlation_id == correlation_id)
-        return merge(found, archived)
+        self._load_manifest()
+        return merge(found, self._archives.correlated(correlation_id))
 
-    def _scan_archive(
-        self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
-    ) -> list[RecordedEvent]:
-        """Every archived event that `keep` (a read no index of the archive serves)."""
+    def _load_manifest(self) -> None:
+        """The archive's manifest read again (for a read no position range serves: the
+        files of every archive run so far)."""
         self._connections.read("read the archive manifest", self._archives.load)
-        return self._archives.scan(keep, dated)
 
     def read_ids(self, ids: Sequence[str]) -> list[RecordedEvent]:
         return self._select(

@@ -1,8 +1,9 @@
 """The archive's files (docs/archive.md) as the reads of the log see them: their format,
 the manifest (`mlevents_archives`) as a recorder last read it, and reads of the files row
 group by row group (a group whose position statistics are outside the wanted positions is
-not read): events, hashed rows, chain hashes, counts by type, text matches; and the merge of
-archived events with the tables' rows, each once.
+not read; rows are filtered in Arrow before any is decoded): events by position, type,
+time, correlation and business time, hashed rows, chain hashes, counts by type, text
+matches; and the merge of archived events with the tables' rows, each once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
 from event_sourcing.integrity.hashing import timestamp_text
-from event_sourcing.stores.values import decode
+from event_sourcing.stores.values import decode_all, decode_repeated
 
 if TYPE_CHECKING:
     import psycopg
@@ -39,6 +40,14 @@ SCHEMA = pa.schema([
     ("created_at", _TIME), ("correlation_id", pa.string()), ("causation_id", pa.string()),
     ("content_hash", pa.binary(32)), ("chain_hash", pa.binary(32)), ("occurred_at", _TIME),
 ])
+
+
+class Filter(NamedTuple):
+    """Which rows of a row group to keep: `mask(table)`, a boolean array (null: not kept)
+    of a table of at least the position and `columns`."""
+
+    columns: tuple[str, ...]
+    mask: Callable[[pa.Table], Any]
 
 
 class ArchiveError(EventStoreError):
@@ -112,12 +121,12 @@ class ArchiveFiles:
             self._checked.add(archived.uri)
         return pq.ParquetFile(archived.path)
 
-    def tables(
-        self, low: int, high: int, columns: Sequence[str] | None = None,
-        lowers: Collection[int] | None = None,
-    ) -> Iterator[pa.Table]:
-        """The row groups holding positions in [low, high], in position order (`lowers`:
-        only the files starting at these positions, the manifest as one snapshot saw it)."""
+    def _groups(
+        self, low: int, high: int, lowers: Collection[int] | None = None
+    ) -> Iterator[tuple[str, pq.ParquetFile, int]]:
+        """(uri, file, row group) of the row groups holding positions in [low, high], in
+        position order (`lowers`: only the files starting at these positions, the manifest
+        as one snapshot saw it)."""
         for archived in self.files:
             if archived.upper <= low or archived.lower > high:
                 continue
@@ -130,35 +139,59 @@ class ArchiveFiles:
                     stats.max < low or stats.min > high
                 ):
                     continue
-                key = (archived.uri, group, None if columns is None else tuple(columns))
-                last = self._last
-                if last is not None and last[:3] == key:
-                    yield last[3]
-                    continue
-                table = parquet.read_row_group(group, columns=columns)
-                self._last = (*key, table)
-                yield table
+                yield archived.uri, parquet, group
 
-    def events(self, low: int, high: int, keep: Callable[[RecordedEvent], bool] | None = None,
-               limit: int | None = None, dated: bool | None = None,
-               only: Sequence[int] | None = None) -> list[RecordedEvent]:
-        """The archived events at positions in [low, high] that `keep`, at most `limit`
-        (`dated`: only those given an occurred_at, or only those not; None: all; `only`:
-        only these positions)."""
+    def _read(
+        self, uri: str, parquet: pq.ParquetFile, group: int, columns: Sequence[str] | None
+    ) -> pa.Table:
+        key = (uri, group, None if columns is None else tuple(columns))
+        last = self._last
+        if last is not None and last[:3] == key:
+            return last[3]
+        table = parquet.read_row_group(group, columns=columns)
+        self._last = (*key, table)
+        return table
+
+    def tables(
+        self, low: int, high: int, columns: Sequence[str] | None = None,
+        lowers: Collection[int] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The row groups holding positions in [low, high], in position order (`lowers`:
+        as for _groups)."""
+        for uri, parquet, group in self._groups(low, high, lowers):
+            yield self._read(uri, parquet, group, columns)
+
+    def events(self, low: int, high: int, where: Filter | None = None,
+               limit: int | None = None, only: Sequence[int] | None = None,
+               ) -> list[RecordedEvent]:
+        """The archived events at positions in [low, high] (`only`: only these positions)
+        whose rows `where` keeps, at most `limit`, in position order. Given `where` or
+        `only`, a row group is read whole only when the columns they look at keep one of
+        its rows; only the rows returned are decoded."""
         found: list[RecordedEvent] = []
         wanted = None if only is None else pa.array(only, pa.int64())
-        for table in self.tables(low, high):
+        # (the columns that decide which rows are kept, read first when not every row is)
+        probed = ("position", *where.columns) if where is not None else (
+            None if only is None else ("position",)
+        )
+        for uri, parquet, group in self._groups(low, high):
+            table = self._read(uri, parquet, group, probed)
             position = table.column(0)
-            table = table.filter(pc.and_(
+            mask = pc.and_(
                 pc.greater_equal(position, low), pc.less_equal(position, high)
-            ) if wanted is None else pc.is_in(position, value_set=wanted))
+            ) if wanted is None else pc.is_in(position, value_set=wanted)
+            if where is not None:
+                mask = pc.and_(mask, where.mask(table))
+            if probed is not None:
+                if not pc.any(mask).as_py():
+                    continue
+                table = self._read(uri, parquet, group, None)
+            table = table.filter(mask)
             # Decoded a slice at a time: a page needs only its first rows.
             for start in range(0, table.num_rows, _SLICE):
-                for event in _events(table.slice(start, _SLICE), dated):
-                    if keep is None or keep(event):
-                        found.append(event)
-                        if limit is not None and len(found) >= limit:
-                            return found
+                found += _events(table.slice(start, _SLICE))
+                if limit is not None and len(found) >= limit:
+                    return found[:limit]
         return found
 
     def page(
@@ -172,12 +205,24 @@ class ArchiveFiles:
     ) -> list[RecordedEvent]:
         """A page of the global log (PostgresRecorder.read_page) with the archived events
         after `after` merged in (every archived position is below the read horizon)."""
-        types = None if event_types is None else set(event_types)
+        types = None if event_types is None else pa.array(sorted(event_types), pa.string())
+        recorded = None if until is None else pa.scalar(until, _TIME)
+        columns = (*(() if types is None else ("event_type",)),
+                   *(() if recorded is None else ("created_at",)),
+                   *(("occurred_at",) if undated_only else ()))
+
+        def where(table: pa.Table) -> Any:
+            masks = []
+            if types is not None:
+                masks.append(pc.is_in(table.column("event_type"), value_set=types))
+            if recorded is not None:
+                masks.append(pc.less_equal(table.column("created_at"), recorded))
+            if undated_only:
+                masks.append(pc.is_null(table.column("occurred_at")))
+            return _all(masks)
+
         archived = self.events(
-            after + 1, 2**63 - 1,
-            lambda e: (types is None or e.event_type in types)
-            and (until is None or e.created_at <= until),
-            limit, dated=False if undated_only else None,
+            after + 1, 2**63 - 1, Filter(columns, where) if columns else None, limit
         )
         return merge(page, archived)[:limit]
 
@@ -187,10 +232,52 @@ class ArchiveFiles:
             return []
         return self.events(min(positions), max(positions), only=positions)
 
-    def scan(
-        self, keep: Callable[[RecordedEvent], bool], dated: bool | None = None
+    def correlated(self, correlation_id: str) -> list[RecordedEvent]:
+        """The archived events of this correlation id, in position order."""
+        if not self.files:
+            return []
+        wanted = pa.scalar(correlation_id, pa.string())
+        return self.events(0, 2**63 - 1, Filter(("correlation_id",), lambda table: pc.equal(
+            table.column("correlation_id"), wanted
+        )))
+
+    def dated(
+        self,
+        after: tuple[datetime, int] | None,
+        occurred_until: datetime,
+        recorded_until: datetime | None,
+        limit: int,
     ) -> list[RecordedEvent]:
-        return self.events(0, 2**63 - 1, keep, dated=dated) if self.files else []
+        """The first `limit` archived events given an occurred_at at or before
+        `occurred_until` (and recorded at or before `recorded_until`) after `after`, in
+        (occurred_at, position) order (PostgresRecorder.read_dated_page): the matching rows
+        of every file sorted, only the page's decoded."""
+        if not self.files:
+            return []
+        until = pa.scalar(occurred_until, _TIME)
+        recorded = None if recorded_until is None else pa.scalar(recorded_until, _TIME)
+        kept = []
+        for table in self.tables(0, 2**63 - 1, ["position", "occurred_at", "created_at"]):
+            occurred = table.column("occurred_at")
+            masks = [pc.less_equal(occurred, until)]  # (null for an undated row: dropped)
+            if recorded is not None:
+                masks.append(pc.less_equal(table.column("created_at"), recorded))
+            if after is not None:
+                at = pa.scalar(after[0], _TIME)
+                masks.append(pc.or_(pc.greater(occurred, at), pc.and_(
+                    pc.equal(occurred, at), pc.greater(table.column("position"), after[1])
+                )))
+            table = table.filter(_all(masks))
+            if table.num_rows:
+                kept.append(table)
+        if not kept:
+            return []
+        ordered = pa.concat_tables(kept).sort_by(
+            [("occurred_at", "ascending"), ("position", "ascending")]
+        )
+        # Only the page's events read whole and decoded.
+        return sorted(self.at(ordered.column("position").slice(0, limit).to_pylist()),
+                      key=lambda event: (event.occurred_at, event.position))
 
     def hashed(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
         """Archived rows in (after, through] as hashed (PostgresRecorder.hashed_rows)."""
@@ -278,6 +365,14 @@ class ArchiveFiles:
         return None
 
 
+def _all(masks: list[Any]) -> Any:
+    """The rows every one of these masks (at least one) keeps."""
+    mask = masks[0]
+    for other in masks[1:]:
+        mask = pc.and_(mask, other)
+    return mask
+
+
 def _tally(values: pa.ChunkedArray) -> Iterator[tuple[str, int]]:
     """(value, how many times) of a column."""
     counted = pc.value_counts(values)
@@ -307,29 +402,34 @@ def merge(hot: list[RecordedEvent], archived: list[RecordedEvent]) -> list[Recor
 
 
 def _columns(table: pa.Table) -> list[list[Any]]:
-    names = table.column_names
+    """The table's columns as Python lists: times as microseconds, payload and metadata as
+    their UTF-8 bytes (as hashed, and as decode_all reads them)."""
     columns = []
-    for name in names:
+    for name in table.column_names:
         column = table.column(name)
         if pa.types.is_timestamp(column.type):
             column = column.cast(pa.int64())
+        elif name in _JSON_TEXTS:
+            column = column.cast(pa.binary())
         columns.append(column.to_pylist())
     return columns
 
 
-def _events(table: pa.Table, dated: bool | None = None) -> Iterator[RecordedEvent]:
+_JSON_TEXTS = frozenset({"payload", "metadata"})
+
+
+def _events(table: pa.Table) -> Iterator[RecordedEvent]:
     (positions, ids, streams, kinds, versions, types, schema_versions, payloads, metadatas,
      created, correlations, causations, _, _, occurred) = _columns(table)
+    # (decoded as a page of the tables is: values.decode's values, orjson's speed)
+    payloads, metadatas = decode_all(payloads), decode_repeated(metadatas)
     for i, position in enumerate(positions):
-        if dated is not None and dated is (occurred[i] is None):
-            continue
         created_at = _EPOCH + timedelta(microseconds=created[i])
         occurred_at = _time(occurred[i])
         yield RecordedEvent(
             ids[i], streams[i], kinds[i], versions[i], position, types[i], schema_versions[i],
-            decode(payloads[i]), {} if metadatas[i] == "{}" else decode(metadatas[i]),
-            created_at, correlations[i], causations[i], schema_versions[i],
-            created_at if occurred_at is None else occurred_at,
+            payloads[i], metadatas[i], created_at, correlations[i], causations[i],
+            schema_versions[i], created_at if occurred_at is None else occurred_at,
         )
 
 
@@ -337,7 +437,7 @@ def _hashed(table: pa.Table) -> Iterator[tuple[Any, ...]]:
     columns = _columns(table)
     for row in zip(*columns, strict=True):
         yield (
-            *row[:7], row[7].encode(), row[8].encode(), timestamp_text(_time(row[9])),  # type: ignore[arg-type]
+            *row[:9], timestamp_text(_time(row[9])),  # type: ignore[arg-type]
             row[10], row[11], bytes(row[12]), bytes(row[13]),
             None if row[14] is None else timestamp_text(_time(row[14])),  # type: ignore[arg-type]
         )
