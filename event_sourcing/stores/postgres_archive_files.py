@@ -8,6 +8,7 @@ matches; and the merge of archived events with the tables' rows, each once.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 _SLICE = 2_000  # rows decoded at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _TIME = pa.timestamp("us", tz="UTC")
 # The columns of an archive file: event_store's, payload and metadata as canonical JSON text.
 SCHEMA = pa.schema([
@@ -418,19 +420,34 @@ def _columns(table: pa.Table) -> list[list[Any]]:
 _JSON_TEXTS = frozenset({"payload", "metadata"})
 
 
-def _events(table: pa.Table) -> Iterator[RecordedEvent]:
-    (positions, ids, streams, kinds, versions, types, schema_versions, payloads, metadatas,
-     created, correlations, causations, _, _, occurred) = _columns(table)
-    # (decoded as a page of the tables is: values.decode's values, orjson's speed)
-    payloads, metadatas = decode_all(payloads), decode_repeated(metadatas)
-    for i, position in enumerate(positions):
-        created_at = _EPOCH + timedelta(microseconds=created[i])
-        occurred_at = _time(occurred[i])
-        yield RecordedEvent(
-            ids[i], streams[i], kinds[i], versions[i], position, types[i], schema_versions[i],
-            payloads[i], metadatas[i], created_at, correlations[i], causations[i],
-            schema_versions[i], created_at if occurred_at is None else occurred_at,
-        )
+def _events(table: pa.Table) -> list[RecordedEvent]:
+    """The table's rows as events, decoded a column at a time with the cyclic garbage
+    collector paused, as a page of the tables is (recorder.fetch_events)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        (positions, ids, streams, kinds, versions, types, schema_versions, payloads, metadatas,
+         created, correlations, causations, _, _, occurred) = _columns(table)
+        new, epoch, micros = tuple.__new__, _EPOCH, _MICROSECOND
+        return [
+            new(RecordedEvent, (
+                event_id, stream_id, kind, version, position, event_type, schema_version,
+                payload, metadata, created_at, correlation_id, causation_id, schema_version,
+                created_at if occurred_at is None else epoch + micros * occurred_at,
+            ))
+            for (
+                event_id, stream_id, kind, version, position, event_type, schema_version,
+                payload, metadata, created_at, correlation_id, causation_id, occurred_at,
+            ) in zip(
+                ids, streams, kinds, versions, positions, types, schema_versions,
+                decode_all(payloads), decode_repeated(metadatas),
+                [epoch + micros * value for value in created], correlations, causations,
+                occurred, strict=True,
+            )
+        ]
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _hashed(table: pa.Table) -> Iterator[tuple[Any, ...]]:
