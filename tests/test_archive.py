@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -134,6 +136,23 @@ def test_filtered_and_business_time_reads_of_many_archived_row_groups(
     after = reads()
     for key in before:
         assert after[key] == before[key], key
+
+
+def test_a_store_without_an_archive_never_loads_pyarrow_or_pandas(pg_schema_url: str) -> None:
+    # (in a process of its own: this one has loaded them for other tests)
+    script = f"""
+import sys
+from datetime import UTC, datetime
+import event_sourcing as es
+with es.connect({pg_schema_url!r}, validate=False) as store:
+    store.append("s", [es.NewEvent("thing_happened", {{"n": 1}})], correlation_id="c")
+    list(store.read_all()); store.read_correlated("c"); list(store.read_as_of(datetime.now(UTC)))
+    store.counts_by_type(); store.seal(); assert store.verify().ok
+    print(sorted(name for name in ("pyarrow", "pandas", "numpy") if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_a_partition_holding_stream_heads_is_archived(tiny: es.EventStore) -> None:

@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 from event_sourcing.errors import AccessDeniedError, EventStoreError, IntegrityError
 from event_sourcing.integrity.hashing import canonical_json_bytes
 from event_sourcing.stores.postgres_archive_files import (
-    SCHEMA,
     Archived,
     ArchiveError,
     ArchiveFiles,
     _micros,
+    file_schema,
 )
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _write(rows: Iterable[Sequence[Any]], path: Path) -> tuple[int, int]:
     """Write the partition's rows to `path`: (rows, payload bytes)."""
     count = payload_bytes = 0
     with pq.ParquetWriter(
-        path, SCHEMA, compression="zstd", compression_level=9,
+        path, file_schema(), compression="zstd", compression_level=9,
         use_dictionary=["stream_id", "stream_type", "event_type", "correlation_id",
                         "causation_id", "metadata"],
         write_statistics=["position"],
@@ -125,9 +125,9 @@ def _flush(writer: pq.ParquetWriter, batch: list[Sequence[Any]], count: int,
     ]
     arrays = [
         pa.array(values, type=pa.int64() if pa.types.is_timestamp(f.type) else f.type).cast(f.type)
-        for values, f in zip(columns, SCHEMA, strict=True)
+        for values, f in zip(columns, file_schema(), strict=True)
     ]
-    writer.write_table(pa.Table.from_arrays(arrays, schema=SCHEMA), row_group_size=ROW_GROUP)
+    writer.write_table(pa.Table.from_arrays(arrays, schema=file_schema()), row_group_size=ROW_GROUP)
     batch.clear()
     return count + len(columns[0]), payload_bytes + sum(len(p.encode()) for p in payloads)
 

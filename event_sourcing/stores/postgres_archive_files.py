@@ -8,17 +8,15 @@ matches; and the merge of archived events with the tables' rows, each once.
 
 from __future__ import annotations
 
+import functools
 import gc
+import importlib
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
@@ -27,21 +25,50 @@ from event_sourcing.stores.values import decode_all, decode_repeated
 
 if TYPE_CHECKING:
     import psycopg
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from event_sourcing.artifacts import ArtifactStore
+
+
+class _Module:
+    """A module imported when one of its attributes is first used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+if not TYPE_CHECKING:
+    # pyarrow (with numpy) costs a process ~0.2 s and ~60 MB: a PostgreSQL store loads it
+    # when it first reads or writes an archive file, never if it has none.
+    pa, pc, pq = map(_Module, ("pyarrow", "pyarrow.compute", "pyarrow.parquet"))
 
 _SLICE = 2_000  # rows decoded at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_TIME = pa.timestamp("us", tz="UTC")
-# The columns of an archive file: event_store's, payload and metadata as canonical JSON text.
-SCHEMA = pa.schema([
-    ("position", pa.int64()), ("id", pa.string()), ("stream_id", pa.string()),
-    ("stream_type", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
-    ("schema_version", pa.int32()), ("payload", pa.string()), ("metadata", pa.string()),
-    ("created_at", _TIME), ("correlation_id", pa.string()), ("causation_id", pa.string()),
-    ("content_hash", pa.binary(32)), ("chain_hash", pa.binary(32)), ("occurred_at", _TIME),
-])
+
+
+def _timestamps() -> pa.DataType:
+    """The type of an archive file's times: microseconds in UTC."""
+    return pa.timestamp("us", tz="UTC")
+
+
+@functools.cache
+def file_schema() -> pa.Schema:
+    """The columns of an archive file: event_store's, payload and metadata as canonical
+    JSON text."""
+    return pa.schema([
+        ("position", pa.int64()), ("id", pa.string()), ("stream_id", pa.string()),
+        ("stream_type", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
+        ("schema_version", pa.int32()), ("payload", pa.string()), ("metadata", pa.string()),
+        ("created_at", _timestamps()), ("correlation_id", pa.string()),
+        ("causation_id", pa.string()), ("content_hash", pa.binary(32)),
+        ("chain_hash", pa.binary(32)), ("occurred_at", _timestamps()),
+    ])
 
 
 class Filter(NamedTuple):
@@ -101,8 +128,11 @@ class ArchiveFiles:
         rows = connection.execute(
             "SELECT lower_bound, upper_bound, uri FROM mlevents_archives ORDER BY lower_bound"
         ).fetchall()
-        store = self._artifacts()
-        files = [Archived(int(lo), int(hi), uri, store.path_for(uri)) for lo, hi, uri in rows]
+        files = []
+        if rows:  # (the artifact store, with pandas and numpy, only for a store with files)
+            store = self._artifacts()
+            files = [Archived(int(lo), int(hi), uri, store.path_for(uri))
+                     for lo, hi, uri in rows]
         with self._lock:
             self.files = files
             self.bound = files[-1].upper if files else 0
@@ -208,7 +238,7 @@ class ArchiveFiles:
         """A page of the global log (PostgresRecorder.read_page) with the archived events
         after `after` merged in (every archived position is below the read horizon)."""
         types = None if event_types is None else pa.array(sorted(event_types), pa.string())
-        recorded = None if until is None else pa.scalar(until, _TIME)
+        recorded = None if until is None else pa.scalar(until, _timestamps())
         columns = (*(() if types is None else ("event_type",)),
                    *(() if recorded is None else ("created_at",)),
                    *(("occurred_at",) if undated_only else ()))
@@ -256,8 +286,8 @@ class ArchiveFiles:
         of every file sorted, only the page's decoded."""
         if not self.files:
             return []
-        until = pa.scalar(occurred_until, _TIME)
-        recorded = None if recorded_until is None else pa.scalar(recorded_until, _TIME)
+        until = pa.scalar(occurred_until, _timestamps())
+        recorded = None if recorded_until is None else pa.scalar(recorded_until, _timestamps())
         kept = []
         for table in self.tables(0, 2**63 - 1, ["position", "occurred_at", "created_at"]):
             occurred = table.column("occurred_at")
@@ -265,7 +295,7 @@ class ArchiveFiles:
             if recorded is not None:
                 masks.append(pc.less_equal(table.column("created_at"), recorded))
             if after is not None:
-                at = pa.scalar(after[0], _TIME)
+                at = pa.scalar(after[0], _timestamps())
                 masks.append(pc.or_(pc.greater(occurred, at), pc.and_(
                     pc.equal(occurred, at), pc.greater(table.column("position"), after[1])
                 )))
