@@ -36,9 +36,6 @@ from event_sourcing.stores.sqlite_append import append_rows
 from event_sourcing.stores.sqlite_errors import store_error
 from event_sourcing.stores.sqlite_import import import_rows
 from event_sourcing.stores.sqlite_schema import (
-    DESCRIPTIONS,
-    MIGRATION_STEPS,
-    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     holds_a_store,
@@ -47,6 +44,7 @@ from event_sourcing.stores.sqlite_schema import (
     statements,
     time_text,
     time_value,
+    write_schema,
 )
 from event_sourcing.stores.sqlite_texts import COLUMNS, SharedTexts
 
@@ -239,38 +237,22 @@ class SQLiteRecorder:
                     f"mlevents knows ({SCHEMA_VERSION}); upgrade mlevents"
                 )
             if not found:
-                self._write_schema(connection)
-                connection.execute("COMMIT")
-            elif found == SCHEMA_VERSION:  # migrated meanwhile, by another connection
-                connection.execute("COMMIT")
-            else:
+                write_schema(connection, None)
+            elif found != SCHEMA_VERSION:  # (else migrated meanwhile, by another connection)
                 head = connection.execute(
                     "SELECT coalesce(max(position), 0) FROM event_store"
                 ).fetchone()[0]
                 with migrating(self.description, found, SCHEMA_VERSION, head):
-                    for version in range(found, SCHEMA_VERSION):
-                        for statement in statements(MIGRATIONS[version]):
-                            connection.execute(statement)
-                        if version in MIGRATION_STEPS:
-                            MIGRATION_STEPS[version](connection)
-                    self._write_schema(connection)
+                    write_schema(connection, found)
                     connection.execute("COMMIT")
+                return
+            connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise StoreUnavailableError(
                 f"cannot create the event store schema in {self.description}: {exc}"
             ) from exc
-
-    @staticmethod
-    def _write_schema(connection: sqlite3.Connection) -> None:
-        """The current schema's objects (if not there) and its row in mlevents_schema."""
-        for statement in statements(SCHEMA):
-            connection.execute(statement)
-        connection.execute(
-            "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
-            (SCHEMA_VERSION, DESCRIPTIONS[SCHEMA_VERSION]),
-        )
 
     def close(self) -> None:
         self._closed = True

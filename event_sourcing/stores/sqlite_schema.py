@@ -372,6 +372,23 @@ def _share_texts(connection: sqlite3.Connection) -> None:
 MIGRATION_STEPS = {3: _add_hashes, 4: _compact, 5: _add_occurred_at, 6: _share_texts}
 
 
+def write_schema(connection: sqlite3.Connection, found: int | None) -> None:
+    """In the caller's write transaction: a database at schema version `found` (None: a new
+    one) migrated to SCHEMA_VERSION, the current schema's objects created where missing
+    and the version recorded."""
+    for version in range(found or SCHEMA_VERSION, SCHEMA_VERSION):
+        for statement in statements(MIGRATIONS[version]):
+            connection.execute(statement)
+        if version in MIGRATION_STEPS:
+            MIGRATION_STEPS[version](connection)
+    for statement in statements(SCHEMA):
+        connection.execute(statement)
+    connection.execute(
+        "INSERT INTO mlevents_schema VALUES (?, datetime('now'), ?)",
+        (SCHEMA_VERSION, DESCRIPTIONS[SCHEMA_VERSION]),
+    )
+
+
 # sqlite3 binds int, str and bytearray directly but looks for an adapter for bytes and None
 # (~0.3 us a value): hashes are bound as bytearrays, and a batch without a correlation or
 # causation id, or without any occurred_at, has NULL in its statement (the key: whether
