@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 
 from event_sourcing.artifacts import ArtifactStore
-from event_sourcing.catalog import ArtifactRef, EventTypes, ModelCreated, ModelDeployed
+from event_sourcing.catalog import (
+    DEFAULT_ENVIRONMENT,
+    ArtifactRef,
+    EventTypes,
+    ModelCreated,
+    ModelDeployed,
+)
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
 from event_sourcing.training.inference import log_feedback, log_prediction
@@ -43,7 +49,6 @@ __all__ = [
     "score_batch",
 ]
 
-DEFAULT_ENVIRONMENT = "production"
 
 
 class ServingError(EventStoreError):

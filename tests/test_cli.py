@@ -29,7 +29,7 @@ import event_sourcing as es
 from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.catalog import ModelDeployed, TrainingProgress, default_registry
 from event_sourcing.cli import COMMAND_MODULES, build_parser, main, store_commands
-from event_sourcing.cli.predict_commands import artifacts_beside
+from event_sourcing.cli.common import artifact_store
 from event_sourcing.projections import ProjectionRunner, builtin_projections
 from event_sourcing.training import TrainingService
 
@@ -576,7 +576,25 @@ def test_make_run_and_the_cli_default_to_the_same_store(
     monkeypatch.chdir(demo.PROJECT_ROOT)  # the README runs `mlevents` in the repository
     cli_path = Path(es.default_url().removeprefix("sqlite:///")).absolute()
     assert Path(served.removeprefix("sqlite:///")) == cli_path
-    assert artifacts_beside(es.default_url()).root == Path(served_artifacts)
+    defaults = argparse.Namespace(url=None, artifacts=None)  # a command given neither
+    assert artifact_store(defaults).root == Path(served_artifacts)
+
+
+def test_the_command_line_starts_without_pandas_numpy_or_pyarrow(tmp_path: Path) -> None:
+    # (in a process of its own: this one has them) Only `predict`, `artifacts` and a store
+    # with an archive load them, when they run.
+    script = f"""
+import sys
+from event_sourcing.cli import main
+assert main(["status", "--url", "sqlite:///{tmp_path / 'events.db'}"]) == 2  # (no store)
+main(["--version"])
+"""
+    shown = subprocess.run(
+        [sys.executable, "-c", script + "print(sorted(set(sys.modules) & "
+         "{'pandas', 'numpy', 'pyarrow', 'sklearn'}))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shown.stdout.splitlines()[-1] == "[]", shown.stdout + shown.stderr
 
 
 def test_an_empty_store_names_itself(

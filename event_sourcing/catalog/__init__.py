@@ -4,6 +4,7 @@
 """
 
 from event_sourcing.catalog.ml_events import (
+    DEFAULT_ENVIRONMENT,
     ArtifactRef,
     CodeVersion,
     DataIngested,
@@ -44,6 +45,7 @@ from event_sourcing.catalog.registry import (
 from event_sourcing.catalog.schema_export import export_json_schemas, render_markdown_catalog
 
 __all__ = [
+    "DEFAULT_ENVIRONMENT",
     "ArtifactRef",
     "CodeVersion",
     "DataIngested",

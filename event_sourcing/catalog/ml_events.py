@@ -58,6 +58,8 @@ def _to_utc(value: datetime) -> datetime:
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1)]
+DEFAULT_ENVIRONMENT = "production"
+"""The deployment environment events and reads mean when they name none."""
 Count = Annotated[int, Field(ge=0)]
 Version = Annotated[int, Field(ge=1)]
 # Naive datetimes are rejected ("Input should have timezone info"); aware ones are stored as UTC.
@@ -370,7 +372,7 @@ class ModelEvaluated(DomainEvent):
     model_name: Name
     version: Version
     """The candidate's version under `model_name`."""
-    environment: Name = "production"
+    environment: Name = DEFAULT_ENVIRONMENT
     """Where the champion serves (and the candidate would be deployed)."""
     champion_model_id: str | None = None
     """The model serving in `environment` at evaluation time; None if nothing served."""
@@ -401,7 +403,7 @@ class ModelDeployed(DomainEvent):
     model_id: Name
     model_name: Name
     version: Version
-    environment: Name = "production"
+    environment: Name = DEFAULT_ENVIRONMENT
     deployed_at: Timestamp | None = None
     replaces_model_id: str | None = None
     """The model that served here before, if any."""
@@ -416,7 +418,7 @@ class ModelRetired(DomainEvent):
     model_id: Name
     model_name: Name
     version: Version
-    environment: Name = "production"
+    environment: Name = DEFAULT_ENVIRONMENT
     retired_at: Timestamp | None = None
     reason: str | None = None
     replaced_by_model_id: str | None = None

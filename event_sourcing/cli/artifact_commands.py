@@ -8,13 +8,12 @@ import argparse
 import json
 from datetime import timedelta
 
-from event_sourcing.artifacts import ArtifactStore
 from event_sourcing.cli.common import (
     add_json_argument,
     add_url_argument,
+    artifact_store,
     human_output,
     open_store,
-    resolve_url,
     set_handler,
 )
 
@@ -64,11 +63,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     deleted (if any bytes are left), unreferenced files and interrupted writes older than
     --min-age-hours. Prints each file, why, and the bytes in total."""
     from event_sourcing.artifact_gc import collect_garbage
-    from event_sourcing.cli.predict_commands import artifacts_beside
 
-    artifacts = (
-        ArtifactStore(args.artifacts) if args.artifacts else artifacts_beside(resolve_url(args))
-    )
+    artifacts = artifact_store(args)
     with open_store(args) as store:
         found = collect_garbage(
             store, artifacts, apply=args.apply,

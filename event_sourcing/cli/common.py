@@ -7,18 +7,22 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 
 import event_sourcing as es
 from event_sourcing.errors import EventStoreError
 from event_sourcing.stores.recorder import redact_url
+
+if TYPE_CHECKING:
+    from event_sourcing.artifacts import ArtifactStore
 
 Handler = Callable[[argparse.Namespace], int]
 """A subcommand: takes the parsed arguments, returns the exit status."""
@@ -83,6 +87,23 @@ def open_store(args: argparse.Namespace, *, create: bool = False, **options: Any
     `create=True`; for every other a missing store is a StoreNotFoundError (exit 2), and no
     file, folder or schema is made."""
     return es.connect(resolve_url(args), create=create, **options)
+
+
+def artifact_store(args: argparse.Namespace) -> ArtifactStore:
+    """The artifact store a command uses: --artifacts DIR; else $MLEVENTS_ARTIFACTS; else the
+    `artifacts/` folder beside a SQLite store (where `make run` and the pipeline keep them);
+    else ArtifactStore's default. (Imported here, with pandas and numpy, only by the
+    commands that need it: `mlevents` starts without them.)"""
+    from event_sourcing.artifacts import ENV_VAR, ArtifactStore
+
+    if getattr(args, "artifacts", None):
+        return ArtifactStore(args.artifacts)
+    url = resolve_url(args)
+    if not os.environ.get(ENV_VAR) and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].partition("?")[0]
+        if path != ":memory:":
+            return ArtifactStore(Path(path).parent / "artifacts")
+    return ArtifactStore()
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:

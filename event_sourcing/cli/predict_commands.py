@@ -6,44 +6,26 @@ Built on event_sourcing.serving; predictions (and feedback, with labels) go to t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from event_sourcing.artifacts import ENV_VAR as ARTIFACTS_ENV_VAR
-from event_sourcing.artifacts import ArtifactStore
+from event_sourcing.catalog import DEFAULT_ENVIRONMENT
 from event_sourcing.cli.common import (
     CommandLineError,
     add_json_argument,
     add_url_argument,
+    artifact_store,
     did_you_mean,
     open_store,
     print_json_line,
-    resolve_url,
     set_handler,
 )
-from event_sourcing.serving import (
-    DEFAULT_ENVIRONMENT,
-    Deployment,
-    NoDeployedModelError,
-    deployments,
-    score_batch,
-)
 
-__all__ = ["artifacts_beside", "cmd_predict", "register"]
+if TYPE_CHECKING:
+    from event_sourcing.serving import Deployment
 
-
-def artifacts_beside(url: str) -> ArtifactStore:
-    """The artifact store that goes with the store at `url`: $MLEVENTS_ARTIFACTS, else the
-    `artifacts/` folder beside a SQLite file (where `make run` and the pipeline keep them),
-    else ArtifactStore's default."""
-    if not os.environ.get(ARTIFACTS_ENV_VAR) and url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :].partition("?")[0]
-        if path != ":memory:":
-            return ArtifactStore(Path(path).parent / "artifacts")
-    return ArtifactStore()
+__all__ = ["cmd_predict", "register"]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -53,6 +35,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     the label column, the true label is logged as inference_feedback and the accuracy is
     printed, then each inference id. --json prints one JSON line per row instead.
     """
+    import pandas as pd  # (with serving's: imported when a batch is scored, not at start)
+
+    from event_sourcing.serving import NoDeployedModelError, deployments, score_batch
+
     path = Path(args.csv)
     try:
         frame = pd.read_csv(path)
@@ -62,9 +48,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CommandLineError(f"{str(path)!r} is not a readable CSV file: {exc}") from None
     label = None if args.label_column in ("", "none") else args.label_column
     id_column = None if args.id_column in ("", "none") else args.id_column
-    artifacts = (
-        ArtifactStore(args.artifacts) if args.artifacts else artifacts_beside(resolve_url(args))
-    )
+    artifacts = artifact_store(args)
     with open_store(args) as store:
         serving = deployments(store)
         if (args.environment, args.model_name) not in serving and not any(

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from event_sourcing.catalog import DEFAULT_ENVIRONMENT
 from event_sourcing.errors import EventValidationError
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.read_models import (
@@ -180,7 +181,7 @@ def deployed_model_at(
     store: EventStore,
     model_name: str,
     at: datetime | int,
-    environment: str = "production",
+    environment: str = DEFAULT_ENVIRONMENT,
     *,
     known_at: datetime | None = None,
 ) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from event_sourcing.catalog import ModelDeployed, ModelRetired
+from event_sourcing.catalog import DEFAULT_ENVIRONMENT, ModelDeployed, ModelRetired
 from event_sourcing.events import RecordedEvent
 from event_sourcing.projections.read_models.common import (
     Queryable,
@@ -96,7 +96,7 @@ def deployments_projection() -> Projection:
 
 
 def current_deployment(
-    source: EventStore | Queryable, model_name: str, environment: str = "production"
+    source: EventStore | Queryable, model_name: str, environment: str = DEFAULT_ENVIRONMENT
 ) -> dict[str, Any] | None:
     """The open deployment of `model_name` in `environment` (None if nothing serves)."""
     return one(
