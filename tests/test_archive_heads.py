@@ -191,6 +191,37 @@ def test_an_import_into_streams_whose_heads_are_archived(
     check(store, before["run1"], "run1", 5)
 
 
+# In-flight markers of the schema held right now (each holds back every reader's horizon)
+MARKERS_HELD = """
+    SELECT count(*) FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 2
+      AND l.database = (SELECT d.oid FROM pg_database AS d WHERE d.datname = current_database())
+      AND l.classid::bigint = mod(mlevents_inflight_key()::bigint + 4294967296, 4294967296)"""
+
+
+def test_an_import_reads_archived_heads_before_it_holds_back_readers(
+    tiny: es.EventStore, cold: es.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = archive_heads(tiny)
+    held: list[int] = []  # markers held each time an archive file was opened
+    opened = postgres_archive_files.ArchiveFiles._open
+
+    def watched(self: Any, archived: Any) -> Any:
+        held.append(tiny.recorder.query(MARKERS_HELD)[0][0])
+        return opened(self, archived)
+
+    monkeypatch.setattr(postgres_archive_files.ArchiveFiles, "_open", watched)
+    report = cold.import_events([
+        ImportRecord(f"line {n}", n, run, "thing_happened", {"n": n})
+        for n, run in enumerate(RUNS, start=1)
+    ])
+    assert report.written == len(RUNS)
+    assert held and held == [0] * len(held), held  # fails if the marker is taken first
+    monkeypatch.setattr(postgres_archive_files.ArchiveFiles, "_open", opened)
+    for run in RUNS:
+        check(cold, before[run], run, 3)
+
+
 @pytest.mark.parametrize("expected", [None, 2])
 @pytest.mark.parametrize("when", ["head lookup", "file read"])
 def test_an_append_racing_the_archived_head_lookup(

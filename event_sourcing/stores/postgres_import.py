@@ -1,6 +1,6 @@
 """The PostgreSQL bulk import (event_sourcing.stores.imports): a batch written with COPY in
-one transaction, after the in-flight marker (docs/ordering.md) and the batch's streams'
-heads (an archived one read from its file, postgres_heads); versions and hash chains
+one transaction, after the batch's streams' heads (an archived one read from its file,
+postgres_heads) and the in-flight marker (docs/ordering.md); versions and hash chains
 computed in Python, exactly as an append computes them.
 """
 
@@ -108,10 +108,10 @@ def import_rows(
     connections: Connections, append: Append, rows: Sequence[ImportRow], created_at: datetime,
     archived: ArchivedHeads,
 ) -> None:
-    """Write a bulk-import batch in one transaction, with COPY: the in-flight marker first
-    (so the no-skip order holds), then the streams' heads. An append to one of the batch's
-    streams committed in between makes the batch start again; after ATTEMPTS it is
-    written as appends."""
+    """Write a bulk-import batch in one transaction, with COPY: the streams' heads, then the
+    in-flight marker (so the no-skip order holds) before COPY takes positions. An append
+    to one of the batch's streams committed in between makes the batch start again; after
+    ATTEMPTS it is written as appends."""
     streams = list(dict.fromkeys(row.stream_id for row in rows))
     now = timestamp_text(created_at)
     contents = content_hashes(rows, now, True)  # PostgreSQL's hashes (canonical JSON)
@@ -150,7 +150,6 @@ def _import_on(
     archived: ArchivedHeads,
 ) -> None:
     connection.execute(f"SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'")
-    connection.execute(MARKER, {})
     found = connection.execute(_HEADS, (streams,)).fetchall()
     gone = [row[5] for row in found if row[1] is None]  # archived heads
     from_files = archived(connection, gone) if gone else {}
@@ -162,6 +161,10 @@ def _import_on(
     latest = max((head.created_at for head in recorded.values()), default=created_at)
     if latest > created_at:
         raise _Behind(latest)
+    # The marker only now, before COPY takes positions: reading a head from its file (and
+    # checking the file's content address, the first time) must not hold back every
+    # reader's horizon. A head an append moves meanwhile makes COPY fail on its version.
+    connection.execute(MARKER, {})
     heads = {stream_id: head[:3] for stream_id, head in recorded.items()}
     new = [stream_id for stream_id in streams if stream_id not in heads]
     lines = _copy_lines(rows, contents, place_rows(rows, contents, heads), now)
