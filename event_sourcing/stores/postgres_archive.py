@@ -99,7 +99,8 @@ def _write(rows: Iterable[Sequence[Any]], path: Path) -> tuple[int, int]:
         path, file_schema(), compression="zstd", compression_level=9,
         use_dictionary=["stream_id", "stream_type", "event_type", "correlation_id",
                         "causation_id", "metadata"],
-        write_statistics=["position"],
+        # (statistics for the reads that skip row groups: by position, by business time)
+        write_statistics=["position", "created_at", "occurred_at"],
     ) as writer:
         batch: list[Sequence[Any]] = []
         for row in rows:

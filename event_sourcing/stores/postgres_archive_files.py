@@ -155,10 +155,10 @@ class ArchiveFiles:
 
     def _groups(
         self, low: int, high: int, lowers: Collection[int] | None = None
-    ) -> Iterator[tuple[str, pq.ParquetFile, int]]:
-        """(uri, file, row group) of the row groups holding positions in [low, high], in
-        position order (`lowers`: only the files starting at these positions, the manifest
-        as one snapshot saw it)."""
+    ) -> Iterator[tuple[Archived, pq.ParquetFile, int]]:
+        """(archive file, its reader, row group) of the row groups holding positions in
+        [low, high], in position order (`lowers`: only the files starting at these
+        positions, the manifest as one snapshot saw it)."""
         for archived in self.files:
             if archived.upper <= low or archived.lower > high:
                 continue
@@ -171,12 +171,13 @@ class ArchiveFiles:
                     stats.max < low or stats.min > high
                 ):
                     continue
-                yield archived.uri, parquet, group
+                yield archived, parquet, group
 
     def _read(
-        self, uri: str, parquet: pq.ParquetFile, group: int, columns: Sequence[str] | None
+        self, archived: Archived, parquet: pq.ParquetFile, group: int,
+        columns: Sequence[str] | None,
     ) -> pa.Table:
-        key = (uri, group, None if columns is None else tuple(columns))
+        key = (archived.uri, group, None if columns is None else tuple(columns))
         last = self._last
         if last is not None and last[:3] == key:
             return last[3]
@@ -190,8 +191,8 @@ class ArchiveFiles:
     ) -> Iterator[pa.Table]:
         """The row groups holding positions in [low, high], in position order (`lowers`:
         as for _groups)."""
-        for uri, parquet, group in self._groups(low, high, lowers):
-            yield self._read(uri, parquet, group, columns)
+        for archived, parquet, group in self._groups(low, high, lowers):
+            yield self._read(archived, parquet, group, columns)
 
     def events(self, low: int, high: int, where: Filter | None = None,
                limit: int | None = None, only: Sequence[int] | None = None,
@@ -206,8 +207,8 @@ class ArchiveFiles:
         probed = ("position", *where.columns) if where is not None else (
             None if only is None else ("position",)
         )
-        for uri, parquet, group in self._groups(low, high):
-            table = self._read(uri, parquet, group, probed)
+        for archived, parquet, group in self._groups(low, high):
+            table = self._read(archived, parquet, group, probed)
             position = table.column(0)
             mask = pc.and_(
                 pc.greater_equal(position, low), pc.less_equal(position, high)
@@ -217,7 +218,7 @@ class ArchiveFiles:
             if probed is not None:
                 if not pc.any(mask).as_py():
                     continue
-                table = self._read(uri, parquet, group, None)
+                table = self._read(archived, parquet, group, None)
             table = table.filter(mask)
             # Decoded a slice at a time: a page needs only its first rows.
             for start in range(0, table.num_rows, _SLICE):
@@ -282,14 +283,34 @@ class ArchiveFiles:
     ) -> list[RecordedEvent]:
         """The first `limit` archived events given an occurred_at at or before
         `occurred_until` (and recorded at or before `recorded_until`) after `after`, in
-        (occurred_at, position) order (PostgresRecorder.read_dated_page): the matching rows
-        of every file sorted, only the page's decoded."""
+        (occurred_at, position) order (PostgresRecorder.read_dated_page): the row groups
+        whose statistics allow such an event read in the order of the earliest they allow,
+        until the page is full and the next group starts after it; only the page's
+        events decoded."""
         if not self.files:
             return []
         until = pa.scalar(occurred_until, _timestamps())
         recorded = None if recorded_until is None else pa.scalar(recorded_until, _timestamps())
-        kept = []
-        for table in self.tables(0, 2**63 - 1, ["position", "occurred_at", "created_at"]):
+        after_micros = None if after is None else _micros(after[0])
+        until_micros = (occurred_until - _EPOCH) // _MICROSECOND
+        recorded_micros = _micros(recorded_until)
+        # The row groups that may hold such an event, by the earliest business time each
+        # may hold (its statistics): a page stops at the first group that starts after it.
+        candidates = []
+        for archived, parquet, group in self._groups(0, 2**63 - 1):
+            earliest = _earliest_dated(parquet.metadata.row_group(group), after_micros,
+                                       until_micros, recorded_micros)
+            if earliest is not None:
+                candidates.append((earliest, archived.lower, group, archived))
+        candidates.sort(key=lambda candidate: candidate[:3])
+        page: pa.Table | None = None  # the first `limit` rows kept so far
+        for earliest, _, group, archived in candidates:
+            if page is not None and page.num_rows == limit and (
+                page.column("occurred_at")[limit - 1].value < earliest
+            ):
+                break  # every row of this group (and of those after) sorts after the page
+            table = self._read(archived, self._open(archived), group,
+                               ["position", "occurred_at", "created_at"])
             occurred = table.column("occurred_at")
             masks = [pc.less_equal(occurred, until)]  # (null for an undated row: dropped)
             if recorded is not None:
@@ -301,14 +322,13 @@ class ArchiveFiles:
                 )))
             table = table.filter(_all(masks))
             if table.num_rows:
-                kept.append(table)
-        if not kept:
+                page = (table if page is None else pa.concat_tables([page, table])).sort_by(
+                    [("occurred_at", "ascending"), ("position", "ascending")]
+                ).slice(0, limit)
+        if page is None:
             return []
-        ordered = pa.concat_tables(kept).sort_by(
-            [("occurred_at", "ascending"), ("position", "ascending")]
-        )
         # Only the page's events read whole and decoded.
-        return sorted(self.at(ordered.column("position").slice(0, limit).to_pylist()),
+        return sorted(self.at(page.column("position").to_pylist()),
                       key=lambda event: (event.occurred_at, event.position))
 
     def hashed(self, after: int, through: int, limit: int) -> list[tuple[Any, ...]]:
@@ -395,6 +415,31 @@ class ArchiveFiles:
                 if found == position:
                     return bytes(chain)
         return None
+
+
+def _earliest_dated(
+    group: pq.RowGroupMetaData, after: int | None, until: int, recorded: int | None
+) -> int | None:
+    """The earliest occurred_at (microseconds) a row group's statistics allow among its
+    events whose occurred_at is in [after, until] and whose created_at is at most
+    `recorded` (None: no bound), or None when they allow none. Without statistics (files
+    written before they were kept), any."""
+    schema = file_schema()
+    earliest = -(2**63)
+    occurred = group.column(schema.get_field_index("occurred_at")).statistics
+    if occurred is not None:
+        if occurred.null_count == group.num_rows:  # no event of the group is dated
+            return None
+        if occurred.has_min_max:
+            if occurred.min_raw > until or (after is not None and occurred.max_raw < after):
+                return None
+            earliest = occurred.min_raw
+    created = group.column(schema.get_field_index("created_at")).statistics
+    if recorded is not None and created is not None and created.has_min_max and (
+        created.min_raw > recorded
+    ):
+        return None
+    return earliest
 
 
 def _all(masks: list[Any]) -> Any:
