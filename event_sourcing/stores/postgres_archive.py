@@ -24,13 +24,8 @@ import pyarrow.parquet as pq
 
 from event_sourcing.errors import AccessDeniedError, EventStoreError, IntegrityError
 from event_sourcing.integrity.hashing import canonical_json_bytes
-from event_sourcing.stores.postgres_archive_files import (
-    Archived,
-    ArchiveError,
-    ArchiveFiles,
-    _micros,
-    file_schema,
-)
+from event_sourcing.stores.archive_format import file_schema, micros_of
+from event_sourcing.stores.postgres_archive_files import Archived, ArchiveError, ArchiveFiles
 
 if TYPE_CHECKING:
     from event_sourcing.artifacts import ArtifactStore
@@ -120,9 +115,9 @@ def _flush(writer: pq.ParquetWriter, batch: list[Sequence[Any]], count: int,
         [row[3] for row in batch], [row[4] for row in batch], [row[5] for row in batch],
         [row[6] for row in batch], payloads,
         [canonical_json_bytes(row[8]).decode() for row in batch],
-        [_micros(row[9]) for row in batch], [row[10] for row in batch],
+        [micros_of(row[9]) for row in batch], [row[10] for row in batch],
         [row[11] for row in batch], [bytes(row[12]) for row in batch],
-        [bytes(row[13]) for row in batch], [_micros(row[14]) for row in batch],
+        [bytes(row[13]) for row in batch], [micros_of(row[14]) for row in batch],
     ]
     arrays = [
         pa.array(values, type=pa.int64() if pa.types.is_timestamp(f.type) else f.type).cast(f.type)

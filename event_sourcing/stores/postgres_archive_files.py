@@ -1,6 +1,6 @@
-"""The archive's files (docs/archive.md) as the reads of the log see them: their format,
-the manifest (`mlevents_archives`) as a recorder last read it, and reads of the files row
-group by row group (a group whose position statistics are outside the wanted positions is
+"""The archive's files (docs/archive.md) as the reads of the log see them: the manifest
+(`mlevents_archives`) as a recorder last read it, and reads of the files row group by row
+group (a group whose position statistics are outside the wanted positions is
 not read; rows are filtered in Arrow before any is decoded): events by position, type,
 time, correlation and business time, hashed rows, chain hashes, counts by type, text
 matches; and the merge of archived events with the tables' rows, each once.
@@ -8,20 +8,27 @@ matches; and the merge of archived events with the tables' rows, each once.
 
 from __future__ import annotations
 
-import functools
-import gc
-import importlib
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from event_sourcing.errors import EventStoreError
 from event_sourcing.events import RecordedEvent
-from event_sourcing.integrity.hashing import timestamp_text
-from event_sourcing.stores.values import decode_all, decode_repeated
+from event_sourcing.stores.archive_format import (
+    EPOCH,
+    MICROSECOND,
+    all_of,
+    columns_of,
+    earliest_dated,
+    events_of,
+    hashed_of,
+    micros_of,
+    tally,
+    timestamps,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,47 +37,10 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
     from event_sourcing.artifacts import ArtifactStore
-
-
-class _Module:
-    """A module imported when one of its attributes is first used."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(importlib.import_module(self._name), attribute)
-
-
-if not TYPE_CHECKING:
-    # pyarrow (with numpy) costs a process ~0.2 s and ~60 MB: a PostgreSQL store loads it
-    # when it first reads or writes an archive file, never if it has none.
-    pa, pc, pq = map(_Module, ("pyarrow", "pyarrow.compute", "pyarrow.parquet"))
+else:  # (imported when a file is first read: archive_format)
+    from event_sourcing.stores.archive_format import pa, pc, pq
 
 _SLICE = 2_000  # rows decoded at a time
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _timestamps() -> pa.DataType:
-    """The type of an archive file's times: microseconds in UTC."""
-    return pa.timestamp("us", tz="UTC")
-
-
-@functools.cache
-def file_schema() -> pa.Schema:
-    """The columns of an archive file: event_store's, payload and metadata as canonical
-    JSON text."""
-    return pa.schema([
-        ("position", pa.int64()), ("id", pa.string()), ("stream_id", pa.string()),
-        ("stream_type", pa.string()), ("version", pa.int64()), ("event_type", pa.string()),
-        ("schema_version", pa.int32()), ("payload", pa.string()), ("metadata", pa.string()),
-        ("created_at", _timestamps()), ("correlation_id", pa.string()),
-        ("causation_id", pa.string()), ("content_hash", pa.binary(32)),
-        ("chain_hash", pa.binary(32)), ("occurred_at", _timestamps()),
-    ])
-
-
 class Filter(NamedTuple):
     """Which rows of a row group to keep: `mask(table)`, a boolean array (null: not kept)
     of a table of at least the position and `columns`."""
@@ -101,14 +71,6 @@ class Archived:
     upper: int
     uri: str
     path: Path
-
-
-def _micros(value: datetime | None) -> int | None:
-    return None if value is None else (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
 class ArchiveFiles:
@@ -222,7 +184,7 @@ class ArchiveFiles:
             table = table.filter(mask)
             # Decoded a slice at a time: a page needs only its first rows.
             for start in range(0, table.num_rows, _SLICE):
-                found += _events(table.slice(start, _SLICE))
+                found += events_of(table.slice(start, _SLICE))
                 if limit is not None and len(found) >= limit:
                     return found[:limit]
         return found
@@ -239,7 +201,7 @@ class ArchiveFiles:
         """A page of the global log (PostgresRecorder.read_page) with the archived events
         after `after` merged in (every archived position is below the read horizon)."""
         types = None if event_types is None else pa.array(sorted(event_types), pa.string())
-        recorded = None if until is None else pa.scalar(until, _timestamps())
+        recorded = None if until is None else pa.scalar(until, timestamps())
         columns = (*(() if types is None else ("event_type",)),
                    *(() if recorded is None else ("created_at",)),
                    *(("occurred_at",) if undated_only else ()))
@@ -252,7 +214,7 @@ class ArchiveFiles:
                 masks.append(pc.less_equal(table.column("created_at"), recorded))
             if undated_only:
                 masks.append(pc.is_null(table.column("occurred_at")))
-            return _all(masks)
+            return all_of(masks)
 
         archived = self.events(
             after + 1, 2**63 - 1, Filter(columns, where) if columns else None, limit
@@ -289,16 +251,16 @@ class ArchiveFiles:
         events decoded."""
         if not self.files:
             return []
-        until = pa.scalar(occurred_until, _timestamps())
-        recorded = None if recorded_until is None else pa.scalar(recorded_until, _timestamps())
-        after_micros = None if after is None else _micros(after[0])
-        until_micros = (occurred_until - _EPOCH) // _MICROSECOND
-        recorded_micros = _micros(recorded_until)
+        until = pa.scalar(occurred_until, timestamps())
+        recorded = None if recorded_until is None else pa.scalar(recorded_until, timestamps())
+        after_micros = None if after is None else micros_of(after[0])
+        until_micros = (occurred_until - EPOCH) // MICROSECOND
+        recorded_micros = micros_of(recorded_until)
         # The row groups that may hold such an event, by the earliest business time each
         # may hold (its statistics): a page stops at the first group that starts after it.
         candidates = []
         for archived, parquet, group in self._groups(0, 2**63 - 1):
-            earliest = _earliest_dated(parquet.metadata.row_group(group), after_micros,
+            earliest = earliest_dated(parquet.metadata.row_group(group), after_micros,
                                        until_micros, recorded_micros)
             if earliest is not None:
                 candidates.append((earliest, archived.lower, group, archived))
@@ -316,11 +278,11 @@ class ArchiveFiles:
             if recorded is not None:
                 masks.append(pc.less_equal(table.column("created_at"), recorded))
             if after is not None:
-                at = pa.scalar(after[0], _timestamps())
+                at = pa.scalar(after[0], timestamps())
                 masks.append(pc.or_(pc.greater(occurred, at), pc.and_(
                     pc.equal(occurred, at), pc.greater(table.column("position"), after[1])
                 )))
-            table = table.filter(_all(masks))
+            table = table.filter(all_of(masks))
             if table.num_rows:
                 page = (table if page is None else pa.concat_tables([page, table])).sort_by(
                     [("occurred_at", "ascending"), ("position", "ascending")]
@@ -335,7 +297,7 @@ class ArchiveFiles:
         """Archived rows in (after, through] as hashed (PostgresRecorder.hashed_rows)."""
         rows: list[tuple[Any, ...]] = []
         for table in self.tables(after + 1, through):
-            for row in _hashed(table):
+            for row in hashed_of(table):
                 if after < row[0] <= through:
                     rows.append(row)
                     if len(rows) >= limit:
@@ -362,8 +324,8 @@ class ArchiveFiles:
             kinds = table.column("event_type")
             first: dict[str, int] = {}
             if firsts:
-                first = dict(_tally(kinds.filter(pc.equal(table.column("version"), 1))))
-            for event_type, events in _tally(kinds):
+                first = dict(tally(kinds.filter(pc.equal(table.column("version"), 1))))
+            for event_type, events in tally(kinds):
                 had = found.get(event_type, (0, 0))
                 found[event_type] = (had[0] + events, had[1] + first.get(event_type, 0))
         return found
@@ -401,10 +363,10 @@ class ArchiveFiles:
             for table in self.tables(wanted_position, wanted_position, columns):
                 held = table.filter(pc.is_in(table.column(0), value_set=wanted))
                 for position, kind, version, chain, created in zip(
-                    *_columns(held), strict=True
+                    *columns_of(held), strict=True
                 ):
                     found[position] = Head(
-                        kind, version, bytes(chain), _EPOCH + timedelta(microseconds=created)
+                        kind, version, bytes(chain), EPOCH + timedelta(microseconds=created)
                     )
         return found
 
@@ -415,46 +377,6 @@ class ArchiveFiles:
                 if found == position:
                     return bytes(chain)
         return None
-
-
-def _earliest_dated(
-    group: pq.RowGroupMetaData, after: int | None, until: int, recorded: int | None
-) -> int | None:
-    """The earliest occurred_at (microseconds) a row group's statistics allow among its
-    events whose occurred_at is in [after, until] and whose created_at is at most
-    `recorded` (None: no bound), or None when they allow none. Without statistics (files
-    written before they were kept), any."""
-    schema = file_schema()
-    earliest = -(2**63)
-    occurred = group.column(schema.get_field_index("occurred_at")).statistics
-    if occurred is not None:
-        if occurred.null_count == group.num_rows:  # no event of the group is dated
-            return None
-        if occurred.has_min_max:
-            if occurred.min_raw > until or (after is not None and occurred.max_raw < after):
-                return None
-            earliest = occurred.min_raw
-    created = group.column(schema.get_field_index("created_at")).statistics
-    if recorded is not None and created is not None and created.has_min_max and (
-        created.min_raw > recorded
-    ):
-        return None
-    return earliest
-
-
-def _all(masks: list[Any]) -> Any:
-    """The rows every one of these masks (at least one) keeps."""
-    mask = masks[0]
-    for other in masks[1:]:
-        mask = pc.and_(mask, other)
-    return mask
-
-
-def _tally(values: pa.ChunkedArray) -> Iterator[tuple[str, int]]:
-    """(value, how many times) of a column."""
-    counted = pc.value_counts(values)
-    return zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(),
-               strict=True)
 
 
 def archived_files(after: int, through: int, width: int) -> str:
@@ -478,58 +400,3 @@ def merge(hot: list[RecordedEvent], archived: list[RecordedEvent]) -> list[Recor
                   key=lambda e: e.position)
 
 
-def _columns(table: pa.Table) -> list[list[Any]]:
-    """The table's columns as Python lists: times as microseconds, payload and metadata as
-    their UTF-8 bytes (as hashed, and as decode_all reads them)."""
-    columns = []
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_timestamp(column.type):
-            column = column.cast(pa.int64())
-        elif name in _JSON_TEXTS:
-            column = column.cast(pa.binary())
-        columns.append(column.to_pylist())
-    return columns
-
-
-_JSON_TEXTS = frozenset({"payload", "metadata"})
-
-
-def _events(table: pa.Table) -> list[RecordedEvent]:
-    """The table's rows as events, decoded a column at a time with the cyclic garbage
-    collector paused, as a page of the tables is (recorder.fetch_events)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        (positions, ids, streams, kinds, versions, types, schema_versions, payloads, metadatas,
-         created, correlations, causations, _, _, occurred) = _columns(table)
-        new, epoch, micros = tuple.__new__, _EPOCH, _MICROSECOND
-        return [
-            new(RecordedEvent, (
-                event_id, stream_id, kind, version, position, event_type, schema_version,
-                payload, metadata, created_at, correlation_id, causation_id, schema_version,
-                created_at if occurred_at is None else epoch + micros * occurred_at,
-            ))
-            for (
-                event_id, stream_id, kind, version, position, event_type, schema_version,
-                payload, metadata, created_at, correlation_id, causation_id, occurred_at,
-            ) in zip(
-                ids, streams, kinds, versions, positions, types, schema_versions,
-                decode_all(payloads), decode_repeated(metadatas),
-                [epoch + micros * value for value in created], correlations, causations,
-                occurred, strict=True,
-            )
-        ]
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _hashed(table: pa.Table) -> Iterator[tuple[Any, ...]]:
-    columns = _columns(table)
-    for row in zip(*columns, strict=True):
-        yield (
-            *row[:9], timestamp_text(_time(row[9])),  # type: ignore[arg-type]
-            row[10], row[11], bytes(row[12]), bytes(row[13]),
-            None if row[14] is None else timestamp_text(_time(row[14])),  # type: ignore[arg-type]
-        )
